@@ -1,0 +1,190 @@
+"""Box 1, the event log: the interface every backend (local, redis, kafka) implements.
+
+Model (Kafka's): a topic has N partitions; a record goes to partition ``hash(key) % N`` so the
+order per key holds; each partition numbers its records with consecutive offsets from 0. Consumer
+groups commit the next offset to read per partition. Records that break the topic's schema go to
+the dead-letter topic ``<topic>.dlq`` with the reason. ``append`` returns only once the accepted
+records are durable.
+"""
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Sequence
+
+from loopstack.features.definitions import Field
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read back from the log. `timestamp` is the append time, µs since the epoch (UTC)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: str | None
+    value: dict[str, Any]
+
+
+@dataclass
+class AppendResult:
+    """What `append` did: how many records were accepted and rejected (sent to the dead-letter topic)."""
+
+    accepted: int = 0
+    rejected: int = 0
+    offsets: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) per accepted record
+    reasons: dict[str, int] = field(default_factory=dict)         # rejection reason -> count
+
+    def __iadd__(self, other: "AppendResult") -> "AppendResult":
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.offsets.extend(other.offsets)
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+        return self
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """A topic's shape: partitions, optional schema, retention (by age and/or bytes per partition)."""
+
+    name: str
+    partitions: int = 1
+    schema: tuple[Field, ...] = ()
+    key_field: str | None = None          # value field used as the key when append() gets no key
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "partitions": self.partitions, "schema": [f.to_spec() for f in self.schema],
+                "key_field": self.key_field, "retention_ms": self.retention_ms,
+                "retention_bytes": self.retention_bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TopicConfig":
+        return cls(d["name"], d.get("partitions", 1), tuple(Field.from_spec(f) for f in d.get("schema", [])),
+                   d.get("key_field"), d.get("retention_ms"), d.get("retention_bytes"))
+
+
+def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
+    """Stable key → partition routing (crc32, same in every process and backend)."""
+    if key is None:
+        return fallback % partitions
+    return zlib.crc32(str(key).encode()) % partitions
+
+
+class Consumer(ABC):
+    """A member of a consumer group reading assigned partitions of one topic from its positions.
+
+    Positions start at the group's committed offsets (or earliest/latest per `start`). `poll` moves
+    the position; `commit` stores it for the group, so a restart resumes after the last commit.
+    """
+
+    topic: str
+    group: str
+
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout: float = 0.0) -> list[Record]: ...
+
+    @abstractmethod
+    def commit(self, offsets: dict[int, int] | None = None) -> None:
+        """Commit the given next-offsets per partition (default: the current positions)."""
+
+    @abstractmethod
+    def position(self) -> dict[int, int]: ...
+
+    @abstractmethod
+    def seek(self, partition: int, offset: int) -> None: ...
+
+    def close(self) -> None:
+        return None
+
+
+class EventLog(ABC):
+    """The event log interface. Backends: `local` (files), `redis` (Streams), later `kafka`."""
+
+    # -- topics --------------------------------------------------------------------------------
+    @abstractmethod
+    def create_topic(self, config: TopicConfig, exist_ok: bool = True) -> TopicConfig:
+        """Create a topic (and its dead-letter topic). Re-creating with the same config is a no-op;
+        a different partition count raises (re-partitioning would break per-key order)."""
+
+    @abstractmethod
+    def topics(self) -> list[TopicConfig]: ...
+
+    @abstractmethod
+    def topic(self, name: str) -> TopicConfig:
+        """The topic's config; an unknown topic raises LogError listing the known ones."""
+
+    # -- writing -------------------------------------------------------------------------------
+    @abstractmethod
+    def append(self, topic: str, records: "Iterable[dict] | Any", key: str | Sequence[str | None] | None = None,
+               ) -> AppendResult:
+        """Validate, route and durably append records (dicts or a DataFrame). Non-conforming records go
+        to ``<topic>.dlq`` as ``{"record": ..., "reason": ...}``. Returns after fsync."""
+
+    # -- reading -------------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, topic: str, partition: int, offset: int = 0, max_records: int = 1000) -> list[Record]:
+        """Records of one partition from `offset` on (at most `max_records`)."""
+
+    @abstractmethod
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to be written, per partition."""
+
+    @abstractmethod
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """First offset still retained, per partition."""
+
+    @abstractmethod
+    def offset_for_time(self, topic: str, partition: int, timestamp_us: int) -> int:
+        """First offset whose append timestamp is >= `timestamp_us` (end offset if none)."""
+
+    def replay(self, topic: str, from_offset: dict[int, int] | int | None = None,
+               from_time: datetime | None = None, batch: int = 5000) -> Iterator[Record]:
+        """Every retained record from an offset (per partition) or a time, partition by partition."""
+        starts = self.start_offsets(topic)
+        ends = self.end_offsets(topic)
+        for p in sorted(ends):
+            if from_time is not None:
+                from loopstack.timeutil import ensure_utc, to_micros
+                from datetime import timezone
+                t_us = to_micros(ensure_utc(from_time) - datetime(1970, 1, 1, tzinfo=timezone.utc))
+                off = self.offset_for_time(topic, p, t_us)
+            elif isinstance(from_offset, dict):
+                off = from_offset.get(p, starts[p])
+            elif isinstance(from_offset, int):
+                off = from_offset
+            else:
+                off = starts[p]
+            off = max(off, starts[p])
+            while off < ends[p]:
+                recs = self.read(topic, p, off, batch)
+                if not recs:
+                    break
+                yield from recs
+                off = recs[-1].offset + 1
+
+    # -- consumer groups -----------------------------------------------------------------------
+    @abstractmethod
+    def consumer(self, topic: str, group: str, partitions: Sequence[int] | None = None,
+                 start: str = "earliest") -> Consumer:
+        """A consumer of `group` assigned `partitions` (default: all). `start` = earliest|latest applies
+        to partitions the group never committed."""
+
+    @abstractmethod
+    def committed(self, topic: str, group: str) -> dict[int, int]:
+        """The group's committed next-offsets per partition (partitions never committed are absent)."""
+
+    # -- housekeeping --------------------------------------------------------------------------
+    @abstractmethod
+    def apply_retention(self, topic: str, now_us: int | None = None) -> int:
+        """Drop records older than retention_ms / beyond retention_bytes; returns how many went."""
+
+    def close(self) -> None:
+        return None
