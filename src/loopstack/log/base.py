@@ -188,3 +188,68 @@ class EventLog(ABC):
 
     def close(self) -> None:
         return None
+
+
+class PollingConsumer(Consumer):
+    """A consumer built only on `EventLog.read` and a commit store; every backend uses it, so
+    positions, commits and seeks behave identically everywhere."""
+
+    def __init__(self, log: EventLog, topic: str, group: str, partitions: Sequence[int] | None,
+                 start: str, store: Any) -> None:
+        if start not in ("earliest", "latest"):
+            from loopstack.errors import LogError
+            raise LogError(f"consumer start={start!r} is not understood: use 'earliest' or 'latest'")
+        self.log, self.topic, self.group, self._store = log, topic, group, store
+        n = log.topic(topic).partitions
+        parts = list(range(n)) if partitions is None else list(partitions)
+        for p in parts:
+            log._check_partition(topic, p)  # type: ignore[attr-defined]
+        committed = log.committed(topic, group)
+        starts, ends = log.start_offsets(topic), log.end_offsets(topic)
+        self._pos = {p: committed.get(p, starts[p] if start == "earliest" else ends[p]) for p in parts}
+        self._next_p = 0
+
+    def poll(self, max_records: int = 500, timeout: float = 0.0) -> list[Record]:
+        """Up to `max_records` records after the current positions (waits up to `timeout` s for some)."""
+        import time
+        deadline = time.monotonic() + timeout
+        parts = sorted(self._pos)
+        while True:
+            out: list[Record] = []
+            for k in range(len(parts)):  # rotate the first partition so none starves
+                p = parts[(self._next_p + k) % len(parts)]
+                if len(out) >= max_records:
+                    break
+                recs = self.log.read(self.topic, p, self._pos[p], max_records - len(out))
+                if recs:
+                    out.extend(recs)
+                    self._pos[p] = recs[-1].offset + 1
+            self._next_p += 1
+            if out or time.monotonic() >= deadline:
+                return out
+            time.sleep(0.02)
+
+    def commit(self, offsets: dict[int, int] | None = None) -> None:
+        """Store next-offsets for the group (default: the current positions)."""
+        offsets = dict(self._pos) if offsets is None else dict(offsets)
+        for p in offsets:
+            self._assigned(p)
+        self._store(offsets)
+
+    def position(self) -> dict[int, int]:
+        """The next offset this consumer will read, per assigned partition."""
+        return dict(self._pos)
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Move the position of one assigned partition (not committed until `commit`)."""
+        self._assigned(partition)
+        if offset < 0:
+            from loopstack.errors import LogError
+            raise LogError(f"cannot seek partition {partition} of {self.topic!r} to {offset}: offsets are >= 0")
+        self._pos[partition] = offset
+
+    def _assigned(self, p: int) -> None:
+        if p not in self._pos:
+            from loopstack.errors import LogError
+            raise LogError(f"partition {p} of {self.topic!r} is not assigned to this consumer "
+                           f"(assigned: {sorted(self._pos)}); create a consumer with partitions=[{p}]")

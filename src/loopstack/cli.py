@@ -1,0 +1,96 @@
+"""The `loopstack` command: one sub-command group per box (log, features, ...)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from loopstack.errors import LoopstackError
+
+console = Console()
+err_console = Console(stderr=True)
+app = typer.Typer(help="loopstack: a production ML system in one package.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="Folder to create the project in."),
+         name: str = typer.Option(None, help="Project name (default: the folder's name)."),
+         example: bool = typer.Option(True, help="Write an example definitions.py.")) -> None:
+    """Scaffold a project: loopstack.yaml and a definitions file with a worked example."""
+    from loopstack.project import Project
+    existed = (directory / "loopstack.yaml").exists()
+    project = Project.init(directory, name=name, example=example)
+    verb = "kept existing" if existed else "created"
+    console.print(f"[green]{verb}[/] {project.root / 'loopstack.yaml'}")
+    console.print(f"next: edit {project.root / 'definitions.py'}, then `loopstack apply -p {directory}`")
+
+
+@app.command()
+def apply(project: Path = ProjectOpt,
+          file: Path = typer.Option(None, "--file", "-f", help="Definitions file (default: from loopstack.yaml)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff, change nothing."),
+          prune: bool = typer.Option(True, help="Mark definitions no longer in the file as removed.")) -> None:
+    """Register the definitions file: prints what was added, changed and removed."""
+    from loopstack.project import Project
+    p = Project(project)
+    objects = p.load_definitions(file)
+    diff = p.plan(objects, prune=prune) if dry_run else p.apply(objects, prune=prune)
+    styles = {"+": "green", "~": "yellow", "-": "red"}
+    for line in diff.lines():
+        console.print(f"[{styles.get(line[0], 'dim')}]{line}[/]")
+    if dry_run:
+        console.print("[dim](dry run: nothing changed)[/]")
+
+
+@app.command("config")
+def show_config(project: Path = ProjectOpt) -> None:
+    """Show the effective configuration (loopstack.yaml plus environment overrides)."""
+    import dataclasses
+
+    import yaml
+
+    from loopstack.config import load_config
+    console.print(yaml.safe_dump(dataclasses.asdict(load_config(project.resolve())), sort_keys=False))
+
+
+@app.command()
+def demo(directory: Path = typer.Option(Path("demo-project"), help="Where to build the demo project."),
+         fresh: bool = typer.Option(True, help="Start from an empty folder.")) -> None:
+    """Run the end-to-end spam-classifier demo on embedded defaults."""
+    from loopstack.demo.run import run_demo
+    run_demo(directory, fresh=fresh, console=console)
+
+
+def _add_groups() -> None:
+    from loopstack.features.cli import app as features_app
+    from loopstack.log.cli import app as log_app
+    app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")
+    app.add_typer(features_app, name="features", help="Boxes 2-3: feature definitions and retrieval.")
+
+
+_add_groups()
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2 instead of a traceback."""
+    try:
+        app(standalone_mode=False)
+    except LoopstackError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

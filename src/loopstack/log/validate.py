@@ -1,0 +1,259 @@
+"""Pure schema validation and batch preparation for the event log (no I/O).
+
+`validate_record` checks one record against a topic schema and normalises it so it is plain JSON:
+
+* required fields must be present and not null (NaN / NaT count as null);
+* int8..int64: Python/numpy ints in range; bools are *not* ints; integral floats (``3.0``, what a
+  pandas int column with a gap becomes) are accepted and turned into ints;
+* float32/float64: ints and floats (not bools); bool: only bools; string: only strings;
+* timestamp: ``datetime`` / ``pandas.Timestamp`` (naive = UTC), ISO-8601 strings, or epoch numbers
+  (by magnitude: seconds < 1e11 <= milliseconds < 1e14 <= microseconds < 1e17 <= nanoseconds),
+  normalised to ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``;
+* fields not in the schema are kept (made JSON-safe: datetimes → ISO strings, numpy scalars →
+  Python, anything else unknown → ``repr``), so producers can add fields before the schema does.
+
+`prepare_batch` turns one ``append`` call (dicts or a DataFrame, a key spec) into routed accepted
+records plus dead letters; both backends use it, so they validate and route identically.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from loopstack.errors import LogError
+from loopstack.features.definitions import Field
+
+from .base import TopicConfig, partition_for
+
+_INT_RANGES = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _is_null(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, (str, int, dict, list, tuple, datetime)) and v.__class__.__module__ != "pandas._libs.tslibs.nattype":
+        return False
+    if isinstance(v, float):
+        return math.isnan(v)
+    try:  # pandas.NaT, numpy.nan and friends
+        import pandas as pd
+        return v is pd.NaT or (not isinstance(v, (str, bytes, dict, list)) and bool(pd.isna(v)) is True)
+    except (TypeError, ValueError, ImportError):
+        return False
+
+
+def _py(v: Any) -> Any:
+    """numpy scalars → Python scalars."""
+    mod = type(v).__module__
+    if mod == "numpy" and hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def format_ts(dt: datetime) -> str:
+    """A datetime as the log's canonical timestamp string (UTC, microseconds, ``+00:00``)."""
+    dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.isoformat(timespec="microseconds")
+
+
+def _ts_from_number(n: float | int) -> datetime:
+    a = abs(n)
+    if a < 1e11:
+        us = n * 1_000_000
+    elif a < 1e14:
+        us = n * 1_000
+    elif a < 1e17:
+        us = n
+    else:
+        us = n / 1_000
+    from datetime import timedelta
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def _check(f: Field, v: Any) -> tuple[Any, str | None]:
+    """Normalised value or a reason fragment (the expected type)."""
+    dt = f.dtype
+    if dt in _INT_RANGES:
+        if isinstance(v, bool):
+            return None, f"expected {dt}, bools are not accepted as integers"
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int):
+            return None, f"expected {dt}"
+        bits = _INT_RANGES[dt]
+        if not -(1 << (bits - 1)) <= v < (1 << (bits - 1)):
+            return None, f"expected {dt}, value out of range"
+        return v, None
+    if dt in ("float32", "float64"):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None, f"expected {dt}"
+        return float(v), None
+    if dt == "bool":
+        return (v, None) if isinstance(v, bool) else (None, "expected bool")
+    if dt == "string":
+        return (v, None) if isinstance(v, str) else (None, "expected string")
+    # timestamp
+    try:
+        if isinstance(v, datetime):
+            return format_ts(v), None
+        if isinstance(v, date):
+            return format_ts(datetime(v.year, v.month, v.day)), None
+        if isinstance(v, str):
+            s = v.strip()
+            if s.endswith("Z"):
+                s = s[:-1] + "+00:00"
+            return format_ts(datetime.fromisoformat(s)), None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return format_ts(_ts_from_number(v)), None
+    except (ValueError, OverflowError, OSError):
+        pass
+    return None, "expected timestamp (datetime, ISO-8601 string or epoch number)"
+
+
+def json_safe(v: Any) -> Any:
+    """Make a value JSON-serialisable: datetimes → ISO, numpy → Python, NaN → None, else repr."""
+    v = _py(v)
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, datetime):
+        return format_ts(v)
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if _is_null(v):
+        return None
+    if hasattr(v, "tolist"):
+        return json_safe(v.tolist())
+    return repr(v)
+
+
+def validate_record(record: Any, schema: Sequence[Field]) -> tuple[dict | None, str | None]:
+    """Check one record against `schema`: ``(normalised, None)`` or ``(None, reason)``."""
+    if not isinstance(record, dict):
+        return None, f"record is not an object (mapping of field -> value): got {type(record).__name__} " \
+                     f"{_short(record)}"
+    out: dict[str, Any] = {}
+    for f in schema:
+        v = _py(record.get(f.name))
+        if _is_null(v):
+            if f.required:
+                what = "missing" if f.name not in record else "null"
+                return None, f"field {f.name!r} ({f.dtype}) is required but {what}: got {_short(record.get(f.name))}"
+            out[f.name] = None
+            continue
+        norm, why = _check(f, v)
+        if why is not None:
+            return None, f"field {f.name!r}: {why}: got {_short(v)} ({type(v).__name__})"
+        out[f.name] = norm
+    names = {f.name for f in schema}
+    for k, v in record.items():
+        if k not in names:
+            out[str(k)] = json_safe(v)
+    return out, None
+
+
+def reason_kind(reason: str) -> str:
+    """The reason without the offending value, so counts aggregate (``... : got X`` → ``...``)."""
+    return reason.rsplit(": got ", 1)[0]
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def to_records(data: Any) -> list:
+    """Input of ``append`` as a list: a DataFrame becomes dicts (NaN/NaT → None); a dict is one record."""
+    if isinstance(data, dict):
+        return [data]
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(data, pd.DataFrame):
+        df = data.astype(object).where(data.notna(), None)
+        return df.to_dict("records")
+    return list(data)
+
+
+@dataclass
+class Prepared:
+    """One append call, validated and routed: accepted ``(partition, key, value)`` in input order."""
+
+    accepted: list[tuple[int, str | None, dict]] = field(default_factory=list)
+    dead: list[dict] = field(default_factory=list)  # values for the DLQ topic
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _keys(records: list, key: str | Sequence[str | None] | None, cfg: TopicConfig) -> list[str | None]:
+    if isinstance(key, str):
+        return [key] * len(records)
+    if key is not None:
+        keys = list(key)
+        if len(keys) != len(records):
+            raise LogError(f"append to {cfg.name!r}: got {len(keys)} keys for {len(records)} records; "
+                           "pass one key per record, a single key string, or key=None")
+        return [None if k is None else str(k) for k in keys]
+    if cfg.key_field:
+        out = []
+        for r in records:
+            v = r.get(cfg.key_field) if isinstance(r, dict) else None
+            out.append(None if _is_null(_py(v)) else str(_py(v)))
+        return out
+    return [None] * len(records)
+
+
+def prepare_batch(cfg: TopicConfig, data: Any, key: str | Sequence[str | None] | None,
+                  rr: "itertools.count[int] | None" = None) -> Prepared:
+    """Validate, normalise and route a batch; rejected records become DLQ values with their reason."""
+    records = to_records(data)
+    keys = _keys(records, key, cfg)
+    rr = rr if rr is not None else itertools.count()
+    out = Prepared()
+    for rec, k in zip(records, keys):
+        norm, reason = validate_record(rec, cfg.schema)
+        if reason is not None:
+            out.dead.append({"record": json_safe(rec), "reason": reason, "topic": cfg.name})
+            kind = reason_kind(reason)
+            out.reasons[kind] = out.reasons.get(kind, 0) + 1
+            continue
+        p = partition_for(k, cfg.partitions) if k is not None else next(rr) % cfg.partitions
+        out.accepted.append((p, k, norm))
+    return out
+
+
+def encode_value(value: dict) -> str:
+    """The JSON text stored for a value (compact, stable)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def check_topic_name(name: str) -> str:
+    """Topic names: letters, digits, ``. _ -``; not starting with ``_`` or ``.``."""
+    import re
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name) or ".." in name:
+        raise LogError(f"topic name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
+                       "starting with a letter or digit (e.g. 'events' or 'clicks.v2')")
+    return name
+
+
+def dlq_config(topic: str) -> TopicConfig:
+    """Config of a topic's dead-letter topic (1 partition, no schema)."""
+    from .base import DLQ_SUFFIX
+    return TopicConfig(topic + DLQ_SUFFIX, 1)
+
+
+def iter_chunks(it: Iterable, n: int) -> Iterable[list]:
+    """Consecutive lists of at most `n` items."""
+    it = iter(it)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk

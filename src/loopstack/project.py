@@ -1,0 +1,175 @@
+"""`Project`: one folder with a loopstack.yaml, and the entry point to every store it configures.
+
+The project wires the configured backends together (log, metadata, registry, offline engine); the
+boxes themselves never reach into each other's storage.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from loopstack.config import CONFIG_FILE, DEFAULT_YAML, Config, load_config, resolve
+from loopstack.errors import ConfigError, DefinitionError, LogError
+from loopstack.features.definitions import Definition, EventSource, FeatureView, Field, OnDemandFeature
+from loopstack.features.registry import ApplyDiff, FeatureRegistry
+from loopstack.meta.db import MetadataStore
+
+
+class Project:
+    """A loopstack project folder: reads `loopstack.yaml` and opens the stores it names lazily."""
+
+    def __init__(self, path: str | Path = ".", config: Config | None = None) -> None:
+        self.root = Path(path).expanduser().resolve()
+        if not self.root.is_dir():
+            raise ConfigError(f"project folder {self.root} does not exist: create it with `loopstack init {path}`")
+        self.config = config or load_config(self.root)
+        self._on_demand: dict[str, OnDemandFeature] = {}
+
+    # -- creating ------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | Path, name: str | None = None, example: bool = True) -> "Project":
+        """Create a project folder with loopstack.yaml (and an example definitions.py); idempotent."""
+        root = Path(path).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        cfg = root / CONFIG_FILE
+        if not cfg.exists():
+            cfg.write_text(DEFAULT_YAML.format(name=name or root.name))
+        defs = root / "definitions.py"
+        if example and not defs.exists():
+            defs.write_text(resources.files("loopstack.templates").joinpath("definitions.py.txt").read_text())
+        (root / "data").mkdir(exist_ok=True)
+        return cls(root)
+
+    # -- stores (opened on first use) ----------------------------------------------------------
+    def path(self, p: str) -> Path:
+        """A config path resolved against the project folder."""
+        return resolve(self.root, p)
+
+    @cached_property
+    def meta(self) -> MetadataStore:
+        url = self.config.metadata_url(self.root)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return MetadataStore(url)
+
+    @cached_property
+    def registry(self) -> FeatureRegistry:
+        return FeatureRegistry(self.meta)
+
+    @cached_property
+    def log(self):  # -> EventLog
+        from loopstack.log import open_log
+        c = self.config.log
+        if c.backend == "local":
+            return open_log("local", path=self.path(c.path))
+        return open_log(c.backend, url=c.url)
+
+    @cached_property
+    def engine(self):  # -> OfflineEngine
+        from loopstack.features.offline.duckdb import DuckDBEngine
+        c = self.config.offline
+        return DuckDBEngine(threads=c.threads, memory_limit=c.memory_limit)
+
+    @property
+    def lake_path(self) -> Path:
+        return self.path(self.config.offline.lake_path)
+
+    # -- definitions ---------------------------------------------------------------------------
+    def load_definitions(self, file: str | Path | None = None) -> list[Definition]:
+        """Import the definitions file and collect every Entity/EventSource/FeatureView/OnDemandFeature in it."""
+        path = Path(file) if file else self.path(self.config.definitions)
+        if not path.exists():
+            raise DefinitionError(f"definitions file {path} not found (set `definitions:` in {CONFIG_FILE})")
+        spec = importlib.util.spec_from_file_location(f"loopstack_defs_{abs(hash(str(path)))}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise DefinitionError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        return [v for v in vars(module).values() if isinstance(v, Definition)]
+
+    def plan(self, objects: Iterable[Definition], prune: bool = False) -> ApplyDiff:
+        """What `apply` would change, without changing anything."""
+        return self.registry.plan(list(objects), prune)[0]
+
+    def apply(self, objects: Iterable[Definition], prune: bool = False) -> ApplyDiff:
+        """Register definitions (a new version per change) and create the log topics their sources need."""
+        objects = list(objects)
+        diff, _ = self.registry.plan(objects, prune)  # validates before touching the log
+        for obj in objects:
+            if isinstance(obj, OnDemandFeature):
+                self._on_demand[obj.name] = obj
+        sources = {o.name: o for o in objects if isinstance(o, EventSource)}
+        sources.update({o.source.name: o.source for o in objects if isinstance(o, FeatureView)})
+        for source in sources.values():
+            self._ensure_topic(source, objects)
+        return self.registry.apply(objects, prune)
+
+    def _ensure_topic(self, source: EventSource, objects: Sequence[Definition]) -> None:
+        if source.is_batch:
+            return
+        from loopstack.log.base import TopicConfig
+        schema = list(source.schema)
+        if source.schema and source.field(source.timestamp) is None:
+            schema.append(Field(source.timestamp, "timestamp"))
+        key = source.key or next((o.entity.join_key for o in objects
+                                  if isinstance(o, FeatureView) and o.source.name == source.name), None)
+        try:
+            self.log.create_topic(TopicConfig(source.topic, source.partitions, tuple(schema), key_field=key))
+        except LogError as exc:
+            raise DefinitionError(f"source {source.name!r}: {exc}") from exc
+
+    # -- offline retrieval ---------------------------------------------------------------------
+    def source_data(self, source: EventSource):  # -> SourceData
+        """Where the engine finds a source's events; log topics are first archived into the lake."""
+        from loopstack.features.offline.base import SourceData
+        if source.is_batch:
+            p = self.path(source.path) if "://" not in source.path else Path(source.path)
+            fmt = "csv" if str(p).lower().endswith(".csv") else "parquet"
+            if p.is_dir():
+                files = tuple(sorted(str(f) for f in p.rglob("*.parquet")))
+            elif any(ch in str(p) for ch in "*?["):
+                files = tuple(sorted(str(f) for f in Path("/").glob(str(p).lstrip("/"))))
+            else:
+                files = (str(p),) if p.exists() else ()
+            return SourceData(source.name, files, source.timestamp, (), fmt)
+        from loopstack.log.archive import archive_topic
+        archive_topic(self.log, source.topic, self.lake_path, timestamp_field=source.timestamp)
+        files = tuple(sorted(str(f) for f in (self.lake_path / source.topic).rglob("*.parquet")))
+        return SourceData(source.name, files, source.timestamp, ("_append_ts", "_partition", "_offset"), "parquet")
+
+    def on_demand_features(self) -> dict[str, OnDemandFeature]:
+        """On-demand features applied in this process, else those in the definitions file."""
+        if not self._on_demand and self.registry.meta.latest_definitions("on_demand"):
+            self._on_demand = {d.name: d for d in self.load_definitions() if isinstance(d, OnDemandFeature)}
+        return self._on_demand
+
+    def get_historical_features(self, entity_df: Any, features: Sequence[str], *,
+                                full_feature_names: bool = False, timestamp_column: str = "event_timestamp",
+                                output: str = "pandas") -> Any:
+        """Point-in-time correct features for each row of `entity_df` (see docs/offline-store.md)."""
+        from loopstack.features.retrieval import get_historical_features
+        return get_historical_features(
+            entity_df, list(features), views=self.registry.views(), source_data=self.source_data,
+            engine=self.engine, full_feature_names=full_feature_names, timestamp_column=timestamp_column,
+            on_demand=self.on_demand_features(), output=output)
+
+    def close(self) -> None:
+        """Close every store that was opened."""
+        for name in ("log", "engine", "meta"):
+            if name in self.__dict__:
+                self.__dict__[name].close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r})"

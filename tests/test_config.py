@@ -1,0 +1,54 @@
+"""loopstack.yaml parsing: backends per store, env overrides, and errors that name the fix."""
+from __future__ import annotations
+
+import pytest
+
+from loopstack.config import DEFAULT_YAML, load_config, parse_config
+from loopstack.errors import ConfigError
+
+
+def test_default_yaml_parses_to_embedded_defaults(tmp_path):
+    (tmp_path / "loopstack.yaml").write_text(DEFAULT_YAML.format(name="x"))
+    cfg = load_config(tmp_path, env={})
+    assert (cfg.name, cfg.log.backend, cfg.offline.engine, cfg.metadata.backend) == ("x", "local", "duckdb", "sqlite")
+    assert cfg.metadata_url(tmp_path) == f"sqlite:///{tmp_path / 'data/metadata.db'}"
+
+
+def test_env_overrides_every_section_and_wins_over_file():
+    cfg = parse_config({"log": {"backend": "local"}},
+                       env={"LOOPSTACK_LOG__BACKEND": "redis", "LOOPSTACK_LOG__URL": "redis://127.0.0.1:1/2",
+                            "LOOPSTACK_OFFLINE__THREADS": "2", "LOOPSTACK_METADATA__BACKEND": "postgresql",
+                            "LOOPSTACK_METADATA__URL": "postgresql+psycopg://u@127.0.0.1/db",
+                            "LOOPSTACK_NAME": "from-env", "LOOPSTACK_TEST_REDIS_URL": "ignored"})
+    assert cfg.log.backend == "redis" and cfg.log.url == "redis://127.0.0.1:1/2"
+    assert cfg.offline.threads == 2 and cfg.name == "from-env"
+    assert cfg.metadata_url(None) == "postgresql+psycopg://u@127.0.0.1/db"
+
+
+@pytest.mark.parametrize("raw, env, message", [
+    ({"log": {"backend": "kafkaa"}}, {}, r"log.backend = 'kafkaa' is not allowed; choose one of: local, redis"),
+    ({"metadata": {"backend": "mysql"}}, {}, r"metadata.backend = 'mysql'.*sqlite, postgresql"),
+    ({"log": {"bakend": "local"}}, {}, r"unknown key\(s\) log.bakend.*allowed keys of \[log\] are backend"),
+    ({"logs": {}}, {}, r"unknown section\(s\) logs"),
+    ({"offline": {"threads": "two"}}, {}, r"offline.threads = 'two' is not an integer"),
+    ({"log": "local"}, {}, r"section 'log' must be a mapping"),
+    ({}, {"LOOPSTACK_LOGG__BACKEND": "x"}, r"LOOPSTACK_LOGG__BACKEND: no section 'logg'"),
+    ({}, {"LOOPSTACK_LOG__BACKEND": "nope"}, r"log.backend = 'nope' is not allowed"),
+])
+def test_invalid_config_names_key_value_and_allowed(raw, env, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, env=env)
+
+
+def test_postgresql_without_url_says_what_to_set():
+    cfg = parse_config({"metadata": {"backend": "postgresql"}}, env={})
+    with pytest.raises(ConfigError, match="metadata.url is required"):
+        cfg.metadata_url(None)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="loopstack init"):
+        load_config(tmp_path, env={})
+    (tmp_path / "loopstack.yaml").write_text("log: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path, env={})
