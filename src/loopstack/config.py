@@ -161,7 +161,9 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     top = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(raw) - top)
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)} in {CONFIG_FILE}; allowed: {', '.join(sorted(top))}")
+        raise ConfigError(
+            f"unknown section(s) {', '.join(unknown)} in {CONFIG_FILE}; allowed: {', '.join(sorted(top))}"
+        )
     kwargs: dict[str, Any] = {}
     for name, cls in Config.SECTIONS.items():
         section = raw.get(name) or {}

@@ -130,7 +130,7 @@ class DuckDBEngine(OfflineEngine):
 
     def _arrow(self, sql: str, req: ViewRequest | None = None) -> pa.Table:
         try:
-            return _fetch_table(self.con.execute(sql))
+            return _fetch_table(self.con.sql(sql))
         except duckdb.Error as exc:
             where = f" for feature view {req.view.name!r} (source {req.data.name!r})" if req else ""
             raise RetrievalError(f"DuckDB could not compute features{where}: {exc}") from exc

@@ -1,0 +1,4 @@
+"""`python -m loopstack` is the `loopstack` command."""
+from loopstack.cli import main
+
+main()

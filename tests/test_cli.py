@@ -1,0 +1,54 @@
+"""The `loopstack` command as users run it (a subprocess): init, apply, config, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPSTACK_")}
+    full_env.update(env or {}, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "loopstack", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_init_then_apply_prints_the_diff_and_is_idempotent(tmp_path):
+    proj = tmp_path / "spam"
+    r = run("init", str(proj))
+    assert r.returncode == 0, r.stderr
+    assert (proj / "loopstack.yaml").exists() and (proj / "definitions.py").exists()
+    r = run("apply", "-p", str(proj))
+    assert r.returncode == 0, r.stderr
+    assert "+ entity author (v1)" in r.stdout and "+ feature_view author_stats (v1)" in r.stdout
+    r = run("apply", "-p", str(proj))
+    assert r.returncode == 0 and "no changes" in r.stdout
+    defs = proj / "definitions.py"
+    defs.write_text(defs.read_text().replace('Count(window="1h", name="comments_1h")',
+                                             'Count(window="2h", name="comments_1h")'))
+    r = run("apply", "-p", str(proj), "--dry-run")
+    assert "~ feature_view author_stats (v2)" in r.stdout and "dry run" in r.stdout
+    r = run("features", "list", "-p", str(proj))
+    assert "author_stats:comments_1h" in r.stdout and " 1h " in r.stdout  # dry run changed nothing
+    r = run("apply", "-p", str(proj))
+    assert "~ feature_view author_stats (v2)" in r.stdout
+    r = run("features", "versions", "author_stats", "-p", str(proj))
+    assert r.returncode == 0 and "comments_1h" in r.stdout and "\u2502 2 " in r.stdout
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    r = run("apply", "-p", str(tmp_path))
+    assert r.returncode == 2 and "loopstack init" in r.stderr and "Traceback" not in r.stderr
+    run("init", str(tmp_path))
+    r = run("apply", "-p", str(tmp_path), env={"LOOPSTACK_LOG__BACKEND": "kafkaa"})
+    assert r.returncode == 2 and "log.backend = 'kafkaa' is not allowed; choose one of: local, redis" in r.stderr
+    (tmp_path / "definitions.py").write_text("from loopstack import Count\nx = Count('a')\n")
+    r = run("apply", "-p", str(tmp_path))
+    assert r.returncode == 2 and "needs a window" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_shows_env_overrides(tmp_path):
+    run("init", str(tmp_path))
+    r = run("config", "-p", str(tmp_path), env={"LOOPSTACK_OFFLINE__THREADS": "2"})
+    assert r.returncode == 0 and "threads: 2" in r.stdout and "backend: local" in r.stdout
