@@ -14,6 +14,7 @@ Usage: b1_loopstack.py DATA_DIR --mode plain|windowed --out OUT.parquet
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import sys
@@ -58,6 +59,24 @@ def definitions(meta: dict, mode: str):
     return objects, refs
 
 
+def engine_direct(entity_df, objects):
+    """The same retrieval through the offline engine interface (used until Project's is importable)."""
+    import pyarrow as pa
+
+    from loopstack import FeatureView
+    from loopstack.features.offline.base import SourceData, ViewRequest
+    from loopstack.features.offline.duckdb import DuckDBEngine
+
+    engine = DuckDBEngine()
+    requests = [ViewRequest(o, tuple((f, f.name) for f in o.features),
+                            SourceData(o.source.name, (o.source.path,), o.source.timestamp))
+                for o in objects if isinstance(o, FeatureView)]
+    table = engine.historical_features(pa.Table.from_pandas(entity_df, preserve_index=False), "event_timestamp",
+                                       requests)
+    engine.close()
+    return table.to_pandas()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("data_dir")
@@ -80,8 +99,14 @@ def main() -> None:
         t_setup = time.perf_counter()
 
         entity_df = pd.read_parquet(meta["labels"])
+        api = "Project.get_historical_features"
+        if importlib.util.find_spec("loopstack.features.retrieval") is None:
+            api = "DuckDBEngine.historical_features"  # Project's retrieval layer not merged yet
         t0 = time.perf_counter()
-        df = project.get_historical_features(entity_df, features=refs)
+        if api.startswith("Project"):
+            df = project.get_historical_features(entity_df, features=refs)
+        else:
+            df = engine_direct(entity_df, objects)
         t1 = time.perf_counter()
         rss_join = peak_rss_bytes()
         project.close()
@@ -93,6 +118,7 @@ def main() -> None:
         "duckdb": duckdb.__version__,
         "rows": int(len(df)),
         "columns": int(df.shape[1]),
+        "api": api,
         "join_seconds": t1 - t0,
         "setup_seconds": t_setup - t_start,
         "total_seconds": time.perf_counter() - t_start,

@@ -52,7 +52,8 @@ SMALL = [(10_000, 100_000), (100_000, 1_000_000)]
 SYSTEMS = ("loopstack", "feast-duckdb", "feast-file", "loopstack-windowed")
 FEAST_SYSTEMS = ("feast-duckdb", "feast-file")
 REL_TOL = 1e-9
-console = Console()
+REFERENCE_SIZE = (10_000, 100_000)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 # ---------------------------------------------------------------- environment -----------------
@@ -421,6 +422,11 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
                      f"{r['feast_seconds']:.0f} s); loopstack {r['ours_seconds']:.2f} s / "
                      f"{r['ours_rss'] / 2**30:.2f} GiB → **more than {r['speedup']:.1f}× faster** "
                      "(a lower bound); no memory ratio can be given.")
+    if rc.get("plain"):
+        pl = rc["plain"]
+        lines += ["", f"loopstack's plain join was also checked against a pandas `merge_asof` reference at "
+                  f"N={_fmt_n(rc['n'])} × M={_fmt_n(rc['m'])}: "
+                  + ("equal." if pl["equal"] else f"**{pl['mismatched_cells']} cells differ**.")]
     notes = results.get("notes", [])
     if notes:
         lines += [""] + [f"- {x}" for x in notes]
@@ -432,11 +438,13 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
     for n, m in sizes:
         a, b = _cell(results["runs"].get(key("loopstack-windowed", n, m)))
         lines.append(f"| {_fmt_n(n)} | {_fmt_n(m)} | {a} | {b or '—'} |")
-    wc = results.get("windowed_check")
-    if wc:
-        lines += ["", f"Windowed results checked against an independent brute-force SQL range join at "
-                  f"N={_fmt_n(wc['n'])} × M={_fmt_n(wc['m'])}: "
-                  + ("equal." if wc["equal"] else f"**{wc['mismatched_cells']} cells differ**.")]
+    rc = results.get("reference_check", {})
+    if rc.get("windowed"):
+        w = rc["windowed"]
+        lines += ["", f"Windowed results checked against a brute-force SQL range join (no window functions) at "
+                  f"N={_fmt_n(rc['n'])} × M={_fmt_n(rc['m'])}: "
+                  + ("equal (all 36 columns, same nulls)." if w["equal"]
+                     else f"**{w['mismatched_cells']} cells differ** (e.g. {w['examples'][:2]}).")]
     lines += ["", "Reproduce: `make bench` (= `python benchmarks/b1_pit_join.py --sizes full --write-docs`); "
               "raw numbers in `.bench/results/b1.json`.", END]
     return "\n".join(lines)
@@ -458,16 +466,22 @@ def write_docs(results: dict, sizes: list[tuple[int, int]]) -> None:
     console.print(f"wrote {DOCS.relative_to(REPO)}")
 
 
-# ---------------------------------------------------------------- windowed cross-check --------
-def windowed_check(n: int, m: int) -> dict:
-    """Check loopstack's windowed output at one size against a brute-force DuckDB range join."""
-    code = HERE / "b1_windowed_ref.py"
-    out = BENCH / "outputs" / f"loopstack-windowed_n{n}_m{m}.parquet"
-    ref = BENCH / "outputs" / f"windowed-ref_n{n}_m{m}.parquet"
-    subprocess.run([sys.executable, str(code), str(b1_data.size_dir(DATA, n, m)), "--out", str(ref)], check=True)
-    c = compare(str(ref), str(out), n)
-    return {"n": n, "m": m, **{k: c[k] for k in ("equal", "mismatched_cells", "null_mismatches",
-                                                 "rows_missing_in_other", "examples")}}
+# ---------------------------------------------------------------- reference check -----------
+def reference_check(n: int, m: int) -> dict:
+    """Check loopstack's outputs at one (small) size against brute-force references (b1_reference.py):
+    pandas merge_asof for the plain join, a plain SQL range join + GROUP BY for the windowed one."""
+    out: dict = {"n": n, "m": m}
+    for mode, system in (("plain", "loopstack"), ("windowed", "loopstack-windowed")):
+        run = load_results()["runs"].get(key(system, n, m))
+        if not run or run.get("status") != "ok" or not Path(run["output"]).exists():
+            continue
+        ref = BENCH / "outputs" / f"reference-{mode}_n{n}_m{m}.parquet"
+        subprocess.run([sys.executable, str(HERE / "b1_reference.py"), str(b1_data.size_dir(DATA, n, m)),
+                        "--mode", mode, "--out", str(ref)], check=True)
+        c = compare(str(ref), run["output"], n)
+        out[mode] = {k: c[k] for k in ("equal", "columns_compared", "mismatched_cells", "null_mismatches",
+                                       "rows_missing_in_other", "examples")}
+    return out
 
 
 # ---------------------------------------------------------------- main ------------------------
@@ -559,16 +573,15 @@ def main() -> None:
                         and Path(ff["output"]).exists():
                     status(f"comparing feast-file with feast-duckdb N={n:,} M={m:,}")
                     results["comparisons"][key("feast-file-vs-duckdb", n, m)] = compare(fd["output"], ff["output"], n)
-                if "loopstack-windowed" in systems and (n, m) == (10_000, 100_000):
-                    w = results["runs"].get(key("loopstack-windowed", n, m))
-                    if w and w["status"] == "ok" and (HERE / "b1_windowed_ref.py").exists():
-                        status("checking windowed output against a brute-force reference")
-                        results["windowed_check"] = windowed_check(n, m)
                 save_results(results)
+                if (n, m) == REFERENCE_SIZE and {"loopstack", "loopstack-windowed"} & set(systems):
+                    status("checking loopstack against brute-force references")
+                    results["reference_check"] = reference_check(n, m)
+                    save_results(results)
                 if not a.keep_outputs:
                     for s in SYSTEMS:
                         run = results["runs"].get(key(s, n, m))
-                        if run and run.get("output") and (n, m) != (10_000, 100_000):
+                        if run and run.get("output") and (n, m) != REFERENCE_SIZE:
                             Path(run["output"]).unlink(missing_ok=True)
 
     report_sizes = sizes

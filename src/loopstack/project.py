@@ -16,6 +16,7 @@ from loopstack.config import CONFIG_FILE, DEFAULT_YAML, Config, load_config, res
 from loopstack.errors import ConfigError, DefinitionError, LogError
 from loopstack.features.definitions import Definition, EventSource, FeatureView, Field, OnDemandFeature
 from loopstack.features.registry import ApplyDiff, FeatureRegistry
+from loopstack.meta.artifacts import ArtifactStore
 from loopstack.meta.db import MetadataStore
 
 
@@ -55,6 +56,11 @@ class Project:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return MetadataStore(url)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        p = self.config.artifacts.path
+        return ArtifactStore(p if "://" in p else self.path(p))
 
     @cached_property
     def registry(self) -> FeatureRegistry:
