@@ -362,6 +362,7 @@ def build_table(results: dict, sizes: list[tuple[int, int]]) -> Table:
 def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
     info = results.get("machine", {})
     le, fe = info.get("loopstack_env", {}), info.get("feast_env", {})
+    rc = results.get("reference_check", {})
     lines = [BEGIN, "## B1 — point-in-time join, loopstack vs Feast", ""]
     lines += [
         "**What is measured.** `get_historical_features(entity_df, features)` for N label rows "
@@ -438,7 +439,6 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
     for n, m in sizes:
         a, b = _cell(results["runs"].get(key("loopstack-windowed", n, m)))
         lines.append(f"| {_fmt_n(n)} | {_fmt_n(m)} | {a} | {b or '—'} |")
-    rc = results.get("reference_check", {})
     if rc.get("windowed"):
         w = rc["windowed"]
         lines += ["", f"Windowed results checked against a brute-force SQL range join (no window functions) at "

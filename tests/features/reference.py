@@ -71,7 +71,7 @@ def reference_value(agg: Aggregation, view: FeatureView, key: Any, t: int | None
 def sum_abs(agg: Aggregation, view: FeatureView, key: Any, t: int | None, events: list[dict],
             ts_col: str) -> tuple[int, float]:
     """(n, Σ|x|) of the values a float Sum/Mean adds up: the scale of its rounding error bound."""
-    if agg.window is None or agg.column is None or key is None or t is None:
+    if agg.function not in ("sum", "mean") or agg.window is None or key is None or t is None:
         return 0, 0.0
     w = to_micros(agg.window_delta)
     vals = [e[agg.column] for e in events

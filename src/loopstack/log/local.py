@@ -197,7 +197,7 @@ class LocalLog(EventLog):
             return []
         with self._mutex:
             part = self._part(topic, partition)
-            for attempt in range(3):
+            for _attempt in range(3):
                 try:
                     out = []
                     for off, payload in part.read(max(0, offset), max_records):

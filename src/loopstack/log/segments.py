@@ -119,6 +119,18 @@ class Partition:
         self._idx[base] = (start + n * IDX.size, entries)
         return entries
 
+    def _first_ts(self, base: int) -> float:
+        """Append ts of a segment's first record (its first index entry); +inf for an empty segment."""
+        cached = self._idx.get(base)
+        if cached and cached[1]:
+            return cached[1][0][2]
+        try:
+            with open(seg_path(self.dir, base, "idx"), "rb") as f:
+                head = f.read(IDX.size)
+        except FileNotFoundError:
+            return float("inf")
+        return IDX.unpack(head)[2] if len(head) == IDX.size else float("inf")
+
     def _write_index(self, base: int, entries: list[tuple[int, int, int]], fsync: bool) -> None:
         if not entries:
             return
@@ -250,8 +262,8 @@ class Partition:
             base = self.bases[i]
             entries = self.index(base)
             j = bisect.bisect_right(entries, (offset, 1 << 62, 0)) - 1
-            off, pos = (entries[j][0], entries[j][1]) if j >= 0 else (base, 0)
-            for off, _pos, payload in frames(seg_path(self.dir, base), pos, off):
+            first, pos = (entries[j][0], entries[j][1]) if j >= 0 else (base, 0)
+            for off, _pos, payload in frames(seg_path(self.dir, base), pos, first):
                 if off >= self.next or n >= max_records:
                     return
                 if off >= offset:
@@ -264,11 +276,16 @@ class Partition:
     def offset_for_time(self, ts: int) -> int:
         """First offset with append ts >= `ts` (the end offset if none)."""
         self.refresh(False)
-        firsts = [(e[0][2] if (e := self.index(b)) else None) for b in self.bases]
-        cand = [k for k, f in enumerate(firsts) if f is not None and f < ts]
-        if not cand:
+        lo, hi = 0, len(self.bases)  # binary search: the last segment whose first record is < ts
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._first_ts(self.bases[mid]) < ts:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
             return self.bases[0] if self.bases else 0
-        k = cand[-1]
+        k = lo - 1
         base = self.bases[k]
         entries = self.index(base)
         j = max(0, bisect.bisect_left([e[2] for e in entries], ts) - 1)

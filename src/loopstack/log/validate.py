@@ -36,8 +36,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 def _is_null(v: Any) -> bool:
     if v is None:
         return True
-    if isinstance(v, (str, int, dict, list, tuple, datetime)) and v.__class__.__module__ != "pandas._libs.tslibs.nattype":
+    if isinstance(v, (str, int, dict, list, tuple)):
         return False
+    if isinstance(v, datetime):
+        return type(v).__name__ == "NaTType"
     if isinstance(v, float):
         return math.isnan(v)
     try:  # pandas.NaT, numpy.nan and friends
@@ -50,7 +52,7 @@ def _is_null(v: Any) -> bool:
 def _py(v: Any) -> Any:
     """numpy scalars → Python scalars."""
     mod = type(v).__module__
-    if mod == "numpy" and hasattr(v, "item"):
+    if mod == "numpy" and getattr(v, "ndim", None) == 0:
         return v.item()
     return v
 
@@ -92,6 +94,8 @@ def _check(f: Field, v: Any) -> tuple[Any, str | None]:
     if dt in ("float32", "float64"):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None, f"expected {dt}"
+        if not math.isfinite(v):
+            return None, f"expected a finite {dt} (JSON has no infinity)"
         return float(v), None
     if dt == "bool":
         return (v, None) if isinstance(v, bool) else (None, "expected bool")
@@ -234,7 +238,10 @@ def prepare_batch(cfg: TopicConfig, data: Any, key: str | Sequence[str | None] |
 
 def encode_value(value: dict) -> str:
     """The JSON text stored for a value (compact, stable)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(value)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def check_topic_name(name: str) -> str:

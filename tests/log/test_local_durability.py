@@ -1,0 +1,165 @@
+"""Local backend only: kill -9 durability, torn-tail truncation, multi-process appends, the sparse index."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from loopstack.log import TopicConfig
+from loopstack.log import segments
+from loopstack.log.local import LocalLog
+from loopstack.log.segments import HDR, frames, seg_path
+
+APPENDER = str(Path(__file__).with_name("_appender.py"))
+
+
+def _spawn(root, name, batches=100000, size=20, pad=300):
+    return subprocess.Popen([sys.executable, APPENDER, str(root), name, str(batches), str(size), str(pad)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _collect(proc, out: list[str]) -> threading.Thread:
+    def run():
+        for line in proc.stdout:
+            if line.endswith("\n"):
+                out.append(line)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _all_frames_intact(root: Path, topic: str) -> int:
+    """Every byte of every segment belongs to an intact frame; returns the number of frames."""
+    n = 0
+    for pdir in (root / topic).iterdir():
+        if not pdir.is_dir():
+            continue
+        for seg in sorted(pdir.glob("*.seg")):
+            end = 0
+            for _off, pos, payload in frames(seg, 0, 0):
+                end = pos + HDR.size + len(payload)
+                n += 1
+            assert end == seg.stat().st_size, f"{seg} has {seg.stat().st_size - end} trailing bytes"
+    return n
+
+
+def test_kill_minus_9_loses_no_acked_record(tmp_path):
+    rng = random.Random(7)
+    acked: dict[tuple[int, int], tuple[str, int]] = {}
+    for round_ in range(5):
+        lines: list[str] = []
+        proc = _spawn(tmp_path, f"w{round_}")
+        t = _collect(proc, lines)
+        deadline = time.time() + 30
+        while not lines and time.time() < deadline:  # let it get going, then kill at a random moment
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.02, 0.4))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        t.join(5)
+        assert lines, proc.stderr.read()
+        for line in lines:
+            p, o, name, seq = line.split()
+            key = (int(p), int(o))
+            assert key not in acked, f"offset {key} acknowledged twice"
+            acked[key] = (name, int(seq))
+        log = LocalLog(tmp_path, segment_bytes=256 * 1024, index_interval=1024)
+        ends = log.end_offsets("dur")
+        for (p, o), (name, seq) in acked.items():
+            assert o < ends[p]
+            rec = log.read("dur", p, o, 1)[0]
+            assert rec.offset == o and rec.value["w"] == name and rec.value["seq"] == seq
+            assert rec.value["pad"] == "z" * 300
+        # every readable record is whole, offsets are dense, and appends continue at the end
+        for p in (0, 1):
+            offs = [r.offset for r in log.replay("dur", from_offset={0: 0, 1: 0}) if r.partition == p]
+            assert offs == list(range(ends[p]))
+        res = log.append("dur", [{"probe": round_}], key="probe")
+        p, o = res.offsets[0]
+        assert o == ends[p]
+        assert log.read("dur", p, o, 1)[0].value == {"probe": round_}
+        assert _all_frames_intact(tmp_path, "dur") == sum(log.end_offsets("dur").values())
+    assert len(acked) > 100
+
+
+@pytest.mark.parametrize("garbage", ["half_frame", "bad_crc", "zeros", "header_only"])
+def test_torn_tail_is_truncated_on_reopen(tmp_path, garbage):
+    log = LocalLog(tmp_path)
+    log.create_topic(TopicConfig("t", 1))
+    log.append("t", [{"i": i} for i in range(10)])
+    seg = seg_path(tmp_path / "t" / "0", 0)
+    good_size = seg.stat().st_size
+    whole = segments.encode_frame(123, None, '{"i":99}')
+    tail = {"half_frame": whole[: len(whole) // 2],
+            "bad_crc": whole[:4] + b"\x00\x00\x00\x00" + whole[8:],
+            "zeros": b"\x00" * 64,
+            "header_only": whole[:6]}[garbage]
+    with open(seg, "ab") as f:
+        f.write(tail)
+    log2 = LocalLog(tmp_path)
+    assert log2.end_offsets("t") == {0: 10}
+    assert [r.value["i"] for r in log2.read("t", 0, 0, 100)] == list(range(10))
+    res = log2.append("t", [{"i": 10}])
+    assert res.offsets == [(0, 10)]
+    assert seg.stat().st_size == good_size + len(segments.encode_frame(10**15, None, '{"i":10}'))
+    assert [r.value["i"] for r in LocalLog(tmp_path).read("t", 0, 0, 100)] == list(range(11))
+    assert _all_frames_intact(tmp_path, "t") == 11
+
+
+def test_concurrent_appends_from_two_processes(tmp_path):
+    LocalLog(tmp_path).create_topic(TopicConfig("dur", 2))
+    outs: list[list[str]] = [[], []]
+    procs = [_spawn(tmp_path, f"p{i}", batches=60, size=5, pad=20) for i in range(2)]
+    threads = [_collect(p, o) for p, o in zip(procs, outs)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    for t in threads:
+        t.join(5)
+    offsets = [tuple(map(int, line.split()[:2])) for o in outs for line in o]
+    assert len(offsets) == 600 and len(set(offsets)) == 600
+    log = LocalLog(tmp_path)
+    ends = log.end_offsets("dur")
+    assert sum(ends.values()) == 600
+    for p in (0, 1):
+        assert sorted(o for q, o in offsets if q == p) == list(range(ends[p]))
+    per_key: dict[str, list[int]] = {}
+    for r in log.replay("dur"):
+        per_key.setdefault(r.key, []).append(r.value["seq"])
+    assert all(v == sorted(v) for v in per_key.values()) and len(per_key) == 10
+
+
+def test_segments_roll_and_sparse_index_bounds_reads(tmp_path, monkeypatch):
+    log = LocalLog(tmp_path, segment_bytes=64 * 1024, index_interval=1024)
+    log.create_topic(TopicConfig("big", 1))
+    for b in range(10):
+        log.append("big", [{"i": b * 1000 + i} for i in range(1000)])
+    segs = sorted((tmp_path / "big" / "0").glob("*.seg"))
+    assert len(segs) > 5 and all(s.stat().st_size <= 64 * 1024 for s in segs)
+    assert all(s.with_suffix(".idx").exists() for s in segs)
+    calls = []
+    real = segments.frames
+
+    def spy(path, pos, off):
+        calls.append((Path(path).name, pos, off))
+        return real(path, pos, off)
+
+    monkeypatch.setattr(segments, "frames", spy)
+    fresh = LocalLog(tmp_path, segment_bytes=64 * 1024, index_interval=1024)
+    fresh.end_offsets("big")
+    calls.clear()
+    rec = fresh.read("big", 0, 7777, 1)[0]
+    assert rec.offset == 7777 and rec.value["i"] == 7777
+    (name, pos, off), = calls
+    assert int(name[:-4]) <= 7777 and 0 <= 7777 - off <= 1024 // 20
+    calls.clear()
+    ts = rec.timestamp
+    assert fresh.offset_for_time("big", 0, ts) == 7000
+    assert len(calls) <= 2
+

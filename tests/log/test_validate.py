@@ -1,0 +1,77 @@
+"""validate_record: pure schema checks and normalisation (no I/O)."""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loopstack.features.definitions import Field
+from loopstack.log.validate import reason_kind, validate_record
+
+S = (Field("i8", "int8", False), Field("i64", "int64", False), Field("f", "float32", False),
+     Field("b", "bool", False), Field("s", "string", False), Field("t", "timestamp", False))
+
+
+def ok(rec):
+    out, why = validate_record(rec, S)
+    assert why is None, why
+    return out
+
+
+def bad(rec):
+    out, why = validate_record(rec, S)
+    assert out is None and why
+    return why
+
+
+def test_ints():
+    assert ok({"i8": 127, "i64": np.int64(-5)})["i64"] == -5
+    assert ok({"i8": 3.0})["i8"] == 3
+    assert "out of range" in bad({"i8": 128}) and "got 128" in bad({"i8": 128})
+    assert "bools are not accepted" in bad({"i64": True})
+    assert "expected int64: got '1' (str)" in bad({"i64": "1"})
+    assert "expected int8" in bad({"i8": 1.5})
+
+
+def test_floats_bools_strings():
+    assert ok({"f": 2})["f"] == 2.0 and isinstance(ok({"f": 2})["f"], float)
+    assert ok({"f": np.float32(1.5)})["f"] == 1.5
+    assert "expected float32" in bad({"f": False})
+    assert ok({"b": np.bool_(True)})["b"] is True
+    assert "expected bool: got 1" in bad({"b": 1})
+    assert "expected string: got 5" in bad({"s": 5})
+
+
+EPOCH_US = int(datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc).timestamp()) * 1_000_000 + 123456
+
+
+def test_timestamps():
+    want = "2024-05-06T07:08:09.123456+00:00"
+    aware = datetime(2024, 5, 6, 9, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    for v in (datetime(2024, 5, 6, 7, 8, 9, 123456), aware, pd.Timestamp(want), "2024-05-06T07:08:09.123456Z",
+              "2024-05-06 07:08:09.123456", EPOCH_US, EPOCH_US / 1000):
+        got = ok({"t": v})["t"]
+        assert got[:23] == want[:23] and got.endswith("+00:00"), (v, got)
+    assert ok({"t": EPOCH_US // 1_000_000})["t"] == "2024-05-06T07:08:09.000000+00:00"
+    assert ok({"t": date(2024, 1, 2)})["t"] == "2024-01-02T00:00:00.000000+00:00"
+    assert "expected timestamp" in bad({"t": "yesterday"}) and "'yesterday'" in bad({"t": "yesterday"})
+    assert ok({"t": pd.NaT})["t"] is None
+
+
+def test_required_nulls_and_extras():
+    schema = (Field("x", "int64"),)
+    assert validate_record({}, schema)[1] == "field 'x' (int64) is required but missing: got None"
+    assert "required but null" in validate_record({"x": float("nan")}, schema)[1]
+    assert "required but null" in validate_record({"x": None}, schema)[1]
+    out, _ = validate_record({"x": 1, "when": datetime(2024, 1, 1), "arr": np.array([1, 2]), "o": object}, schema)
+    assert out["when"] == "2024-01-01T00:00:00.000000+00:00" and out["arr"] == [1, 2]
+    assert out["o"] == repr(object)
+    assert "not an object" in validate_record([1], schema)[1]
+    assert reason_kind("field 'x': expected int64: got 'a' (str)") == "field 'x': expected int64"
+
+
+@pytest.mark.parametrize("v", [float("inf"), float("-inf")])
+def test_non_finite_floats_rejected(v):
+    assert "finite" in bad({"f": v})
