@@ -232,7 +232,7 @@ class OnDemandFeature(Definition):
         except (OSError, TypeError):
             code = getattr(self.fn, "__qualname__", repr(self.fn))
         return {"name": self.name, "inputs": list(self.inputs), "dtype": self.dtype, "code": code,
-                "function": f"{getattr(self.fn, '__module__', '')}:{getattr(self.fn, '__qualname__', '')}",
+                "function": getattr(self.fn, "__qualname__", ""),  # not the module: it differs per import
                 "description": self.description}
 
     def compute(self, row: dict) -> Any:

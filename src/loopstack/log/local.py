@@ -28,7 +28,7 @@ from loopstack.timeutil import now_micros
 
 from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, PollingConsumer, Record, TopicConfig
 from .segments import Partition, _fsync_dir
-from .validate import check_topic_name, dlq_config, encode_value, prepare_batch
+from .validate import check_new_topic, check_recreate, check_topic_name, dlq_config, encode_value, prepare_batch
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_INDEX_INTERVAL = 4096
@@ -78,22 +78,12 @@ class LocalLog(EventLog):
     # -- topics --------------------------------------------------------------------------------
     def create_topic(self, config: TopicConfig, exist_ok: bool = True) -> TopicConfig:
         """Create the topic (and ``<topic>.dlq``); same config again is a no-op, new partitions raise."""
-        check_topic_name(config.name)
-        if config.partitions < 1:
-            raise LogError(f"topic {config.name!r}: partitions must be >= 1, got {config.partitions}")
+        check_new_topic(config)
         tdir = self.root / config.name
         with self._mutex, _flock(self.root / ".topics.lock"):
             existing = self._load_config(config.name)
             if existing is not None:
-                if existing.partitions != config.partitions:
-                    raise LogError(
-                        f"topic {config.name!r} already exists with {existing.partitions} partition(s); "
-                        f"re-creating it with {config.partitions} would break per-key order. Use "
-                        f"partitions={existing.partitions}, or create a new topic (e.g. "
-                        f"{config.name + '.v2'!r}) and replay into it")
-                if not exist_ok:
-                    raise LogError(f"topic {config.name!r} already exists; pass exist_ok=True to reuse it")
-                if existing != config:  # schema / retention / key_field may evolve
+                if check_recreate(existing, config, exist_ok):
                     atomic_write_json(tdir / "topic.json", config.to_dict())
             else:
                 for p in range(config.partitions):

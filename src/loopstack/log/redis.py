@@ -26,7 +26,7 @@ from loopstack.errors import LogError
 from loopstack.timeutil import now_micros
 
 from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, PollingConsumer, Record, TopicConfig
-from .validate import check_topic_name, dlq_config, encode_value, prepare_batch
+from .validate import check_new_topic, check_recreate, check_topic_name, dlq_config, encode_value, prepare_batch
 
 _APPEND = """
 pcall(redis.replicate_commands)
@@ -101,23 +101,13 @@ class RedisLog(EventLog):
     # -- topics --------------------------------------------------------------------------------
     def create_topic(self, config: TopicConfig, exist_ok: bool = True) -> TopicConfig:
         """Create the topic (and ``<topic>.dlq``); same config again is a no-op, new partitions raise."""
-        check_topic_name(config.name)
-        if config.partitions < 1:
-            raise LogError(f"topic {config.name!r}: partitions must be >= 1, got {config.partitions}")
+        check_new_topic(config)
         key = f"{self.prefix}:topics"
         data = json.dumps(config.to_dict(), sort_keys=True)
         if not self.r.hsetnx(key, config.name, data):
             existing = self._load(config.name)
             assert existing is not None
-            if existing.partitions != config.partitions:
-                raise LogError(
-                    f"topic {config.name!r} already exists with {existing.partitions} partition(s); "
-                    f"re-creating it with {config.partitions} would break per-key order. Use "
-                    f"partitions={existing.partitions}, or create a new topic (e.g. "
-                    f"{config.name + '.v2'!r}) and replay into it")
-            if not exist_ok:
-                raise LogError(f"topic {config.name!r} already exists; pass exist_ok=True to reuse it")
-            if existing != config:
+            if check_recreate(existing, config, exist_ok):
                 self.r.hset(key, config.name, data)
         if not config.name.endswith(DLQ_SUFFIX):
             self.create_topic(dlq_config(config.name), exist_ok=True)

@@ -253,6 +253,30 @@ def check_topic_name(name: str) -> str:
     return name
 
 
+def check_new_topic(config: TopicConfig) -> None:
+    """Validate a topic config before creating it (name, partition count)."""
+    check_topic_name(config.name)
+    if config.partitions < 1:
+        raise LogError(f"topic {config.name!r}: partitions must be >= 1, got {config.partitions}")
+
+
+def check_recreate(existing: TopicConfig, config: TopicConfig, exist_ok: bool) -> bool:
+    """Validate re-creating an existing topic; True when the stored config must be replaced.
+
+    The partition count can never change (it would break per-key order); schema, retention and
+    key_field may evolve.
+    """
+    if existing.partitions != config.partitions:
+        raise LogError(
+            f"topic {config.name!r} already exists with {existing.partitions} partition(s); "
+            f"re-creating it with {config.partitions} would break per-key order. Use "
+            f"partitions={existing.partitions}, or create a new topic (e.g. "
+            f"{config.name + '.v2'!r}) and replay into it")
+    if not exist_ok:
+        raise LogError(f"topic {config.name!r} already exists; pass exist_ok=True to reuse it")
+    return existing != config
+
+
 def dlq_config(topic: str) -> TopicConfig:
     """Config of a topic's dead-letter topic (1 partition, no schema)."""
     from .base import DLQ_SUFFIX
