@@ -109,7 +109,10 @@ def same(agg, got, want, n_abs) -> bool:
     return got == want
 
 
-@settings(max_examples=int(os.environ.get("LOOPSTACK_PIT_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("LOOPSTACK_PIT_EXAMPLES", "300"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario())
 def test_engine_matches_reference(case):
     key_kind, events, cuts, order, rows, specs, ttl = case
@@ -128,6 +131,9 @@ def test_engine_matches_reference(case):
 
     assert out.column_names == ["k", "event_timestamp", "row_tag"] + [f.name for f in view.features]
     assert out["row_tag"].to_pylist() == list(range(len(rows)))
+    arrow_of = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    for agg in view.features:
+        assert out.schema.field(agg.name).type == arrow_of[agg.output_dtype(view.source)], agg
     ref_events = [dict(e, ts=BASE + e["ts"]) for e in events]
     for agg in view.features:
         got = out[agg.name].to_pylist()

@@ -158,7 +158,7 @@ class DuckDBEngine(OfflineEngine):
                 )
             ent = pa.table({"__rid": rid, "__k": entity_table[key], "__ts": ts_us})
             cols = self._view(ent, req)
-            for agg, name in req.features:
+            for _, name in req.features:
                 out = out.append_column(name, cols[name])
             self._stats.per_view_seconds[req.view.name] = time.perf_counter() - t0
         self._stats.seconds = time.perf_counter() - started
