@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import os
+import uuid
+
 import pandas as pd
 import pytest
 
@@ -83,11 +86,12 @@ def test_unknown_feature_lists_close_matches(project):
 def test_postgres_metadata_and_redis_log_by_configuration(tmp_path, meta_url, redis_url, monkeypatch):
     monkeypatch.setenv("LOOPSTACK_LOG__BACKEND", "redis")
     monkeypatch.setenv("LOOPSTACK_LOG__URL", redis_url)
-    monkeypatch.setenv("LOOPSTACK_LOG__PREFIX", f"t{tmp_path.name[-8:]}")
+    monkeypatch.setenv("LOOPSTACK_LOG__PREFIX", f"t{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("LOOPSTACK_METADATA__BACKEND", "postgresql" if meta_url.startswith("postgres") else "sqlite")
     monkeypatch.setenv("LOOPSTACK_METADATA__URL", meta_url)
     p = Project.init(tmp_path / "proj", example=False)
     assert type(p.log).__name__ == "RedisLog" and p.meta.url == meta_url
+    assert p.log.prefix == os.environ["LOOPSTACK_LOG__PREFIX"]
     p.apply([author_stats])
     p.log.append("comments", [{"author_id": 1, "is_spam": 1, "text": "a", "ts": T0}])
     q = pd.DataFrame({"author_id": [1], "event_timestamp": [T0 + timedelta(seconds=1)]})

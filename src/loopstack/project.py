@@ -72,7 +72,7 @@ class Project:
         c = self.config.log
         if c.backend == "local":
             return open_log("local", path=self.path(c.path))
-        return open_log(c.backend, url=c.url)
+        return open_log(c.backend, url=c.url, prefix=c.prefix)
 
     @cached_property
     def engine(self):  # -> OfflineEngine
