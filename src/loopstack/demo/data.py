@@ -23,7 +23,7 @@ def generate_comments(n: int = 5000, n_authors: int = 300, days: int = 14, spam_
     offsets = np.sort(rng.uniform(0, days * 86_400, size=n))
     out = []
     for i, sec in enumerate(offsets):
-        spam = rng.random() < spam_rate * 6 and i % 3 == 0
+        spam = i % 3 == 0 and rng.random() < spam_rate * 3  # bursts: only every third slot
         author = int(rng.choice(spammers)) if spam else int(rng.integers(0, n_authors))
         words = rng.choice(SPAM_WORDS if spam else WORDS, size=int(rng.integers(3, 15)))
         n_urls = int(rng.integers(1, 4)) if spam else int(rng.random() < 0.05)

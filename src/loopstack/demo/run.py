@@ -48,23 +48,23 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
     df = pd.DataFrame(comments)
     spam_authors = df[df.is_spam == 1].author_id.unique()
     sample = df[df.author_id.isin(spam_authors)].iloc[::7].head(8)
-    entity_df = pd.DataFrame({"author_id": sample.author_id.values, "event_timestamp": sample.ts.values,
-                              "is_spam": sample.is_spam.values})
+    entity_df = pd.DataFrame({"author_id": sample.author_id.to_list(), "event_timestamp": sample.ts.to_list(),
+                              "is_spam": sample.is_spam.to_list()})
     frame = project.get_historical_features(
         entity_df, ["author_stats:spam_7d", "author_stats:comments_7d", "author_stats:mean_urls_7d",
                     "author_stats:last_text", "spam_share_7d"])
     leaky = [int(df[(df.author_id == a)].is_spam.sum()) for a in entity_df.author_id]
     table = Table(title="3. point-in-time training frame (features strictly before each comment)")
-    for col in ["author_id", "event_timestamp", "is_spam", "spam_7d", "comments_7d", "spam_share_7d",
-                "mean_urls_7d"]:
-        table.add_column(col)
-    table.add_column("leaky all-time spam", style="red")
+    cols = {"author_id": "author", "event_timestamp": "comment time", "is_spam": "label", "spam_7d": "spam_7d",
+            "comments_7d": "comments_7d", "spam_share_7d": "share"}
+    for header in cols.values():
+        table.add_column(header)
+    table.add_column("leaky", style="red")
     for (_, r), bad in zip(frame.iterrows(), leaky):
-        table.add_row(*[_fmt(r[c]) for c in ["author_id", "event_timestamp", "is_spam", "spam_7d", "comments_7d",
-                                             "spam_share_7d", "mean_urls_7d"]], str(bad))
+        table.add_row(*[_fmt(r[c]) for c in cols], str(bad))
     console.print(table)
-    console.print("[dim]spam_7d only counts this author's spam in the 7 days before each comment; the red "
-                  "column is what a naive join would leak into training.[/]")
+    console.print("[dim]spam_7d counts this author's spam in the 7 days before each comment; 'leaky' is the "
+                  "author's all-time spam count a naive join would feed into training.[/]")
     project.close()
     return frame
 
@@ -73,5 +73,5 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     if isinstance(v, pd.Timestamp):
-        return v.strftime("%Y-%m-%d %H:%M:%S")
+        return v.strftime("%m-%d %H:%M:%S")
     return str(v)
