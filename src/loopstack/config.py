@@ -45,6 +45,18 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class OnlineConfig:
+    """Online store: `sqlite` file (WAL) or `redis` at `url`."""
+
+    backend: str = "sqlite"
+    path: str = "data/online.db"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "loopstack"
+
+    ALLOWED = {"backend": ("sqlite", "redis")}
+
+
+@dataclass(frozen=True)
 class MetadataConfig:
     """Metadata (definitions, later runs and the registry): `sqlite` file or a `postgresql` URL."""
 
@@ -70,10 +82,12 @@ class Config:
     definitions: str = "definitions.py"
     log: LogConfig = field(default_factory=LogConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
 
-    SECTIONS = {"log": LogConfig, "offline": OfflineConfig, "metadata": MetadataConfig, "artifacts": ArtifactsConfig}
+    SECTIONS = {"log": LogConfig, "offline": OfflineConfig, "online": OnlineConfig, "metadata": MetadataConfig,
+                "artifacts": ArtifactsConfig}
 
     def metadata_url(self, root: Path) -> str:
         """SQLAlchemy URL of the metadata store."""
@@ -202,6 +216,11 @@ log:
 offline:
   engine: duckdb            # the Parquet lake is queried with DuckDB
   lake_path: data/lake
+
+online:
+  backend: sqlite           # sqlite | redis
+  path: data/online.db      # sqlite file
+  url: redis://127.0.0.1:6379/0   # redis server
 
 metadata:
   backend: sqlite           # sqlite | postgresql

@@ -23,7 +23,7 @@ def test_public_api_example_from_the_issue_builds():
 
 
 def test_spec_round_trip_keeps_every_detail():
-    view = FeatureView("v", entity=author, source=comments, ttl="2h", features=[
+    view = FeatureView("v", entity=author, source=comments, ttl="2h", allowed_lateness="5m", features=[
         Count(window="10m"), Sum("is_spam", window="7d"), Mean("is_spam", window="1h", filter="is_spam >= 0"),
         Min("is_spam", window="30d"), Max("is_spam", window="1d"), Last("text", window="1h", name="lt"),
         CountDistinct("text", window="7d", filter="text != 'x'"), Field("is_spam", "int8")])

@@ -138,9 +138,11 @@ class FeatureView(Definition):
     features: tuple[Aggregation, ...]
     ttl: str | None = None
     description: str = ""
+    allowed_lateness: str | None = None
 
     def __init__(self, name: str, *, entity: Entity, source: EventSource,
-                 features: Sequence[Aggregation | Field], ttl: str | None = None, description: str = "") -> None:
+                 features: Sequence[Aggregation | Field], ttl: str | None = None, description: str = "",
+                 allowed_lateness: str | None = None) -> None:
         _check_name("FeatureView", name)
         feats = tuple(Last(f.name, name=f.name) if isinstance(f, Field) else f for f in features)
         if not feats:
@@ -154,6 +156,8 @@ class FeatureView(Definition):
             raise DefinitionError(f"FeatureView {name!r} defines feature(s) {dup} twice; give them distinct name=")
         if ttl is not None and parse_duration(ttl) <= timedelta(0):
             raise DefinitionError(f"FeatureView {name!r}: ttl {ttl!r} must be positive")
+        if allowed_lateness is not None and parse_duration(allowed_lateness) < timedelta(0):
+            raise DefinitionError(f"FeatureView {name!r}: allowed_lateness {allowed_lateness!r} must not be negative")
         if source.schema:
             known = {f.name for f in source.schema} | {source.timestamp}
             for f in feats:
@@ -174,6 +178,12 @@ class FeatureView(Definition):
         object.__setattr__(self, "features", feats)
         object.__setattr__(self, "ttl", ttl)
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "allowed_lateness", allowed_lateness)
+
+    @property
+    def lateness_delta(self) -> timedelta:
+        """How late (behind the watermark) an event may arrive and still be applied online (default 0)."""
+        return parse_duration(self.allowed_lateness) if self.allowed_lateness else timedelta(0)
 
     @property
     def ttl_delta(self) -> timedelta | None:
@@ -188,13 +198,13 @@ class FeatureView(Definition):
     def to_spec(self) -> dict:
         return {"name": self.name, "entity": self.entity.name, "source": self.source.name,
                 "features": [f.to_spec() for f in self.features], "ttl": self.ttl,
-                "description": self.description}
+                "description": self.description, "allowed_lateness": self.allowed_lateness}
 
     @classmethod
     def from_spec(cls, spec: dict, entities: dict[str, Entity], sources: dict[str, EventSource]) -> "FeatureView":
         return cls(spec["name"], entity=entities[spec["entity"]], source=sources[spec["source"]],
                    features=[Aggregation.from_spec(f) for f in spec["features"]], ttl=spec.get("ttl"),
-                   description=spec.get("description", ""))
+                   description=spec.get("description", ""), allowed_lateness=spec.get("allowed_lateness"))
 
 
 @dataclass(frozen=True)

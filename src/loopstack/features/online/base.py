@@ -1,0 +1,70 @@
+"""Box 6, the online store interface: a small, dumb, atomic hash store.
+
+All feature logic (which tile an event goes to, how tiles combine into a window, ttl, ties) lives
+in the pure core ``online/state.py``; a backend only stores bytes. That keeps the backends tiny
+(SQLite, Redis, later Redis Cluster) and guarantees they behave the same.
+
+Layout (chosen by the core, opaque to backends): one *hash* per (view, entity), e.g.
+``"author_stats|42"``, whose *fields* hold the plain-field values (``"latest"``) and one field per
+tile (``"t:<tile_start_us>"``). Writes come in batches that are applied atomically together with
+*progress marks* (e.g. the last applied log offset per partition), which is what makes streaming
+and materialization idempotent: a batch re-applied after a crash is recognised and skipped.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+
+@dataclass
+class WriteBatch:
+    """One atomic write: field puts, field deletes, whole-hash deletes, and progress marks."""
+
+    puts: dict[str, dict[str, bytes]] = field(default_factory=dict)      # hash -> field -> value
+    deletes: dict[str, list[str]] = field(default_factory=dict)          # hash -> fields to drop
+    drop: list[str] = field(default_factory=list)                        # hashes to drop entirely
+    progress: dict[str, str] = field(default_factory=dict)               # mark name -> value
+
+    def put(self, hash_key: str, field_name: str, value: bytes) -> None:
+        self.puts.setdefault(hash_key, {})[field_name] = value
+
+    def delete(self, hash_key: str, field_name: str) -> None:
+        self.deletes.setdefault(hash_key, []).append(field_name)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.puts.values()) + sum(len(v) for v in self.deletes.values()) + len(self.drop)
+
+
+class OnlineStore(ABC):
+    """Hashes of bytes with atomic batched writes and progress marks. Backends: sqlite, redis."""
+
+    name: str = "online"
+
+    @abstractmethod
+    def read(self, hash_keys: Iterable[str], fields: Iterable[str] | None = None) -> dict[str, dict[str, bytes]]:
+        """The fields of each hash (all fields if `fields` is None); missing hashes are absent from the result."""
+
+    @abstractmethod
+    def write(self, batch: WriteBatch) -> None:
+        """Apply the whole batch atomically (all or nothing), progress marks included; durable on return."""
+
+    @abstractmethod
+    def progress(self, prefix: str = "") -> dict[str, str]:
+        """Progress marks whose name starts with `prefix`."""
+
+    @abstractmethod
+    def scan(self, prefix: str, count: int | None = None) -> Iterable[str]:
+        """Hash keys starting with `prefix` (for parity sampling and clean-up); order unspecified."""
+
+    @abstractmethod
+    def clear(self, prefix: str = "") -> int:
+        """Drop every hash (and progress mark) whose name starts with `prefix`; returns hashes dropped."""
+
+    def close(self) -> None:
+        return None
+
+
+def as_bytes(mapping: Mapping[str, bytes | str]) -> dict[str, bytes]:
+    """Normalise field values to bytes (backends may return str)."""
+    return {k: v if isinstance(v, bytes) else v.encode() for k, v in mapping.items()}
