@@ -72,6 +72,8 @@ def test_on_demand_feature_uses_retrieved_features(project):
     q = pd.DataFrame({"author_id": [1], "event_timestamp": [T0 + timedelta(days=1)]})
     out = project.get_historical_features(q, ["author_stats:spam_7d", "spam_x2"])
     assert out.spam_x2.tolist() == [2.0]
+    plain = project.get_historical_features(q, ["author_stats:spam_7d"])
+    assert list(plain.columns) == ["author_id", "event_timestamp", "spam_7d"]  # on-demand only when named
 
 
 def test_unknown_feature_lists_close_matches(project):

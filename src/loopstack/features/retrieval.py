@@ -141,8 +141,8 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
                             output: str = "pandas") -> pd.DataFrame | pa.Table:
     """Point-in-time correct features for every row of `entity_df` (see docs/offline-store.md).
 
-    `features` are "view:feature" references, or bare names of entries of `on_demand` (if no
-    on-demand name is referenced, every entry of `on_demand` is computed). Output: the input
+    `features` are "view:feature" references, or bare names of entries of `on_demand` (computed
+    only when named). Output: the input
     columns in input order (the timestamp column as tz-aware UTC), then one column per feature in
     reference order, named `feature` or `view__feature` with `full_feature_names=True`.
     """
@@ -167,8 +167,7 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
         features = [features]
 
     # resolve references; on-demand inputs are retrieved too but only shown if asked for
-    odfv_wanted = [f for f in features if ":" not in f and f in on_demand] or (
-        list(on_demand) if not any(":" not in f and f in on_demand for f in features) else [])
+    odfv_wanted = [f for f in features if ":" not in f and f in on_demand]
     refs: list[str] = []
     for f in features:
         if ":" not in f and f in on_demand:
