@@ -68,7 +68,11 @@ def demo(directory: Path = typer.Option(Path("demo-project"), help="Where to bui
 
 def _add_groups() -> None:
     from loopstack.features.cli import app as features_app
+    from loopstack.features.cli_online import app as online_features_app
+    from loopstack.features.cli_online import root_app as online_root_app
     from loopstack.log.cli import app as log_app
+    features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
+    app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")
     app.add_typer(features_app, name="features", help="Boxes 2-3: feature definitions and retrieval.")
 

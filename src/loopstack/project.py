@@ -80,6 +80,30 @@ class Project:
         c = self.config.offline
         return DuckDBEngine(threads=c.threads, memory_limit=c.memory_limit)
 
+    @cached_property
+    def online_store(self):  # -> OnlineStore
+        """The configured online store (sqlite file or redis), opened on first use."""
+        from loopstack.features.online import open_online_store
+        c = self.config.online
+        if c.backend == "sqlite":
+            return open_online_store("sqlite", path=self.path(c.path))
+        return open_online_store(c.backend, url=c.url, prefix=c.prefix)
+
+    @property
+    def online(self):  # -> OnlineFeatures
+        """Applies events to / reads features from the online store, for the applied views."""
+        from loopstack.features.online.service import OnlineFeatures
+        views = self.registry.views()
+        cached = self.__dict__.get("_online")
+        if cached is None or cached.views != views:
+            cached = self.__dict__["_online"] = OnlineFeatures(self.online_store, views)
+        return cached
+
+    def get_online_features(self, features: Sequence[str], entity_rows: Sequence[dict], as_of: Any = None,
+                            full_feature_names: bool = False):  # -> OnlineResponse
+        """Online features for entity rows as of `as_of` (µs or datetime; default now)."""
+        return self.online.get_online_features(features, entity_rows, as_of, full_feature_names)
+
     @property
     def lake_path(self) -> Path:
         return self.path(self.config.offline.lake_path)
@@ -167,7 +191,7 @@ class Project:
 
     def close(self) -> None:
         """Close every store that was opened."""
-        for name in ("log", "engine", "meta"):
+        for name in ("log", "engine", "online_store", "meta"):
             if name in self.__dict__:
                 self.__dict__[name].close()
 

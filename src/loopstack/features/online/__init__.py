@@ -1,0 +1,29 @@
+"""Box 6, the online store: backends (sqlite, redis) behind `OnlineStore`, and `OnlineFeatures`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loopstack.errors import ConfigError
+from loopstack.features.online.base import OnlineStore, WriteBatch
+
+BACKENDS = ("sqlite", "redis")
+
+
+def open_online_store(backend: str, *, path: str | Path | None = None, url: str | None = None,
+                      prefix: str = "loopstack") -> OnlineStore:
+    """Open the online store `backend` ("sqlite" needs `path`, "redis" needs `url`)."""
+    if backend == "sqlite":
+        if path is None:
+            raise ConfigError("online store 'sqlite' needs a file path (set `online.path` in loopstack.yaml)")
+        from loopstack.features.online.sqlite import SQLiteOnlineStore
+        return SQLiteOnlineStore(path)
+    if backend == "redis":
+        if not url:
+            raise ConfigError("online store 'redis' needs a URL like redis://127.0.0.1:6379/0 "
+                              "(set `online.url` in loopstack.yaml)")
+        from loopstack.features.online.redis import RedisOnlineStore
+        return RedisOnlineStore(url, prefix)
+    raise ConfigError(f"online store backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "OnlineStore", "WriteBatch", "open_online_store"]

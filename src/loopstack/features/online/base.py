@@ -47,7 +47,11 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def write(self, batch: WriteBatch) -> None:
-        """Apply the whole batch atomically (all or nothing), progress marks included; durable on return."""
+        """Apply the whole batch atomically (all or nothing), progress marks included; durable on return.
+
+        Within a batch, whole-hash drops apply first, then field deletes, then puts, so a batch may
+        drop or delete and re-put the same field. A hash left with no fields does not exist.
+        """
 
     @abstractmethod
     def progress(self, prefix: str = "") -> dict[str, str]:
@@ -68,3 +72,21 @@ class OnlineStore(ABC):
 def as_bytes(mapping: Mapping[str, bytes | str]) -> dict[str, bytes]:
     """Normalise field values to bytes (backends may return str)."""
     return {k: v if isinstance(v, bytes) else v.encode() for k, v in mapping.items()}
+
+
+def check_batch(batch: WriteBatch) -> None:
+    """Reject a malformed batch before anything is written (str names, bytes values, str marks)."""
+    for h, fields in batch.puts.items():
+        if not isinstance(h, str):
+            raise TypeError(f"hash key {h!r} must be a str")
+        for f, v in fields.items():
+            if not isinstance(f, str) or not isinstance(v, (bytes, bytearray, memoryview)):
+                raise TypeError(f"field {h!r}/{f!r}: names must be str and values bytes, got {type(v).__name__}")
+    for h, names in batch.deletes.items():
+        if not isinstance(h, str) or not all(isinstance(f, str) for f in names):
+            raise TypeError(f"delete of {h!r}: hash and field names must be str")
+    if not all(isinstance(h, str) for h in batch.drop):
+        raise TypeError("hashes to drop must be str")
+    for k, v in batch.progress.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"progress mark {k!r}: name and value must be str, got {type(v).__name__}")

@@ -7,17 +7,28 @@ everything that reads (in-process API, HTTP feature server, parity check) goes t
 
 Semantics are the offline engine's (see offline/base.py) evaluated as of `as_of` (default: now):
 strictly-before, ttl on plain fields, windows ``[as_of - w, as_of)``, ties by `Event.order`.
-Reads are exact for any ``as_of >= watermark - allowed_lateness`` of the view (older tiles may have
-been evicted; plain fields are always exact for as_of after the entity's latest event).
+Reads are exact for any ``as_of >= watermark - allowed_lateness`` of the view, where the watermark
+is the newest event ts applied to the view (older tiles may have been evicted); plain fields are
+exact for as_of after the entity's newest event (an entry at or after as_of reads as None).
+
+Entity keys: join-key values as given (int or str); hashes are keyed by `state.canonical_key`, so
+42 and "42" are different entities unless the entity's dtype says which is meant (an int entity
+reads "42" as 42; a string entity reads 42 as "42").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+import difflib
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping, Sequence
 
+from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView
-from loopstack.features.online.base import OnlineStore
+from loopstack.features.online.base import OnlineStore, WriteBatch
+from loopstack.features.online.state import (StateError, ViewPlan, apply_entity, canonical_key, hash_key,
+                                             meta_key, read_entity)
+from loopstack.features.retrieval import resolve
+from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
 
 
 @dataclass(frozen=True)
@@ -40,9 +51,12 @@ class Event:
 class ApplyStats:
     """What one `apply_events` call did."""
 
-    applied: int = 0          # events that changed state
-    too_late: list[Event] = field(default_factory=list)  # beyond allowed lateness: the caller side-outputs them
-    watermark: int | None = None  # max event ts seen for the view minus allowed lateness (µs)
+    applied: int = 0          # events that changed state (redeliveries already held change nothing)
+    too_late: list[Event] = field(default_factory=list)  # older than the horizon: not in any window state;
+    #                           the caller side-outputs them (plain fields still took them if newer)
+    watermark: int | None = None  # max event ts ever applied to the view (µs); reads exact from watermark - lateness
+    horizon: int | None = None    # watermark - allowed lateness - longest window: events before it are too late
+    skipped: int = 0          # events with a null key or timestamp (the offline engine ignores them too)
 
 
 @dataclass
@@ -55,15 +69,65 @@ class OnlineResponse:
     found: list[bool]                         # False when the entity has no state in any requested view
 
 
+@dataclass(frozen=True)
+class _ViewRead:
+    view: str
+    plan: ViewPlan
+    join_key: str
+    wanted: tuple[int, ...]     # indices into plan.features
+    names: tuple[str, ...]      # output names, same order
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros(as_of: int | datetime) -> int:
+    return to_micros(ensure_utc(as_of) - _EPOCH) if isinstance(as_of, datetime) else int(as_of)
+
+
 class OnlineFeatures:
-    """Applies events to and reads features from one OnlineStore, for the given views."""
+    """Applies events to and reads features from one OnlineStore, for the given views.
+
+    `allowed_lateness` overrides a view's ``allowed_lateness`` (timedelta or "10m"); `tile_us`
+    overrides the tile size (µs) chosen from its windows. Both are part of the stored state's
+    fingerprint: changing them (or a view's features) means rebuilding the view (`reset`, then
+    materialize again). One writer per view at a time (apply_events reads, then writes).
+    """
 
     def __init__(self, store: OnlineStore, views: Mapping[str, FeatureView],
-                 allowed_lateness: Mapping[str, timedelta] | None = None) -> None:
+                 allowed_lateness: Mapping[str, timedelta] | None = None, *,
+                 tile_us: Mapping[str, int] | None = None) -> None:
         self.store = store
         self.views = dict(views)
         self.allowed_lateness = dict(allowed_lateness or {})
+        self.tile_us = dict(tile_us or {})
+        self._plans: dict[str, ViewPlan] = {}
+        self._reads: dict[tuple, tuple[list[str], list[_ViewRead]]] = {}
 
+    def plan(self, view: str) -> ViewPlan:
+        """The precomputed state plan of a view (tile size, partials, fingerprint)."""
+        p = self._plans.get(view)
+        if p is None:
+            if view not in self.views:
+                close = difflib.get_close_matches(view, list(self.views), n=3, cutoff=0.5)
+                raise FeatureReferenceError(f"unknown feature view {view!r}"
+                                            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                                            + f" (known views: {sorted(self.views)})")
+            v = self.views[view]
+            late = self.allowed_lateness.get(view)
+            late_us = to_micros(parse_duration(late)) if late is not None else to_micros(v.lateness_delta)
+            p = self._plans[view] = ViewPlan(v, late_us, self.tile_us.get(view))
+        return p
+
+    def _check(self, plan: ViewPlan, meta: Mapping[str, bytes] | None) -> None:
+        fp = meta.get("fp") if meta else None
+        if fp is not None and fp.decode() != plan.fingerprint:
+            raise StateError(
+                f"the online state of view {plan.name!r} was built from a different definition (features, "
+                "windows, allowed_lateness or tile size changed); rebuild it: OnlineFeatures.reset("
+                f"{plan.name!r}) (or `store.clear('{plan.name}|')`), then materialize the view again")
+
+    # -- writing -----------------------------------------------------------------------------
     def apply_events(self, view: str, events: Sequence[Event], progress: Mapping[str, str] | None = None,
                      ) -> ApplyStats:
         """Apply events of one view and write the new state atomically with `progress` marks.
@@ -71,22 +135,161 @@ class OnlineFeatures:
         Marks are how callers make delivery idempotent: a streaming consumer passes
         ``{"stream:<view>:<topic>:<partition>": "<last offset in this batch>"}``, and after a crash
         reads them back with ``store.progress(...)`` and skips events at or before them (the marks
-        and the state they describe are written in one transaction, so they never disagree).
+        and the state they describe are written in one transaction, so they never disagree). As a
+        second line of defence, a tile ignores an event whose (ts, order) it already holds.
         Events older than the view's retention horizon (watermark - allowed lateness - longest
         window) cannot change any read the store serves: they still update plain fields if newer,
-        and are returned in `too_late` for the caller to side-output.
+        and are returned in `too_late` for the caller to side-output (views without windowed
+        features have no horizon: every event is fully applied).
         """
-        raise NotImplementedError
+        plan = self.plan(view)
+        stats = ApplyStats()
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(events):
+            try:
+                canon = canonical_key(e.key, plan.dtype)
+            except ValueError:
+                canon = None
+            if canon is None or e.ts is None:
+                stats.skipped += 1
+                continue
+            groups.setdefault(hash_key(view, canon), []).append(i)
+        mk = meta_key(view)
+        data = self.store.read(list(groups) + [mk]) if groups else {}
+        meta = data.get(mk, {})
+        self._check(plan, meta)
+        old_max = int(meta["max_ts"]) if "max_ts" in meta else None
+        batch = WriteBatch(progress=dict(progress or {}))
+        if groups:
+            new_max = max(events[i].ts for idxs in groups.values() for i in idxs)
+            new_max = new_max if old_max is None else max(old_max, new_max)
+            horizon = plan.horizon(new_max)
+            for hk, idxs in groups.items():
+                evs = [(events[i].ts, list(events[i].order), events[i].values) for i in idxs]
+                up = apply_entity(plan, data.get(hk, {}), evs, horizon)
+                if up.puts:
+                    batch.puts[hk] = up.puts
+                if up.deletes:
+                    batch.deletes[hk] = up.deletes
+                stats.applied += up.applied
+                stats.too_late.extend(events[idxs[j]] for j in up.too_late)
+            count = {k: int(meta.get(k, b"0")) for k in ("applied", "too_late")}
+            batch.puts[mk] = {
+                "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
+                "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
+                "applied": str(count["applied"] + stats.applied).encode(),
+                "too_late": str(count["too_late"] + len(stats.too_late)).encode()}
+            stats.watermark, stats.horizon = new_max, horizon
+        else:
+            stats.watermark = old_max
+            stats.horizon = plan.horizon(old_max)
+        if len(batch) or batch.progress:
+            self.store.write(batch)
+        return stats
+
+    def reset(self, view: str) -> int:
+        """Drop a view's online state (every entity hash and its meta hash); returns hashes dropped."""
+        n = self.store.clear(f"{view}|")
+        self.store.write(WriteBatch(drop=[meta_key(view)]))
+        return n
+
+    # -- reading -----------------------------------------------------------------------------
+    def _read_plan(self, features: tuple[str, ...], full: bool) -> tuple[list[str], list[_ViewRead]]:
+        cached = self._reads.get((features, full))
+        if cached is not None:
+            return cached
+        if isinstance(features, str) or not features:
+            raise FeatureReferenceError(f"features must be a non-empty list of 'view:feature' references, "
+                                        f"got {features!r}")
+        names: list[str] = []
+        by_name: dict[str, str] = {}
+        per_view: dict[str, tuple[list[int], list[str]]] = {}
+        for ref in dict.fromkeys(features):
+            view, agg = resolve(ref, self.views)
+            name = f"{view.name}__{agg.name}" if full else agg.name
+            if name in by_name:
+                raise FeatureReferenceError(
+                    f"features {by_name[name]!r} and {ref!r} would both be named {name!r}; pass "
+                    "full_feature_names=True so columns are named 'view__feature'")
+            by_name[name] = ref
+            names.append(name)
+            plan = self.plan(view.name)
+            idx, out = per_view.setdefault(view.name, ([], []))
+            idx.append(plan.by_name[agg.name])
+            out.append(name)
+        reads = [_ViewRead(v, self.plan(v), self.views[v].entity.join_key, tuple(i), tuple(o))
+                 for v, (i, o) in per_view.items()]
+        if len(self._reads) > 1024:
+            self._reads.clear()
+        self._reads[(features, full)] = (names, reads)
+        return names, reads
 
     def get_online_features(self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]],
                             as_of: int | None = None, full_feature_names: bool = False) -> OnlineResponse:
         """Features ("view:feature") for each entity row, as of `as_of` µs (default now).
 
         Unknown features raise FeatureReferenceError naming them (with close matches); unknown
-        entities give None values and ``found=False``.
+        entities give None values and ``found=False``. Rows keep their entity columns, then the
+        features in request order (named `feature`, or `view__feature` with full_feature_names).
         """
-        raise NotImplementedError
+        names, reads = self._read_plan(tuple(features), full_feature_names)
+        t = now_micros() if as_of is None else _micros(as_of)
+        blank = dict.fromkeys(names)
+        rows = []
+        for r in entity_rows:
+            clash = blank.keys() & r.keys()
+            if clash:
+                raise FeatureReferenceError(f"feature(s) {sorted(clash)} collide with entity row columns of the "
+                                            "same name; rename them or pass full_feature_names=True")
+            rows.append({**r, **blank})
+        stamps = [dict(blank) for _ in rows]
+        found = [False] * len(rows)
+        for vr in reads:
+            keys = []
+            for i, r in enumerate(entity_rows):
+                if vr.join_key not in r:
+                    raise RetrievalError(f"entity row {i} has no {vr.join_key!r}, the join key of feature view "
+                                         f"{vr.view!r}; it has {sorted(r)}")
+                try:
+                    c = canonical_key(r[vr.join_key], vr.plan.dtype)
+                except ValueError as exc:
+                    raise RetrievalError(f"entity row {i}: {exc}") from exc
+                keys.append(None if c is None else hash_key(vr.view, c))
+            mk = meta_key(vr.view)
+            data = self.store.read([k for k in dict.fromkeys(keys) if k is not None] + [mk])
+            self._check(vr.plan, data.get(mk))
+            done: dict[str, tuple[list, list]] = {}
+            for i, hk in enumerate(keys):
+                fields = data.get(hk) if hk is not None else None
+                if not fields:
+                    continue
+                found[i] = True
+                res = done.get(hk)
+                if res is None:
+                    res = done[hk] = read_entity(vr.plan, fields, t, vr.wanted)
+                row, st = rows[i], stamps[i]
+                for name, v, ts in zip(vr.names, res[0], res[1]):
+                    row[name] = v
+                    st[name] = ts
+        return OnlineResponse(names, rows, stamps, found)
 
     def freshness(self) -> dict[str, dict[str, Any]]:
-        """Per view: newest applied event ts, watermark, and lag = now - newest (seconds)."""
-        raise NotImplementedError
+        """Per view: newest applied event ts (the watermark), when it was applied, and the lag in seconds.
+
+        ``exact_from``: the earliest as_of reads are exact for (watermark - allowed lateness);
+        ``lag_seconds``: now - newest applied event ts (None if the view has no state yet).
+        """
+        names = sorted(self.views)
+        data = self.store.read([meta_key(v) for v in names]) if names else {}
+        now = now_micros()
+        out: dict[str, dict[str, Any]] = {}
+        for v in names:
+            m = data.get(meta_key(v), {})
+            newest = int(m["max_ts"]) if "max_ts" in m else None
+            late = self.plan(v).lateness
+            out[v] = {"newest_event_ts": newest, "watermark": newest,
+                      "exact_from": None if newest is None else newest - late,
+                      "applied_at": int(m["applied_at"]) if "applied_at" in m else None,
+                      "lag_seconds": None if newest is None else (now - newest) / 1e6,
+                      "events_applied": int(m.get("applied", b"0")), "too_late": int(m.get("too_late", b"0"))}
+        return out

@@ -1,0 +1,167 @@
+"""The embedded online store: one SQLite file in WAL mode (the default backend).
+
+Layout: ``kv(hash, field, value)`` WITHOUT ROWID, primary key (hash, field), so one entity's hash
+is one contiguous B-tree range; ``progress(name, value)`` holds the marks. Durability:
+``synchronous=FULL`` -- in WAL mode that fsyncs the log on every commit, so a batch is on disk when
+`write` returns (the contract; progress marks make streaming exactly-once only if they survive a
+power cut). NORMAL would be faster per commit but may lose the last commits on power loss. One
+writer and many readers, across threads and processes: readers never block (WAL snapshots),
+writers wait for each other up to `timeout` (busy_timeout). Connections are per thread and per
+process (a forked child opens its own).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from loopstack.features.online.base import OnlineStore, WriteBatch, check_batch
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (hash TEXT NOT NULL, field TEXT NOT NULL, value BLOB NOT NULL,
+                               PRIMARY KEY (hash, field)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+_MAX_IN = 256  # more keys than this: one query over json_each(?) instead of ? placeholders
+
+
+def _upper(prefix: str) -> str:
+    """The smallest string greater than every string starting with `prefix` (prefix non-empty)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """Hashes in one SQLite file (WAL, synchronous=FULL); atomic batches in one transaction."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._sql: dict[tuple[int, int], str] = {}
+        con = self._con()
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+
+    def _con(self) -> sqlite3.Connection:
+        loc = self._local
+        con = getattr(loc, "con", None)
+        if con is None or loc.pid != os.getpid():
+            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = FULL")
+            loc.con, loc.pid = con, os.getpid()
+            with self._lock:
+                self._conns.append(con)
+        return con
+
+    def _select(self, n_keys: int, n_fields: int) -> str:
+        sql = self._sql.get((n_keys, n_fields))
+        if sql is None:
+            where = ("hash IN (SELECT value FROM json_each(?))" if n_keys > _MAX_IN
+                     else f"hash IN ({','.join('?' * n_keys)})")
+            if n_fields:
+                where += (" AND field IN (SELECT value FROM json_each(?))" if n_fields > _MAX_IN
+                          else f" AND field IN ({','.join('?' * n_fields)})")
+            sql = self._sql[(n_keys, n_fields)] = f"SELECT hash, field, value FROM kv WHERE {where}"
+        return sql
+
+    def read(self, hash_keys: Iterable[str], fields: Iterable[str] | None = None) -> dict[str, dict[str, bytes]]:
+        """The fields of each hash in one query (all fields if `fields` is None); missing hashes absent."""
+        keys = list(hash_keys)
+        if not keys:
+            return {}
+        flds = None if fields is None else list(fields)
+        if flds is not None and not flds:
+            return {}
+        params: list = [json.dumps(keys)] if len(keys) > _MAX_IN else keys
+        if flds:
+            params = params + ([json.dumps(flds)] if len(flds) > _MAX_IN else flds)
+        rows = self._con().execute(self._select(len(keys), len(flds or ())), params).fetchall()
+        out: dict[str, dict[str, bytes]] = {}
+        for h, f, v in rows:
+            d = out.get(h)
+            if d is None:
+                d = out[h] = {}
+            d[f] = v
+        return out
+
+    def write(self, batch: WriteBatch) -> None:
+        """Drops, deletes, puts and progress marks in one IMMEDIATE transaction (rolled back on error)."""
+        check_batch(batch)
+        if not len(batch) and not batch.progress:
+            return
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.drop:
+                con.executemany("DELETE FROM kv WHERE hash = ?", [(h,) for h in batch.drop])
+            if batch.deletes:
+                con.executemany("DELETE FROM kv WHERE hash = ? AND field = ?",
+                                [(h, f) for h, fs in batch.deletes.items() for f in fs])
+            if batch.puts:
+                con.executemany("INSERT OR REPLACE INTO kv (hash, field, value) VALUES (?, ?, ?)",
+                                [(h, f, bytes(v)) for h, fs in batch.puts.items() for f, v in fs.items()])
+            if batch.progress:
+                con.executemany("INSERT OR REPLACE INTO progress (name, value) VALUES (?, ?)",
+                                list(batch.progress.items()))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def progress(self, prefix: str = "") -> dict[str, str]:
+        """Progress marks whose name starts with `prefix`."""
+        con = self._con()
+        if not prefix:
+            return dict(con.execute("SELECT name, value FROM progress").fetchall())
+        return dict(con.execute("SELECT name, value FROM progress WHERE name >= ? AND name < ?",
+                                (prefix, _upper(prefix))).fetchall())
+
+    def scan(self, prefix: str, count: int | None = None) -> list[str]:
+        """Hash keys starting with `prefix` (at most `count` of them)."""
+        sql, params = "SELECT DISTINCT hash FROM kv", []
+        if prefix:
+            sql, params = sql + " WHERE hash >= ? AND hash < ?", [prefix, _upper(prefix)]
+        if count is not None:
+            sql, params = sql + " LIMIT ?", params + [int(count)]
+        return [r[0] for r in self._con().execute(sql, params).fetchall()]
+
+    def clear(self, prefix: str = "") -> int:
+        """Drop every hash and progress mark starting with `prefix`; returns the number of hashes dropped."""
+        cond, params = ("WHERE hash >= ? AND hash < ?", (prefix, _upper(prefix))) if prefix else ("", ())
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = con.execute(f"SELECT count(DISTINCT hash) FROM kv {cond}", params).fetchone()[0]
+            con.execute(f"DELETE FROM kv {cond}", params)
+            con.execute(f"DELETE FROM progress {cond.replace('hash', 'name')}", params)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return n
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for con in conns:
+            try:
+                con.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteOnlineStore({self.path!r})"

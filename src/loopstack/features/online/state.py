@@ -1,0 +1,360 @@
+"""Pure policy core of the online store: how one (view, entity) state is laid out, updated and read.
+
+No I/O. A view's state for one entity is one hash (see ``online/base.py``) with these fields:
+
+- ``"latest"``: ``[1, seen, e0, e1, ...]``; ``seen = [ts, order]`` of the entity's newest event (so
+  the entity is "found"), ``e_i = [ts, order, value]`` the newest event passing plain feature i's
+  filter. An event replaces an entry only if its ``(ts, order)`` is greater.
+- ``"t:<start_us>"``: one *tile* per ``tile_us`` of event time, ``[1, partials, raw]``. ``partials``
+  hold one partial aggregate per distinct (kind, column, filter) of the windowed features (count,
+  sum, min, max, last-by-(ts, order), distinct values; each with the newest input ts), ``raw`` the
+  tile's events as ``[ts, order, v...]`` (only the columns windowed features need).
+
+A window ``[t - w, t)`` is read exactly: tiles lying fully inside contribute their partials; the
+(at most two) edge tiles that straddle a window bound are re-aggregated from their raw events, so
+the answer equals the offline semantics (``offline/base.py``) for every as_of, not approximately.
+Tiles entirely older than the retention horizon ``max_ts - allowed_lateness - longest window`` are
+deleted; no read at ``as_of >= max_ts - allowed_lateness`` can need them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from loopstack.features.aggregations import Filter
+from loopstack.features.definitions import FeatureView
+from loopstack.features.online.partials import (VERSION, Sig, StateError, _combine, _new, _update, decode, encode,
+                                                encode_tile, tile_partials, tile_raw, tiles_partials)
+from loopstack.timeutil import to_micros
+
+__all__ = ["LATEST", "META_PREFIX", "TILE", "VERSION", "EntityUpdate", "FeaturePlan", "Sig", "StateError",
+           "ViewPlan", "apply_entity", "canonical_key", "choose_tile_us", "decode", "encode", "hash_key",
+           "meta_key", "read_entity", "tile_partials"]
+LATEST = "latest"
+TILE = "t:"
+META_PREFIX = "__view|"
+TILES_PER_MIN_WINDOW = 8      # the shortest window spans at least ~8 tiles (small edge tiles)
+MAX_TILES_PER_WINDOW = 96     # ... unless the longest would then span more than ~96 (slow reads)
+_S, _M, _H, _D = 1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000
+_NICE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+         500_000, _S, 2 * _S, 5 * _S, 10 * _S, 15 * _S, 30 * _S, _M, 2 * _M, 5 * _M, 10 * _M, 15 * _M, 30 * _M,
+         _H, 2 * _H, 3 * _H, 4 * _H, 6 * _H, 8 * _H, 12 * _H, _D]
+_INT_DTYPES = ("int8", "int16", "int32", "int64")
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_KIND = {"count": "cnt", "sum": "sum", "mean": "sum", "min": "min", "max": "max", "last": "last",
+         "count_distinct": "dist"}
+
+
+# -- keys ----------------------------------------------------------------------------------------
+def canonical_key(value: Any, dtype: str = "int64") -> str | None:
+    """The hash-key form of a join-key value; None for a null key.
+
+    Integers are written in decimal, strings as ``"s:" + value``, so 42 and "42" are different
+    entities -- except where the entity's declared dtype says which one is meant: for an integer
+    entity, a string that is a canonical integer literal ("42", not "042") *is* that integer (keys
+    from JSON or a URL); for a string entity, an integer is its decimal string.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, float):
+        if value != value:
+            return None
+        if not value.is_integer():
+            raise ValueError(f"entity key {value!r} is a non-integral float; give an int or a str")
+        value = int(value)
+    elif not isinstance(value, (int, str)):
+        try:
+            value = operator.index(value)  # numpy integers
+        except TypeError:
+            if hasattr(value, "item"):
+                return canonical_key(value.item(), dtype)
+            raise ValueError(f"entity key {value!r} ({type(value).__name__}) is not an int or a str") from None
+    if isinstance(value, str):
+        if dtype in _INT_DTYPES and _INT_RE.match(value):
+            return value
+        return "s:" + value
+    return "s:" + str(value) if dtype == "string" else str(value)
+
+
+def hash_key(view: str, canon: str) -> str:
+    """The hash holding one entity's state of one view."""
+    return f"{view}|{canon}"
+
+
+def meta_key(view: str) -> str:
+    """The per-view hash with watermark, freshness and the state fingerprint."""
+    return META_PREFIX + view
+
+
+def choose_tile_us(windows: Sequence[int]) -> int:
+    """Tile size (µs) for a view's windows: ~min/8, but so the longest window spans <= 96 tiles.
+
+    Smaller tiles mean fewer raw events to re-aggregate at the two window edges; larger tiles mean
+    fewer tiles to decode per read and per hash. The result is rounded down to a "nice" size (1, 2,
+    5 x 10^k µs, whole seconds/minutes/hours, or whole days) so tiles align with clock boundaries.
+    """
+    ws = [w for w in windows if w > 0]
+    if not ws:
+        return 0
+    fine, coarse = max(min(ws) // TILES_PER_MIN_WINDOW, 1), -(-max(ws) // MAX_TILES_PER_WINDOW)
+    if fine >= coarse:  # round down: keep >= 8 tiles in the shortest window
+        return fine // _D * _D if fine >= _D else max(n for n in _NICE if n <= fine)
+    # round up: keep the longest window within ~96 tiles
+    return -(-coarse // _D) * _D if coarse > _D else min(n for n in _NICE if n >= coarse)
+
+
+# -- the plan: one per view, precomputed ------------------------------------------------------------
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How to produce one feature: plain slot or (sig, window) pair, and its output rule."""
+
+    name: str
+    function: str
+    window: int | None   # µs; None for plain fields
+    slot: int            # plain: entry index in "latest"; windowed: index into ViewPlan.pairs
+    int_sum: bool | None  # Sum: int output (True), float (False), by value (None: column not declared)
+
+
+class ViewPlan:
+    """Everything about a view the core needs, computed once: columns, sigs, windows, tile size."""
+
+    def __init__(self, view: FeatureView, lateness_us: int = 0, tile_us: int | None = None) -> None:
+        self.name = view.name
+        self.dtype = view.entity.dtype
+        self.ttl = to_micros(view.ttl_delta) if view.ttl_delta is not None else None
+        self.lateness = lateness_us
+        windowed = [f for f in view.features if not f.is_plain]
+        cols = sorted({c for f in windowed for c in (f.column, f.filter.column if f.filter else None) if c})
+        self.columns = cols
+        index = {c: 2 + i for i, c in enumerate(cols)}
+        self.plain: list[tuple[str, Filter | None]] = []
+        self.sigs: list[Sig] = []
+        self.pairs: list[tuple[int, int]] = []
+        feats = []
+        for f in view.features:
+            if f.is_plain:
+                entry = (f.column, f.filter)
+                if entry not in self.plain:
+                    self.plain.append(entry)
+                feats.append(FeaturePlan(f.name, "plain", None, self.plain.index(entry), None))
+                continue
+            kind = _KIND[f.function]
+            if kind == "cnt" and f.column is not None:
+                kind = "cntv"
+            sig = Sig(kind, index[f.column] if f.column else -1, f.filter,
+                      index[f.filter.column] if f.filter else -1)
+            if sig not in self.sigs:
+                self.sigs.append(sig)
+            w = to_micros(f.window_delta)
+            pair = (self.sigs.index(sig), w)
+            if pair not in self.pairs:
+                self.pairs.append(pair)
+            int_sum = None
+            if f.function == "sum":
+                fld = view.source.field(f.column)
+                int_sum = None if fld is None else fld.dtype.startswith(("int", "bool"))
+            feats.append(FeaturePlan(f.name, f.function, w, self.pairs.index(pair), int_sum))
+        self.features = feats
+        self.by_name = {fp.name: i for i, fp in enumerate(feats)}
+        self.max_window = max((w for _, w in self.pairs), default=0)
+        self.tile = (tile_us or choose_tile_us([w for _, w in self.pairs])) if self.sigs else 0
+        self.retention = lateness_us + self.max_window
+        self.groups: dict[tuple, dict[int, list[int]]] = {}  # read cache: wanted features -> window groups
+        spec = [VERSION, self.tile, self.retention if self.sigs else None, cols,
+                [[s.kind, s.col, s.filt.to_spec() if s.filt else None, s.fcol] for s in self.sigs],
+                [[c, flt.to_spec() if flt else None] for c, flt in self.plain]]
+        self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def horizon(self, max_ts: int | None) -> int | None:
+        """Events older than this can no longer change a read the store serves (None: no tiles)."""
+        if not self.sigs or max_ts is None:
+            return None
+        return max_ts - self.retention
+
+
+def _finish(fp: FeaturePlan, acc: list) -> Any:
+    fn = fp.function
+    if fn == "count":
+        return acc[1]
+    if fn == "count_distinct":
+        return len(acc[1])
+    if fn == "sum":
+        if fp.int_sum is True:
+            return int(acc[2])
+        return float(acc[2]) if fp.int_sum is False else acc[2]
+    if fn == "mean":
+        return acc[2] / acc[1] if acc[1] else None
+    return acc[2] if fn == "last" else acc[1]
+
+
+def _norm(v: Any) -> Any:
+    """Naive datetimes are UTC (as offline); everything else as given."""
+    return v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v
+
+
+# -- apply -----------------------------------------------------------------------------------------
+@dataclass
+class EntityUpdate:
+    """What applying events to one entity's hash changes: fields to put and delete, and counts."""
+
+    puts: dict[str, bytes]
+    deletes: list[str]
+    applied: int
+    too_late: list[int]      # indices into the events given
+
+
+def apply_entity(plan: ViewPlan, fields: Mapping[str, bytes], events: Sequence[tuple[int, list, Mapping]],
+                 horizon: int | None) -> EntityUpdate:
+    """Apply (ts, order, values) events of one entity to its stored `fields` (O(1) fields each).
+
+    Plain entries take an event if its (ts, order) is greater. Tiles take events with
+    ts >= `horizon`; an event whose (ts, order) the tile already holds is a redelivery and skipped
+    (when order is non-empty). Tiles ending at or before the horizon are deleted.
+    """
+    blob = fields.get(LATEST)
+    latest = decode(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
+    latest_changed = blob is None
+    tiles: dict[int, tuple[list, set]] = {}
+    applied, too_late = 0, []
+    T = plan.tile
+    for i, (ts, order, values) in enumerate(events):
+        changed = False
+        seen = latest[1]
+        if seen is None or (ts, order) > (seen[0], seen[1]):
+            latest[1] = [ts, order]
+            changed = True
+        for slot, (col, flt) in enumerate(plan.plain):
+            if flt is not None and not flt.matches(values.get(flt.column)):
+                continue
+            e = latest[2 + slot]
+            if e is None or (ts, order) > (e[0], e[1]):
+                latest[2 + slot] = [ts, order, _norm(values.get(col))]
+                changed = True
+        latest_changed |= changed
+        if plan.sigs:
+            if horizon is not None and ts < horizon:
+                too_late.append(i)
+            else:
+                start = ts // T * T
+                if start not in tiles:
+                    tb = fields.get(f"{TILE}{start}")
+                    if tb:
+                        tile = [tile_partials(tb), tile_raw(tb)]
+                        for s, p in zip(plan.sigs, tile[0]):
+                            if s.kind == "dist":
+                                p[1] = set(p[1])
+                    else:
+                        tile = [[_new(s) for s in plan.sigs], []]
+                    tiles[start] = (tile, {(r[0], tuple(r[1])) for r in tile[1]})
+                tile, keys = tiles[start]
+                ident = (ts, tuple(order))
+                if not order or ident not in keys:
+                    keys.add(ident)
+                    row = [ts, order] + [_norm(values.get(c)) for c in plan.columns]
+                    tile[1].append(row)
+                    for s, p in zip(plan.sigs, tile[0]):
+                        _update(s, p, row)
+                    changed = True
+        applied += changed
+    puts = {f"{TILE}{s}": encode_tile(t[0], t[1]) for s, (t, _) in tiles.items()}
+    if latest_changed:
+        puts[LATEST] = encode(latest)
+    deletes = []
+    if plan.sigs and horizon is not None:
+        for name in fields:
+            if name.startswith(TILE) and int(name[2:]) + T <= horizon and name not in puts:
+                deletes.append(name)
+    return EntityUpdate(puts, deletes, applied, too_late)
+
+
+# -- read ------------------------------------------------------------------------------------------
+def read_entity(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Sequence[int],
+                ) -> tuple[list[Any], list[int | None]]:
+    """Values and event timestamps of features `wanted` (indices into plan.features) as of `t` µs.
+
+    Plain fields: the newest entry if ``ts < t`` and within ttl (an entry at or after `t` is not
+    visible: online reads are for as_of after the entity's newest event). Windows ``[t - w, t)``:
+    exact, from tile partials plus raw events of the edge tiles.
+    """
+    feats = plan.features
+    latest = None
+    accs: dict[int, list] | None = None
+    values: list[Any] = []
+    stamps: list[int | None] = []
+    for fi in wanted:
+        fp = feats[fi]
+        if fp.window is None:
+            if latest is None:
+                blob = fields.get(LATEST)
+                latest = decode(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
+            e = latest[2 + fp.slot]
+            if e is None or e[0] >= t or (plan.ttl is not None and t - e[0] > plan.ttl):
+                values.append(None)
+                stamps.append(None)
+            else:
+                values.append(e[2])
+                stamps.append(e[0])
+            continue
+        if accs is None:
+            accs = _windows(plan, fields, t, wanted)
+        acc = accs[fp.slot]
+        values.append(_finish(fp, acc))
+        stamps.append(acc[0])
+    return values, stamps
+
+
+def _groups(plan: ViewPlan, wanted: Sequence[int]) -> dict[int, list[int]]:
+    key = tuple(wanted)
+    g = plan.groups.get(key)
+    if g is None:
+        g = {}
+        for fi in wanted:
+            fp = plan.features[fi]
+            if fp.window is not None and fp.slot not in g.setdefault(fp.window, []):
+                g[fp.window].append(fp.slot)
+        plan.groups[key] = g
+    return g
+
+
+def _windows(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Sequence[int]) -> dict[int, list]:
+    """Accumulators of every (sig, window) pair `wanted` needs, as of t: partials + edge rows."""
+    by_w = _groups(plan, wanted)
+    T = plan.tile
+    lo_all = t - max(by_w)
+    starts, blobs = [], []
+    for name, blob in fields.items():
+        if name[:2] == TILE:
+            start = int(name[2:])
+            if start < t and start + T > lo_all:
+                starts.append(start)
+                blobs.append(blob)
+    parts = tiles_partials(blobs)
+    raws: dict[int, list] = {}
+    out: dict[int, list] = {}
+    for w, slots in by_w.items():
+        lo = t - w
+        inner, edge = [], []
+        for i, start in enumerate(starts):
+            if start >= lo and start + T <= t:
+                inner.append(parts[i])
+            elif start + T > lo:
+                raw = raws.get(i)
+                if raw is None:
+                    raw = raws[i] = tile_raw(blobs[i])
+                edge.extend(r for r in raw if lo <= r[0] < t)
+        for slot in slots:
+            si = plan.pairs[slot][0]
+            sig = plan.sigs[si]
+            acc = _new(sig)
+            _combine(sig, acc, [p[si] for p in inner])
+            for r in edge:
+                _update(sig, acc, r)
+            out[slot] = acc
+    return out
