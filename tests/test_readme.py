@@ -22,7 +22,8 @@ def test_quickstart_runs_and_matches_its_comment(tmp_path):
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
     assert python.count("print(") == 1
-    probe = python.replace("print(", "result = (") + "\nprint(result[['spam_7d', 'last_text']].to_json(orient='records'))"
+    show = "\nprint(result[['spam_7d', 'last_text']].to_json(orient='records'))"
+    probe = python.replace("print(", "result = (") + show
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [{"spam_7d": 2, "last_text": "buy now 1"},

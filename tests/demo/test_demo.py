@@ -17,6 +17,9 @@ def test_demo_frame_is_point_in_time_correct(tmp_path):
     frame = run_demo(tmp_path / "demo", console=Console(file=out, width=120))
     text = out.getvalue()
     assert "5000 accepted" in text and "4 dead-lettered" in text
+    assert "5000 events applied, 0 too late" in text          # streamed into the online store
+    assert "│ 99999  │ False │ None" in text                     # unknown author: nulls plus found=False
+    assert "values compared: 0 mismatches" in text and "parity" in text
     comments = generate_comments()
     assert len(frame) == 8
     for _, row in frame.iterrows():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopstack import Count, Entity, EventSource, FeatureView, Field, Sum
+from loopstack import Entity, EventSource, FeatureView, Field, Sum
 from loopstack.errors import DefinitionError
 from loopstack.features.registry import FeatureRegistry
 from loopstack.meta.db import MetadataStore

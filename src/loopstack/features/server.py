@@ -1,0 +1,453 @@
+"""The HTTP feature server: online features as JSON over HTTP (FastAPI), Feast-compatible request shape.
+
+`create_app(project)` builds the app; `loopstack features serve` runs it under uvicorn. Endpoints
+(docs/feature-server.md has examples): ``POST /get-online-features``, ``GET /health``,
+``GET /freshness``, ``GET /metrics`` (Prometheus text), ``POST /reload``, ``/openapi.json``, ``/docs``.
+
+Views are read from the registry once at startup; a background task checks every
+`reload_interval` seconds whether `loopstack apply` changed the definitions (one ``max(id)``
+query) and swaps in the new views, and ``POST /reload`` does the same at once. Reads run inline
+on the event loop: an online read is a sub-millisecond key lookup, and a thread hop would cost
+more than the read. Every response carries ``x-request-id`` (echoed, or generated) and every
+request is one JSON line on the ``loopstack.access`` logger.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loopstack.errors import FeatureReferenceError, LoopstackError, RetrievalError
+from loopstack.features.online.service import OnlineFeatures
+from loopstack.features.online.state import StateError, meta_key
+from loopstack.features.retrieval import resolve
+
+if TYPE_CHECKING:
+    from loopstack.project import Project
+
+try:
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+except ImportError:  # pragma: no cover - orjson is optional; NaN then becomes null by hand
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), default=str).replace("NaN", "null").encode()
+
+ACCESS_LOG = logging.getLogger("loopstack.access")
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_PATHS = ("/get-online-features", "/health", "/freshness", "/metrics", "/reload", "/openapi.json", "/docs")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def us_to_iso(us: int | None) -> str | None:
+    """µs since the epoch as ISO 8601 UTC with a ``Z`` (what Feast returns), or None."""
+    return None if us is None else (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+
+
+def iso_to_us(text: str) -> int:
+    """ISO 8601 text (no offset = UTC) as µs since the epoch; ValueError names the format wanted."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time: write e.g. 2024-05-01T12:00:00Z") from None
+    dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+# -- request / response models (the OpenAPI spec) ---------------------------------------------------
+class GetOnlineFeaturesRequest(BaseModel):
+    """Features for entities: Feast's columnar ``entities`` or row-wise ``entity_rows`` (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"features": ["author_stats:comments_1h", "author_stats:last_label"], "entities": {"author_id": [1, 2]}},
+        {"features": ["author_stats:comments_1h"], "entity_rows": [{"author_id": 1}], "as_of": "2024-05-01T12:00:00Z"},
+    ]})
+    features: list[str] = Field(min_length=1, description="Feature references 'view:feature'.")
+    entities: dict[str, list[Any]] | None = Field(
+        None, description="Columnar entities: join key -> values (all lists of one length), as in Feast.")
+    entity_rows: list[dict[str, Any]] | None = Field(None, description="Row-wise entities: [{join key: value}].")
+    full_feature_names: bool = Field(False, description="Name features 'view__feature' instead of 'feature'.")
+    as_of: str | None = Field(None, description="Read time, ISO 8601 (no offset = UTC); default now. "
+                                                "Features use events strictly before it.")
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso(cls, v: str | None) -> str | None:
+        if v is not None:
+            iso_to_us(v)  # raises a ValueError that names the format wanted
+        return v
+
+    @model_validator(mode="after")
+    def _one_entity_form(self) -> "GetOnlineFeaturesRequest":
+        if (self.entities is None) == (self.entity_rows is None):
+            raise ValueError("give exactly one of 'entities' (columnar: {join_key: [values]}) or "
+                             "'entity_rows' ([{join_key: value}])")
+        if self.entities is not None:
+            if not self.entities:
+                raise ValueError("'entities' has no join key: give e.g. {\"author_id\": [1, 2]}")
+            lengths = {k: len(v) for k, v in self.entities.items()}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"every 'entities' list must have the same length; got {lengths}")
+        return self
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The entity rows, whichever form they came in."""
+        if self.entity_rows is not None:
+            return self.entity_rows
+        cols = self.entities or {}
+        keys = list(cols)
+        return [dict(zip(keys, vals)) for vals in zip(*cols.values())]
+
+    def as_of_us(self) -> int | None:
+        """`as_of` as µs since the epoch (UTC), or None for now."""
+        return None if self.as_of is None else iso_to_us(self.as_of)
+
+
+class FeatureVector(BaseModel):
+    """One column of the answer (an entity key or a feature), one entry per entity row."""
+
+    values: list[Any]
+    statuses: list[Literal["PRESENT", "NULL_VALUE", "NOT_FOUND"]] = Field(
+        description="PRESENT: a value; NULL_VALUE: the entity is known but the feature has no value "
+                    "(empty window, expired ttl); NOT_FOUND: the entity has no online state.")
+    event_timestamps: list[str | None] = Field(description="Event time of the newest input, ISO 8601 UTC.")
+
+
+class ResponseMetadata(BaseModel):
+    feature_names: list[str] = Field(description="Names of `results`, in order: entity keys, then features.")
+
+
+class GetOnlineFeaturesResponse(BaseModel):
+    """Feast's columnar answer (``metadata.feature_names`` ↔ ``results``) plus per-row ``found``."""
+
+    metadata: ResponseMetadata
+    results: list[FeatureVector]
+    found: list[bool] = Field(description="Per entity row: False when it has no state in any requested view.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a machine-readable code, a sentence saying what to do, the request id."""
+
+    error: Literal["invalid_request", "unknown_feature", "invalid_entities", "state_mismatch", "internal"]
+    detail: str
+    request_id: str | None = None
+    unknown_features: list[str] | None = Field(None, description="With unknown_feature: the references.")
+    errors: list[dict[str, Any]] | None = Field(None, description="With invalid_request: each problem.")
+
+
+class ViewFreshness(BaseModel):
+    newest_event_ts: str | None = Field(description="Newest event time applied (the watermark), ISO UTC.")
+    watermark: str | None
+    exact_from: str | None = Field(description="Earliest as_of whose reads are exact (watermark - lateness).")
+    applied_at: str | None = Field(description="Wall-clock time of the last write.")
+    lag_seconds: float | None = Field(description="now - newest event; None before the first event.")
+    events_applied: int
+    too_late: int
+
+
+class FreshnessResponse(BaseModel):
+    now: str
+    views: dict[str, ViewFreshness]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    views: list[str]
+    definitions_version: int | None
+    uptime_seconds: float
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool = Field(description="False when the definitions had not changed.")
+    views: list[str]
+    definitions_version: int | None
+
+
+# -- metrics (Prometheus text format, no dependency) ------------------------------------------------
+class Metrics:
+    """Request counts, latency histogram and error counts, rendered in Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.hist: dict[str, list[float]] = {}   # path -> count per bucket (last: > every bucket), and sum
+        self.sums: Counter[str] = Counter()
+        self.entity_rows = 0
+
+    def observe(self, path: str, method: str, status: int, seconds: float, error: str | None) -> None:
+        """Record one finished request."""
+        self.requests[(path, method, status)] += 1
+        if error:
+            self.errors[(path, error)] += 1
+        h = self.hist.setdefault(path, [0] * (len(_BUCKETS) + 1))
+        h[next((i for i, b in enumerate(_BUCKETS) if seconds <= b), len(_BUCKETS))] += 1
+        self.sums[path] += seconds
+
+    def render(self, gauges: dict[str, list[tuple[str, float]]]) -> str:
+        """The exposition text; `gauges` maps a metric name to (labels text, value) samples."""
+        p = "loopstack_feature_server_"
+        out = [f"# HELP {p}requests_total HTTP requests by path, method and status.",
+               f"# TYPE {p}requests_total counter"]
+        out += [f'{p}requests_total{{path="{a}",method="{m}",status="{s}"}} {n}'
+                for (a, m, s), n in sorted(self.requests.items())]
+        out += [f"# HELP {p}errors_total Requests answered with an error, by error code.",
+                f"# TYPE {p}errors_total counter"]
+        out += [f'{p}errors_total{{path="{a}",error="{e}"}} {n}' for (a, e), n in sorted(self.errors.items())]
+        out += [f"# HELP {p}request_duration_seconds Time from request to response.",
+                f"# TYPE {p}request_duration_seconds histogram"]
+        for path, h in sorted(self.hist.items()):
+            les = [*map(str, _BUCKETS), "+Inf"]
+            out += [f'{p}request_duration_seconds_bucket{{path="{path}",le="{le}"}} {sum(h[:i + 1])}'
+                    for i, le in enumerate(les)]
+            out += [f'{p}request_duration_seconds_sum{{path="{path}"}} {self.sums[path]:.6f}',
+                    f'{p}request_duration_seconds_count{{path="{path}"}} {sum(h)}']
+        out += [f"# TYPE {p}entity_rows_total counter", f"{p}entity_rows_total {self.entity_rows}"]
+        for name, samples in gauges.items():
+            out += [f"# TYPE {name} gauge", *(f"{name}{lab} {value}" for lab, value in samples)]
+        return "\n".join(out) + "\n"
+
+
+# -- state, reload ----------------------------------------------------------------------------------
+def definitions_version(project: "Project") -> int | None:
+    """A number that grows with every `loopstack apply` change (the newest definition row id)."""
+    import sqlalchemy as sa
+
+    from loopstack.meta.db import definitions
+    with project.meta.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(definitions.c.id))).scalar()
+
+
+class ServerState:
+    """What the app serves from: the project, its views (loaded once, swapped on reload), metrics."""
+
+    def __init__(self, project: "Project") -> None:
+        self.project = project
+        self.metrics = Metrics()
+        self.started = time.monotonic()
+        self.version: int | None = None
+        self.reloads = 0
+        self.online: OnlineFeatures = None  # type: ignore[assignment]
+        self.reload()
+
+    def reload(self) -> bool:
+        """Load the views again if the definitions changed; True if they did."""
+        version = definitions_version(self.project)   # read first: a concurrent apply reloads next time
+        if self.online is not None and version == self.version:
+            return False
+        views = self.project.registry.views()
+        self.online = OnlineFeatures(self.project.online_store, views)
+        self.version = version
+        self.reloads += 1
+        return True
+
+
+def _error(status: int, code: str, detail: str, rid: str | None, request: Request | None = None,
+           **extra: Any) -> Response:
+    if request is not None:
+        request.state.error = code
+    body = {"error": code, "detail": detail, "request_id": rid, **{k: v for k, v in extra.items() if v is not None}}
+    return _json(body, status)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(_dumps(body), status_code=status, media_type="application/json")
+
+
+def _unknown_features(refs: list[str], views: dict) -> list[str]:
+    bad = []
+    for ref in refs:
+        try:
+            resolve(ref, views)
+        except LoopstackError:
+            bad.append(ref)
+    return bad
+
+
+def _columnar(rows: list[dict], names: list[str], stamps: list[dict], found: list[bool]) -> dict:
+    feats = set(names)
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in feats))
+    names_out = keys + names
+    results = [{"values": [r.get(k) for r in rows],
+                "statuses": ["PRESENT" if k in r else "NOT_FOUND" for r in rows],
+                "event_timestamps": [None] * len(rows)} for k in keys]
+    for n in names:
+        vals = [r[n] for r in rows]
+        results.append({"values": vals,
+                        "statuses": ["PRESENT" if v is not None else "NULL_VALUE" if f else "NOT_FOUND"
+                                     for v, f in zip(vals, found)],
+                        "event_timestamps": [us_to_iso(s[n]) for s in stamps]})
+    return {"metadata": {"feature_names": names_out}, "results": results, "found": found}
+
+
+class _AccessMiddleware:
+    """Request id in and out, one JSON access-log line and the metrics of every HTTP request."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        if not _RID.match(rid):
+            rid = uuid.uuid4().hex
+        st = scope.setdefault("state", {})
+        st["request_id"] = rid
+        status = 500
+
+        async def send_with_id(msg: dict) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            dt = time.perf_counter() - t0
+            path = scope["path"] if scope["path"] in _PATHS else "other"
+            err = st.get("error") or ("internal" if status >= 500 else None)
+            self.state.metrics.observe(path, scope["method"], status, dt, err)
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": rid, "method": scope["method"],
+                       "path": scope["path"], "status": status, "duration_ms": round(dt * 1000, 3),
+                       "client": (scope.get("client") or ("", 0))[0]}
+                for k in ("error", "rows", "features"):
+                    if k in st:
+                        rec[k] = st[k]
+                ACCESS_LOG.info(_dumps(rec).decode())
+
+
+# -- the app ----------------------------------------------------------------------------------------
+def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: int = 10_000) -> FastAPI:
+    """The feature server for `project`: views are loaded now; definitions are re-checked every
+    `reload_interval` seconds while the app runs (0 = only on ``POST /reload``); requests with more
+    than `max_rows` entity rows are refused (422)."""
+    state = ServerState(project)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(reload_interval)
+                try:
+                    if await asyncio.to_thread(state.reload):
+                        log.info("definitions changed: reloaded views %s", sorted(state.online.views))
+                except Exception:  # keep serving the views we have
+                    log.exception("checking the definitions for changes failed")
+
+        task = asyncio.create_task(poll()) if reload_interval > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="loopstack feature server", version="1", lifespan=lifespan,
+                  description="Online features over HTTP. Request shape follows Feast's `/get-online-features`.")
+    app.state.server = state
+    app.add_middleware(_AccessMiddleware, state=state)
+    errors = {c: {"model": ErrorResponse} for c in (404, 422, 500, 503)}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                for e in exc.errors()]
+        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)
+        return _error(422, "invalid_request", f"malformed request: {text}", request.state.request_id, request,
+                      errors=errs)
+
+    @app.post("/get-online-features", response_model=GetOnlineFeaturesResponse, responses=errors,
+              summary="Online feature values for entities")
+    async def get_online_features(body: GetOnlineFeaturesRequest, request: Request) -> Response:
+        """Latest feature values (as of `as_of`, default now) for each entity row."""
+        rid = request.state.request_id
+        rows = body.rows()
+        st = request.scope["state"]
+        st["rows"], st["features"] = len(rows), len(body.features)
+        if len(rows) > max_rows:
+            return _error(422, "invalid_request", f"{len(rows)} entity rows in one request; the limit is "
+                          f"{max_rows}: split the request", rid, request)
+        online = state.online
+        try:
+            resp = online.get_online_features(body.features, rows, body.as_of_us(), body.full_feature_names)
+        except FeatureReferenceError as exc:
+            bad = _unknown_features(list(dict.fromkeys(body.features)), online.views)
+            if bad:
+                return _error(404, "unknown_feature", str(exc), rid, request, unknown_features=bad)
+            return _error(422, "invalid_request", str(exc), rid, request)
+        except RetrievalError as exc:
+            return _error(422, "invalid_entities", str(exc), rid, request)
+        except StateError as exc:
+            return _error(503, "state_mismatch", str(exc), rid, request)
+        except Exception as exc:
+            log.exception("get-online-features failed (request %s)", rid)
+            return _error(500, "internal", f"{type(exc).__name__}: {exc}", rid, request)
+        state.metrics.entity_rows += len(rows)
+        return _json(_columnar(resp.rows, resp.features, resp.event_timestamps, resp.found))
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
+    async def health(request: Request) -> Response:
+        """200 when the online store answers a read; 503 otherwise."""
+        try:
+            state.online.store.read([meta_key("__health__")])
+        except Exception as exc:
+            return _error(503, "internal", f"online store unreachable: {type(exc).__name__}: {exc}",
+                          request.state.request_id, request)
+        return _json({"status": "ok", "views": sorted(state.online.views), "definitions_version": state.version,
+                      "uptime_seconds": round(time.monotonic() - state.started, 3)})
+
+    @app.get("/freshness", response_model=FreshnessResponse)
+    async def freshness() -> Response:
+        """Per view: newest event applied (watermark), when, and the lag behind now in seconds."""
+        times = ("newest_event_ts", "watermark", "exact_from", "applied_at")
+        views = {v: {k: us_to_iso(x) if k in times else x for k, x in f.items()}
+                 for v, f in state.online.freshness().items()}
+        return _json({"now": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), "views": views})
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        """Prometheus text format: requests, latency histogram, errors, freshness lag per view."""
+        lag = [(f'{{view="{v}"}}', f["lag_seconds"]) for v, f in state.online.freshness().items()
+               if f["lag_seconds"] is not None]
+        gauges = {"loopstack_feature_freshness_lag_seconds": lag,
+                  "loopstack_feature_server_views": [("", len(state.online.views))],
+                  "loopstack_feature_server_definitions_version": [("", state.version or 0)]}
+        return Response(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    @app.post("/reload", response_model=ReloadResponse)
+    async def reload() -> Response:
+        """Pick up `loopstack apply` changes now (a no-op when nothing changed)."""
+        changed = state.reload()
+        return _json({"reloaded": changed, "views": sorted(state.online.views), "definitions_version": state.version})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for multi-worker uvicorn: the project folder comes from ``LOOPSTACK_SERVE_PROJECT``."""
+    import os
+
+    from loopstack.features.cli_serve import configure_access_log
+    from loopstack.project import Project
+    configure_access_log(os.environ.get("LOOPSTACK_SERVE_ACCESS_LOG", "1") == "1")
+    return create_app(Project(os.environ.get("LOOPSTACK_SERVE_PROJECT", ".")),
+                      reload_interval=float(os.environ.get("LOOPSTACK_SERVE_RELOAD_INTERVAL", "5")))
