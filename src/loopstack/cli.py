@@ -70,7 +70,9 @@ def _add_groups() -> None:
     from loopstack.features.cli import app as features_app
     from loopstack.features.cli_online import app as online_features_app
     from loopstack.features.cli_online import root_app as online_root_app
+    from loopstack.features.cli_serve import app as serve_app
     from loopstack.log.cli import app as log_app
+    features_app.registered_commands.extend(serve_app.registered_commands)  # features serve
     features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
     app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")

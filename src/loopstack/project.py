@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -91,12 +92,21 @@ class Project:
 
     @property
     def online(self):  # -> OnlineFeatures
-        """Applies events to / reads features from the online store, for the applied views."""
+        """Applies events to / reads features from the online store, for the applied views.
+
+        Rebuilt when `apply` changed the definitions; the check (one indexed query) runs at most
+        once a second, so a hot read path does not pay for the registry.
+        """
         from loopstack.features.online.service import OnlineFeatures
-        views = self.registry.views()
+        now = time.monotonic()
         cached = self.__dict__.get("_online")
-        if cached is None or cached.views != views:
-            cached = self.__dict__["_online"] = OnlineFeatures(self.online_store, views)
+        if cached is not None and now - self.__dict__.get("_online_checked", 0.0) < 1.0:
+            return cached
+        version = self.meta.definitions_version()
+        if cached is None or self.__dict__.get("_online_version") != version:
+            cached = self.__dict__["_online"] = OnlineFeatures(self.online_store, self.registry.views())
+            self.__dict__["_online_version"] = version
+        self.__dict__["_online_checked"] = now
         return cached
 
     def get_online_features(self, features: Sequence[str], entity_rows: Sequence[dict], as_of: Any = None,
@@ -138,7 +148,9 @@ class Project:
         sources.update({o.source.name: o.source for o in objects if isinstance(o, FeatureView)})
         for source in sources.values():
             self._ensure_topic(source, objects)
-        return self.registry.apply(objects, prune)
+        diff = self.registry.apply(objects, prune)
+        self.__dict__.pop("_online_checked", None)  # the next `online` access sees the new views
+        return diff
 
     def _ensure_topic(self, source: EventSource, objects: Sequence[Definition]) -> None:
         if source.is_batch:

@@ -89,6 +89,11 @@ class MetadataStore:
             return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
 
     # -- definitions ---------------------------------------------------------------------------
+    def definitions_version(self) -> int:
+        """A number that grows with every stored definition change (the newest row id; 0 when empty)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(definitions.c.id))).scalar() or 0
+
     def latest_definitions(self, kind: str | None = None, include_removed: bool = False) -> list[dict]:
         """The newest version of each definition (optionally of one kind)."""
         d = definitions
