@@ -41,8 +41,19 @@ def _v1(conn: Connection) -> None:
     definitions.create(conn, checkfirst=True)
 
 
+def _v2(conn: Connection) -> None:
+    from loopstack.training.schema import migrate_v2
+    migrate_v2(conn)
+
+
+def _v3(conn: Connection) -> None:
+    from loopstack.registry.schema import migrate_v3
+    migrate_v3(conn)
+
+
 # version n is reached by running MIGRATIONS[n-1]; append new steps, never edit old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+# Each box owns its tables (training/schema.py, registry/schema.py); this list only orders them.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

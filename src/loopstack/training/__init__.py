@@ -1,0 +1,1 @@
+"""Box 4: training datasets, experiment tracking, trainers and evaluation."""
