@@ -73,6 +73,8 @@ def _add_groups() -> None:
     from loopstack.features.cli_serve import app as serve_app
     from loopstack.log.cli import app as log_app
     features_app.registered_commands.extend(serve_app.registered_commands)  # features serve
+    from loopstack.training.cli import mount as mount_training
+    mount_training(app)  # dataset, runs
     features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
     app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")

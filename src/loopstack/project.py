@@ -68,6 +68,12 @@ class Project:
         return FeatureRegistry(self.meta)
 
     @cached_property
+    def models(self):  # -> registry.Registry
+        """The model registry (box 5): versions, aliases, rollout states, gates, profiles."""
+        from loopstack.registry.registry import Registry
+        return Registry(self.meta, self.artifacts)
+
+    @cached_property
     def log(self):  # -> EventLog
         from loopstack.log import open_log
         c = self.config.log
@@ -200,6 +206,29 @@ class Project:
             entity_df, list(features), views=self.registry.views(), source_data=self.source_data,
             engine=self.engine, full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             on_demand=self.on_demand_features(), output=output)
+
+    # -- training datasets and runs (box 4) -----------------------------------------------------
+    def build_dataset(self, labels: Any, features: Sequence[str], label_delay: Any = "24h", split: Any = None,
+                      cutoff: Any = None, name: str | None = None, **options: Any):  # -> Dataset
+        """Labels final for `label_delay` + point-in-time features + temporal split, saved as a snapshot."""
+        from loopstack.training.datasets import build_dataset
+        return build_dataset(self, labels, features, label_delay=label_delay, split=split, cutoff=cutoff,
+                             name=name, **options)
+
+    def dataset(self, name_or_id: str):  # -> Dataset
+        """A stored dataset by id, `name@version` or name (newest version)."""
+        from loopstack.training.datasets import load_dataset
+        return load_dataset(self, name_or_id)
+
+    @cached_property
+    def runs(self):  # -> RunStore
+        """Tracked runs: `get`, `search`, `compare`."""
+        from loopstack.training.tracking import RunStore
+        return RunStore(self.meta, self.artifacts)
+
+    def start_run(self, name: str | None = None, tags: dict | None = None, **options: Any):  # -> Run
+        """Start a tracked run; use as `with project.start_run("name") as run: ...`."""
+        return self.runs.start(name, tags, **options)
 
     def close(self) -> None:
         """Close every store that was opened."""
