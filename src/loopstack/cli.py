@@ -75,6 +75,8 @@ def _add_groups() -> None:
     features_app.registered_commands.extend(serve_app.registered_commands)  # features serve
     from loopstack.training.cli import mount as mount_training
     mount_training(app)  # dataset, runs
+    from loopstack.registry.cli import models_app
+    app.add_typer(models_app, name="models", help="Box 5: model registry (versions, rollout, rollback).")
     features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
     app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")

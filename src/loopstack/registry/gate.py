@@ -1,0 +1,236 @@
+"""`ModelValidationGate`: the offline rung of the ladder. Absolute thresholds, regressions against
+the production version, the gap between slices, and a measured latency budget.
+
+    gate = ModelValidationGate(absolute={"precision": 0.95, "recall": 0.85},
+                               relative={"guarded": {"auc": 0.01}, "primary": ("auc", 0.002)},
+                               max_slice_gap={"recall": 0.1},
+                               latency_budget_ms={"p99_batch1": 20, "p99_batch32": 50})
+    decision = gate.evaluate(candidate_metrics, production_metrics, slice_metrics, predict_fn, sample)
+    project.models.record_gate("models:/spam/4", decision)
+
+Metrics named in `lower_is_better` (log_loss, ece, brier, ... by default) are compared the other way.
+The checks themselves are pure; only the latency check calls `predict_fn`.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+LOWER_IS_BETTER = ("log_loss", "logloss", "ece", "brier", "mse", "rmse", "mae", "latency_ms", "error_rate")
+_LATENCY_KEY = re.compile(r"^p(\d+(?:\.\d+)?)_batch(\d+)$")
+
+
+class GateReason(NamedTuple):
+    check: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[GateReason]
+    measured: dict = field(default_factory=dict)
+    evaluated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @property
+    def failed(self) -> list[GateReason]:
+        return [r for r in self.reasons if not r.passed]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "reasons": [list(r) for r in self.reasons], "measured": self.measured,
+                "evaluated_at": self.evaluated_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "GateDecision":
+        return cls(bool(d["passed"]), [GateReason(str(c), bool(p), str(t)) for c, p, t in d["reasons"]],
+                   dict(d.get("measured") or {}), d.get("evaluated_at") or "")
+
+    def table(self, title: str | None = None):
+        """A rich Table of every check (printable with rich.print / console.print)."""
+        from rich.table import Table
+        verdict = "[green]PASSED[/]" if self.passed else "[red]FAILED[/]"
+        t = Table(title=f"{title + ': ' if title else ''}validation gate {verdict}")
+        t.add_column("check")
+        t.add_column("result")
+        t.add_column("detail")
+        for r in self.reasons:
+            t.add_row(r.check, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
+        return t
+
+    def __rich__(self):
+        return self.table()
+
+
+class ModelValidationGate:
+    """Configuration of the checks; `evaluate` returns a GateDecision with every reason."""
+
+    def __init__(self, absolute: Mapping[str, float] | None = None, relative: Mapping[str, Any] | None = None,
+                 max_slice_gap: Mapping[str, float] | None = None,
+                 latency_budget_ms: Mapping[str, float] | None = None, *, latency_repeats: int = 100,
+                 latency_warmup: int = 3, lower_is_better: tuple[str, ...] = LOWER_IS_BETTER) -> None:
+        self.absolute = dict(absolute or {})
+        relative = dict(relative or {})
+        unknown = set(relative) - {"guarded", "primary"}
+        if unknown:
+            raise ValueError(f"relative takes 'guarded' and 'primary', not {sorted(unknown)}")
+        self.guarded = dict(relative.get("guarded") or {})
+        primary = relative.get("primary")
+        if primary is not None and (not isinstance(primary, (tuple, list)) or len(primary) != 2):
+            raise ValueError("relative['primary'] must be (metric, min_improvement), e.g. ('auc', 0.002)")
+        self.primary = (str(primary[0]), float(primary[1])) if primary else None
+        self.max_slice_gap = dict(max_slice_gap or {})
+        self.latency_budget_ms = dict(latency_budget_ms or {})
+        for key in self.latency_budget_ms:
+            if not _LATENCY_KEY.match(key):
+                raise ValueError(f"latency budget key {key!r} must look like 'p99_batch1' (percentile, batch size)")
+        self.latency_repeats, self.latency_warmup = int(latency_repeats), int(latency_warmup)
+        self.lower_is_better = set(lower_is_better)
+
+    def config(self) -> dict:
+        return {"absolute": self.absolute, "guarded": self.guarded, "primary": self.primary,
+                "max_slice_gap": self.max_slice_gap, "latency_budget_ms": self.latency_budget_ms,
+                "latency_repeats": self.latency_repeats}
+
+    def _better(self, metric: str, value: float, bound: float) -> bool:
+        return value <= bound if metric in self.lower_is_better else value >= bound
+
+    def evaluate(self, candidate_metrics: Mapping[str, float], production_metrics: Mapping[str, float] | None = None,
+                 slice_metrics: Mapping[str, Any] | None = None, predict_fn: Callable[[Any], Any] | None = None,
+                 sample: Any = None) -> GateDecision:
+        reasons: list[GateReason] = []
+        measured: dict[str, Any] = {"config": self.config()}
+        cand = dict(candidate_metrics or {})
+        for m, thr in self.absolute.items():
+            v = _num(cand.get(m))
+            op = "<=" if m in self.lower_is_better else ">="
+            if v is None:
+                reasons.append(GateReason(f"absolute:{m}", False, f"candidate has no {m} metric (needs {op} {thr})"))
+            else:
+                reasons.append(GateReason(f"absolute:{m}", self._better(m, v, thr), f"{m} = {v:.4f}, needs {op} {thr}"))
+        reasons += self._relative(cand, production_metrics)
+        reasons += self._slices(slice_metrics)
+        if self.latency_budget_ms:
+            lat_reasons, lat = self._latency(predict_fn, sample)
+            reasons += lat_reasons
+            measured["latency_ms"] = lat
+        return GateDecision(all(r.passed for r in reasons), reasons, measured)
+
+    def _relative(self, cand: dict, prod: Mapping[str, float] | None) -> list[GateReason]:
+        checks = [(f"guarded:{m}", m, eps) for m, eps in self.guarded.items()]
+        if self.primary:
+            checks.append((f"primary:{self.primary[0]}", self.primary[0], self.primary[1]))
+        if not checks:
+            return []
+        if prod is None:
+            return [GateReason(c, True, "no production version to compare with (first model): skipped")
+                    for c, _, _ in checks]
+        out = []
+        for check, m, delta in checks:
+            v, p = _num(cand.get(m)), _num(prod.get(m))
+            if v is None or p is None:
+                who = "candidate" if v is None else "production"
+                out.append(GateReason(check, False, f"{who} has no {m} metric to compare"))
+                continue
+            low = m in self.lower_is_better
+            diff = (p - v) if low else (v - p)   # > 0: candidate better
+            if check.startswith("guarded"):
+                ok = diff >= -delta - 1e-12
+                out.append(GateReason(check, ok, f"{m} {v:.4f} vs production {p:.4f} (change {_signed(diff)}); "
+                                                 f"may regress by at most {delta}"))
+            else:
+                ok = diff >= delta - 1e-12
+                out.append(GateReason(check, ok, f"{m} {v:.4f} vs production {p:.4f} (improvement "
+                                                 f"{_signed(diff)}); must improve by at least {delta}"))
+        return out
+
+    def _slices(self, slice_metrics: Mapping[str, Any] | None) -> list[GateReason]:
+        out = []
+        for m, max_gap in self.max_slice_gap.items():
+            if not slice_metrics:
+                out.append(GateReason(f"slice_gap:{m}", False, "no slice metrics given (slice_metrics=...)"))
+                continue
+            for group, slices in _slice_groups(slice_metrics).items():
+                vals = {s: _num(ms.get(m)) for s, ms in slices.items()}
+                vals = {s: v for s, v in vals.items() if v is not None}
+                check = f"slice_gap:{m}" + (f":{group}" if group else "")
+                if len(vals) < 2:
+                    out.append(GateReason(check, False, f"fewer than two slices report {m}"))
+                    continue
+                lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+                gap = vals[hi] - vals[lo]
+                out.append(GateReason(check, gap <= max_gap + 1e-12,
+                                      f"{m} gap {gap:.4f} ({hi}={vals[hi]:.4f}, {lo}={vals[lo]:.4f}), max {max_gap}"))
+        return out
+
+    def _latency(self, predict_fn: Callable | None, sample: Any) -> tuple[list[GateReason], dict]:
+        if predict_fn is None or sample is None:
+            return [GateReason(f"latency:{k}", False, "not measured: pass predict_fn and sample")
+                    for k in self.latency_budget_ms], {}
+        measured: dict[str, float] = {}
+        reasons = []
+        cache: dict[int, np.ndarray] = {}
+        for key, budget in self.latency_budget_ms.items():
+            mt = _LATENCY_KEY.match(key)
+            assert mt is not None
+            pct, batch = float(mt.group(1)), int(mt.group(2))
+            if batch not in cache:
+                cache[batch] = measure_latency(predict_fn, sample, batch, self.latency_repeats, self.latency_warmup)
+            value = float(np.percentile(cache[batch], pct))
+            measured[key] = value
+            reasons.append(GateReason(f"latency:{key}", value <= budget,
+                                      f"p{mt.group(1)} predict at batch {batch} = {value:.2f} ms "
+                                      f"({self.latency_repeats} calls), budget {budget} ms"))
+        return reasons, measured
+
+
+def measure_latency(predict_fn: Callable[[Any], Any], sample: Any, batch: int, repeats: int = 100,
+                    warmup: int = 3) -> np.ndarray:
+    """Milliseconds of `repeats` calls of predict_fn on `batch` rows of `sample` (rows tiled if fewer)."""
+    rows = _batch(sample, batch)
+    for _ in range(warmup):
+        predict_fn(rows)
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        predict_fn(rows)
+        out[i] = (time.perf_counter() - t0) * 1000.0
+    return out
+
+
+def _batch(sample: Any, n: int) -> Any:
+    if hasattr(sample, "iloc"):
+        import pandas as pd
+        reps = -(-n // max(len(sample), 1))
+        return pd.concat([sample] * reps, ignore_index=True).iloc[:n] if reps > 1 else sample.iloc[:n]
+    arr = np.asarray(sample)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    reps = -(-n // max(len(arr), 1))
+    return np.concatenate([arr] * reps)[:n] if reps > 1 else arr[:n]
+
+
+def _slice_groups(slice_metrics: Mapping[str, Any]) -> dict[str, dict[str, Mapping]]:
+    """{slice: {metric: v}} -> {"": that}; {column: {value: {metric: v}}} -> per column."""
+    first = next(iter(slice_metrics.values()))
+    if isinstance(first, Mapping) and first and all(isinstance(v, Mapping) for v in first.values()):
+        return {str(g): dict(s) for g, s in slice_metrics.items()}
+    return {"": dict(slice_metrics)}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.4f}"

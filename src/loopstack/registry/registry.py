@@ -1,0 +1,384 @@
+"""`Registry`: model versions with lineage, aliases, rollout states, audit log, gates and profiles.
+
+Every change to a model runs in one transaction that first increments the model's `generation`
+(its row version). That UPDATE takes the row lock on PostgreSQL and the write lock on SQLite, so
+changes to one model are serialized and each one decides on fresh state; a caller that read
+generation g can pass `expected_generation=g` and the change applies only if nothing happened since
+(compare-and-swap), so of two concurrent promotions decided on the same state exactly one wins.
+Policy (which transitions are allowed) lives in the pure `stages` module.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loopstack.meta.artifacts import ArtifactStore
+from loopstack.meta.db import MetadataStore
+from loopstack.registry import stages
+from loopstack.registry.artifact_io import deserialize, serialize, verify
+from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, dumps, loads, utc,
+                                         version_from_row)
+from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
+from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name
+from loopstack.registry.schema import model_aliases as A
+from loopstack.registry.schema import model_audit as L
+from loopstack.registry.schema import model_versions as V
+from loopstack.registry.schema import models as M
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return os.environ.get("USER") or "unknown"
+
+
+def code_version(cwd: str | Path | None = None) -> str | None:
+    """The git commit of `cwd` (with "-dirty" when tracked files changed), or None outside git."""
+    try:
+        run = dict(cwd=cwd, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], **run)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Registry:
+    """The model registry of a project: `project.models`."""
+
+    def __init__(self, meta: MetadataStore, artifacts: ArtifactStore, cache_dir: str | Path | None = None) -> None:
+        self.meta, self.artifacts, self.cache_dir = meta, artifacts, cache_dir
+        self.engine = meta.engine
+
+    # -- registering ---------------------------------------------------------------------------
+    def register(self, name: str, model: Any, *, signature: ModelSignature | Mapping, run_id: str | None = None,
+                 dataset: Any = None, metrics: Mapping | None = None, params: Mapping | None = None,
+                 profile: Any = None, holdout_scores: Any = None, feature_versions: Mapping | None = None,
+                 code_version: str | None = None, description: str = "", actor: str | None = None) -> ModelVersion:
+        """Store the artifact (sha256 recorded) and its lineage as the next version, state `candidate`.
+
+        `dataset`: an id, or {"id": ..., "hash": ...}. `profile`: a reference profile from
+        `profile.build_profile`, or a DataFrame of training/holdout features to profile (with
+        `holdout_scores`, the model's scores on the holdout).
+        """
+        validate_name(name)
+        sig = ModelSignature.coerce(signature)
+        ds_id, ds_hash = _dataset(dataset)
+        prof = _profile(profile, holdout_scores)
+        metrics_json, params_json = dumps(clean_metrics(metrics)), dumps(dict(params or {}))
+        data, fmt, filename = serialize(model)
+        rel = f"models/{name}/{uuid.uuid4().hex}/{filename}"
+        sha = self.artifacts.put_bytes(rel, data)
+        actor = actor or default_actor()
+        now = _now()
+        self._ensure_model(name, description)
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, name)
+            version = (conn.execute(sa.select(sa.func.max(V.c.version)).where(V.c.name == name)).scalar() or 0) + 1
+            conn.execute(V.insert().values(
+                name=name, version=version, state=stages.CANDIDATE, run_id=None if run_id is None else str(run_id),
+                dataset_id=ds_id, dataset_hash=ds_hash,
+                code_version=code_version if code_version is not None else _code_version_cached(),
+                feature_versions=dumps(dict(feature_versions) if feature_versions else sig.feature_versions),
+                params=params_json, metrics=metrics_json, signature=dumps(sig.to_dict()),
+                artifact_path=rel, artifact_uri=f"{self.artifacts.root}/{rel}", artifact_sha256=sha,
+                artifact_format=fmt, profile=None if prof is None else dumps(prof), gate=None, gate_passed=None,
+                description=description, created_by=actor, created_at=now, updated_at=now))
+            self._audit(conn, name, version, "register", gen, actor, f"registered from run {run_id}",
+                        {"sha256": sha, "artifact_uri": f"{self.artifacts.root}/{rel}"}, to_state=stages.CANDIDATE)
+        return self.get(ModelRef(name, version=version))
+
+    def _ensure_model(self, name: str, description: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(M.c.name).where(M.c.name == name)).first() is None:
+                    conn.execute(M.insert().values(name=name, description=description, generation=0,
+                                                   created_at=_now(), updated_at=_now()))
+        except sa.exc.IntegrityError:  # created concurrently by another registration: fine
+            pass
+
+    # -- reading -------------------------------------------------------------------------------
+    def resolve(self, ref: str | ModelRef, conn: Connection | None = None) -> tuple[str, int]:
+        """(name, version) a reference points at now; ModelReferenceError naming what exists otherwise."""
+        r = parse_ref(ref)
+        if conn is None:
+            with self.engine.connect() as c:
+                return self.resolve(r, c)
+        if conn.execute(sa.select(M.c.name).where(M.c.name == r.name)).first() is None:
+            known = [row.name for row in conn.execute(sa.select(M.c.name).order_by(M.c.name))]
+            raise ModelReferenceError(f"no model named {r.name!r} in the registry (models: "
+                                      f"{', '.join(known) or 'none yet'}); register one first")
+        if r.alias:
+            v = conn.execute(sa.select(A.c.version).where(A.c.name == r.name, A.c.alias == r.alias)).scalar()
+            if v is None:
+                aliases = [f"@{a}" for a in conn.execute(sa.select(A.c.alias).where(A.c.name == r.name)).scalars()]
+                raise ModelReferenceError(f"model {r.name!r} has no alias {r.alias!r} (aliases: "
+                                          f"{', '.join(sorted(aliases)) or 'none'})")
+            return r.name, v
+        versions = list(conn.execute(sa.select(V.c.version).where(V.c.name == r.name)).scalars())
+        if r.latest:
+            return r.name, max(versions)
+        if r.version not in versions:
+            raise ModelReferenceError(f"model {r.name!r} has no version {r.version} (versions: "
+                                      f"{', '.join(map(str, sorted(versions)))})")
+        return r.name, r.version  # type: ignore[return-value]
+
+    def get(self, ref: str | ModelRef) -> ModelVersion:
+        with self.engine.connect() as conn:
+            name, version = self.resolve(ref, conn)
+            row = conn.execute(sa.select(V).where(V.c.name == name, V.c.version == version)).one()
+            aliases = conn.execute(sa.select(A.c.alias).where(A.c.name == name, A.c.version == version)).scalars()
+            return version_from_row(row, aliases)
+
+    def load(self, ref: str | ModelRef) -> Any:
+        """The model object (pickle/joblib) or a local path (registered files/folders), after checking
+        the artifact's sha256 against the one recorded at registration (ArtifactIntegrityError if not)."""
+        mv = self.get(ref)
+        data = self.artifacts.get_bytes(mv.artifact_path)
+        verify(data, mv.artifact_sha256, mv.ref, mv.artifact_uri)
+        return deserialize(data, mv.artifact_format, Path(mv.artifact_path).name, mv.artifact_sha256, self.cache_dir)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        validate_name(name)
+        with self.engine.connect() as conn:
+            self.resolve(ModelRef(name, latest=True), conn)  # clear error for an unknown model
+            amap: dict[int, list[str]] = {}
+            for a in conn.execute(sa.select(A).where(A.c.name == name)):
+                amap.setdefault(a.version, []).append(a.alias)
+            rows = conn.execute(sa.select(V).where(V.c.name == name).order_by(V.c.version))
+            return [version_from_row(r, amap.get(r.version, [])) for r in rows]
+
+    def list(self) -> list[dict]:
+        """One summary per model: versions, latest, production version, aliases, versions per state."""
+        with self.engine.connect() as conn:
+            out = {r.name: {"name": r.name, "description": r.description, "generation": r.generation,
+                            "updated_at": utc(r.updated_at), "versions": 0, "latest": None, "production": None,
+                            "aliases": {}, "states": {}} for r in conn.execute(sa.select(M).order_by(M.c.name))}
+            for r in conn.execute(sa.select(V.c.name, V.c.version, V.c.state)):
+                m = out[r.name]
+                m["versions"] += 1
+                m["latest"] = max(m["latest"] or 0, r.version)
+                m["states"][r.state] = m["states"].get(r.state, 0) + 1
+            for r in conn.execute(sa.select(A)):
+                out[r.name]["aliases"][r.alias] = r.version
+                if r.alias == stages.PRODUCTION_ALIAS:
+                    out[r.name]["production"] = r.version
+        return list(out.values())
+
+    def generation(self, name: str) -> int:
+        """The model's row version: pass it as `expected_generation` to make a change conditional."""
+        with self.engine.connect() as conn:
+            g = conn.execute(sa.select(M.c.generation).where(M.c.name == validate_name(name))).scalar()
+        if g is None:
+            raise ModelReferenceError(f"no model named {name!r} in the registry")
+        return g
+
+    def profile(self, ref: str | ModelRef) -> dict:
+        """The reference profile stored at registration (see `profile.build_profile`)."""
+        with self.engine.connect() as conn:
+            name, version = self.resolve(ref, conn)
+            text = conn.execute(sa.select(V.c.profile).where(V.c.name == name, V.c.version == version)).scalar()
+        if text is None:
+            raise RegistryError(f"models:/{name}/{version} was registered without a reference profile; pass "
+                                "profile=<holdout features> (and holdout_scores=...) to register")
+        return loads(text)
+
+    def audit(self, name: str, version: int | None = None) -> list[dict]:
+        """The audit log of a model (optionally one version), oldest first."""
+        q = sa.select(L).where(L.c.name == validate_name(name))
+        if version is not None:
+            q = q.where(L.c.version == version)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(L.c.id)).all()
+        return [{**r._mapping, "evidence": loads(r.evidence), "at": utc(r.at)} for r in rows]
+
+    # -- changing state ------------------------------------------------------------------------
+    def _lock(self, conn: Connection, name: str, expected: int | None = None) -> int:
+        """Increment the model's generation (taking its row/write lock) and return the new value."""
+        res = conn.execute(sa.update(M).where(M.c.name == name)
+                           .values(generation=M.c.generation + 1, updated_at=_now()))
+        if res.rowcount == 0:
+            self.resolve(ModelRef(name, latest=True), conn)  # raises "no model named ..."
+        gen = conn.execute(sa.select(M.c.generation).where(M.c.name == name)).scalar_one()
+        if expected is not None and gen - 1 != expected:
+            raise ConcurrentUpdateError(
+                f"model {name!r} changed since you read it (generation {expected}, now {gen - 1}): another "
+                "promotion, rollback, alias move or gate won. Re-read it (`loopstack models show`) and retry")
+        return gen
+
+    def _audit(self, conn: Connection, name: str, version: int | None, action: str, gen: int, actor: str,
+               reason: str, evidence: Any = None, *, from_state: str | None = None, to_state: str | None = None,
+               alias: str | None = None, override: bool = False) -> None:
+        conn.execute(L.insert().values(name=name, version=version, action=action, from_state=from_state,
+                                       to_state=to_state, alias=alias, override=override, actor=actor,
+                                       reason=reason or "", evidence=dumps(evidence or {}), generation=gen,
+                                       at=_now()))
+
+    def _apply(self, conn: Connection, name: str, plan: stages.Plan, gen: int, actor: str, reason: str,
+               evidence: Any, action: str) -> None:
+        now = _now()
+        for i, t in enumerate(plan.transitions):
+            conn.execute(sa.update(V).where(V.c.name == name, V.c.version == t.version)
+                         .values(state=t.to_state, updated_at=now))
+            if action == "rollback":
+                act, why, ovr = "rollback", reason, False
+            elif i == 0:
+                act, why, ovr = "transition", reason, bool(t.overridden)
+            else:
+                act, why, ovr = "replaced", f"replaced in production by version {plan.transitions[0].version}: " \
+                                            f"{reason}", False
+            ev = dict(evidence or {})
+            if ovr:
+                ev["overridden"] = list(t.overridden)
+            self._audit(conn, name, t.version, act, gen, actor, why, ev, from_state=t.from_state,
+                        to_state=t.to_state, override=ovr)
+        for m in plan.aliases:
+            self._move_alias(conn, name, m.alias, m.to_version, now)
+            self._audit(conn, name, m.to_version, "alias", gen, actor, reason,
+                        {"from_version": m.from_version, "to_version": m.to_version}, alias=m.alias)
+
+    def _move_alias(self, conn: Connection, name: str, alias: str, version: int | None, now: datetime) -> None:
+        conn.execute(sa.delete(A).where(A.c.name == name, A.c.alias == alias))
+        if version is not None:
+            conn.execute(A.insert().values(name=name, alias=alias, version=version, updated_at=now))
+
+    def _states(self, conn: Connection, name: str) -> dict[int, str]:
+        return {r.version: r.state for r in conn.execute(sa.select(V.c.version, V.c.state).where(V.c.name == name))}
+
+    def _production(self, conn: Connection, name: str) -> int | None:
+        return conn.execute(sa.select(A.c.version).where(A.c.name == name,
+                                                          A.c.alias == stages.PRODUCTION_ALIAS)).scalar()
+
+    def promote(self, ref: str | ModelRef, to_state: str, reason: str, evidence: Mapping | None = None,
+                actor: str | None = None, *, override: bool = False,
+                expected_generation: int | None = None) -> ModelVersion:
+        """Move a version to `to_state` as the stage machine allows; audited. Promoting to production
+        archives the previous production version and moves the `production` alias, atomically."""
+        r = parse_ref(ref)
+        actor = actor or default_actor()
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, validate_name(r.name), expected_generation)
+            name, version = self.resolve(r, conn)
+            gate_passed = conn.execute(sa.select(V.c.gate_passed).where(V.c.name == name,
+                                                                         V.c.version == version)).scalar()
+            plan = stages.plan_promotion(version, self._states(conn, name), to_state, gate_passed=gate_passed,
+                                         production_version=self._production(conn, name), override=override,
+                                         reason=reason)
+            self._apply(conn, name, plan, gen, actor, reason, evidence, "transition")
+        return self.get(ModelRef(name, version=version))
+
+    def rollback(self, name: str, reason: str, actor: str | None = None, *, current_to: str = stages.ARCHIVED,
+                 expected_generation: int | None = None) -> ModelVersion:
+        """Put the previous production version back in production (one transaction); the current
+        one goes to `current_to` (archived or candidate). Returns the restored version."""
+        if not reason or not str(reason).strip():
+            raise RegistryError("a reason is required for a rollback (it goes in the audit log): pass --reason")
+        actor = actor or default_actor()
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, validate_name(name), expected_generation)
+            events = []
+            for e in conn.execute(sa.select(L.c.action, L.c.version, L.c.from_state, L.c.to_state)
+                                  .where(L.c.name == name, L.c.action.in_(("transition", "rollback")))
+                                  .order_by(L.c.id)):
+                if e.action == "transition" and e.to_state == stages.PRODUCTION:
+                    events.append(("promote", e.version))
+                elif e.action == "transition" and e.from_state == stages.PRODUCTION:
+                    events.append(("demote", e.version))
+                elif e.action == "rollback" and e.from_state == stages.PRODUCTION:
+                    events.append(("rollback", e.version))
+            plan = stages.plan_rollback(stages.production_stack(events), self._states(conn, name),
+                                        self._production(conn, name), current_to)
+            self._apply(conn, name, plan, gen, actor, reason,
+                        {"from_version": plan.transitions[0].version, "to_version": plan.transitions[1].version},
+                        "rollback")
+        return self.get(ModelRef(name, version=plan.transitions[1].version))
+
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str | None = None, *,
+                  expected_generation: int | None = None) -> None:
+        """Point `models:/name@alias` at `version` (atomically; moving it from wherever it was)."""
+        self._alias(name, alias, version, reason, actor, expected_generation)
+
+    def delete_alias(self, name: str, alias: str, reason: str = "", actor: str | None = None) -> None:
+        self._alias(name, alias, None, reason, actor, None)
+
+    def _alias(self, name: str, alias: str, version: int | None, reason: str, actor: str | None,
+               expected: int | None) -> None:
+        validate_alias(alias)
+        if alias == stages.PRODUCTION_ALIAS:
+            raise RegistryError("the 'production' alias follows the rollout state: use promote(ref, 'production') "
+                                "or rollback(name) to move it")
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, validate_name(name), expected)
+            if version is not None:
+                self.resolve(ModelRef(name, version=int(version)), conn)
+            old = conn.execute(sa.select(A.c.version).where(A.c.name == name, A.c.alias == alias)).scalar()
+            if version is None and old is None:
+                raise ModelReferenceError(f"model {name!r} has no alias {alias!r} to delete")
+            self._move_alias(conn, name, alias, version, _now())
+            self._audit(conn, name, version, "alias", gen, actor or default_actor(), reason,
+                        {"from_version": old, "to_version": version}, alias=alias)
+
+    def record_gate(self, ref: str | ModelRef, decision: Any, actor: str | None = None) -> None:
+        """Store a gate decision (GateDecision or its dict) and every reason with the version; audited."""
+        d = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+        if "passed" not in d or "reasons" not in d:
+            raise RegistryError("a gate decision needs 'passed' and 'reasons' (use ModelValidationGate.evaluate)")
+        r = parse_ref(ref)
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, validate_name(r.name))
+            name, version = self.resolve(r, conn)
+            conn.execute(sa.update(V).where(V.c.name == name, V.c.version == version)
+                         .values(gate=dumps(d), gate_passed=bool(d["passed"]), updated_at=_now()))
+            failed = [x[0] if isinstance(x, (list, tuple)) else x.get("check") for x in d["reasons"]
+                      if not (x[1] if isinstance(x, (list, tuple)) else x.get("passed"))]
+            self._audit(conn, name, version, "gate", gen, actor or default_actor(),
+                        "gate passed" if d["passed"] else f"gate failed: {', '.join(map(str, failed))}", d)
+
+
+_CODE_VERSION: list[str | None] = []
+
+
+def _code_version_cached() -> str | None:
+    if not _CODE_VERSION:
+        _CODE_VERSION.append(code_version())
+    return _CODE_VERSION[0]
+
+
+def _dataset(dataset: Any) -> tuple[str | None, str | None]:
+    if dataset is None:
+        return None, None
+    if isinstance(dataset, Mapping):
+        did = dataset.get("id", dataset.get("dataset_id"))
+        return (None if did is None else str(did)), dataset.get("hash") or dataset.get("content_hash")
+    for attr in ("id", "dataset_id"):   # a dataset object from box 4, without importing it
+        if hasattr(dataset, attr):
+            return str(getattr(dataset, attr)), getattr(dataset, "hash", None) or getattr(dataset, "content_hash", None)
+    return str(dataset), None
+
+
+def _profile(profile: Any, scores: Any) -> dict | None:
+    if profile is None:
+        if scores is not None:
+            raise RegistryError("holdout_scores given without profile=<holdout features>; pass both")
+        return None
+    if isinstance(profile, Mapping):
+        if "features" not in profile:
+            raise RegistryError("profile must come from loopstack.registry.profile.build_profile (no 'features')")
+        return dict(profile)
+    from loopstack.registry.profile import build_profile
+    return build_profile(profile, scores=scores)
