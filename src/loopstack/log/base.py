@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
+from loopstack.errors import LogError
 from loopstack.features.definitions import Field
 
 DLQ_SUFFIX = ".dlq"
@@ -120,6 +121,20 @@ class EventLog(ABC):
     @abstractmethod
     def topic(self, name: str) -> TopicConfig:
         """The topic's config; an unknown topic raises LogError listing the known ones."""
+
+    def _unknown_topic(self, name: str, where: str) -> LogError:
+        """The error for a topic that does not exist, listing the known ones and how to create it."""
+        known = [t.name for t in self.topics() if not t.name.endswith(DLQ_SUFFIX)]
+        return LogError(
+            f"unknown topic {name!r} in {where}; known topics: {', '.join(known) or '(none)'}. Create it with "
+            f"log.create_topic(TopicConfig({name!r}, partitions=...)) or declare an EventSource")
+
+    def _check_partition(self, topic: str, partition: int) -> int:
+        """`partition` if the topic has it, else LogError naming the valid range."""
+        n = self.topic(topic).partitions
+        if not isinstance(partition, int) or not 0 <= partition < n:
+            raise LogError(f"topic {topic!r} has partitions 0..{n - 1}; partition {partition!r} does not exist")
+        return partition
 
     # -- writing -------------------------------------------------------------------------------
     @abstractmethod

@@ -120,19 +120,9 @@ class LocalLog(EventLog):
         if cfg is None:
             cfg = self._load_config(name) if isinstance(name, str) and "/" not in name else None
             if cfg is None:
-                known = [t.name for t in self.topics() if not t.name.endswith(DLQ_SUFFIX)]
-                raise LogError(
-                    f"unknown topic {name!r} in the local log at {self.root}; known topics: "
-                    f"{', '.join(known) or '(none)'}. Create it with "
-                    f"log.create_topic(TopicConfig({name!r}, partitions=...)) or declare an EventSource")
+                raise self._unknown_topic(name, f"the local log at {self.root}")
             self._configs[name] = cfg
         return cfg
-
-    def _check_partition(self, topic: str, partition: int) -> int:
-        n = self.topic(topic).partitions
-        if not isinstance(partition, int) or not 0 <= partition < n:
-            raise LogError(f"topic {topic!r} has partitions 0..{n - 1}; partition {partition!r} does not exist")
-        return partition
 
     def _part(self, topic: str, p: int) -> Partition:
         part = self._parts.get((topic, p))

@@ -126,18 +126,8 @@ class RedisLog(EventLog):
         """The config of `name`; unknown names raise LogError listing the known topics."""
         cfg = self._load(name)
         if cfg is None:
-            known = [t.name for t in self.topics() if not t.name.endswith(DLQ_SUFFIX)]
-            raise LogError(
-                f"unknown topic {name!r} in the redis log at {self.url} (prefix {self.prefix!r}); known "
-                f"topics: {', '.join(known) or '(none)'}. Create it with "
-                f"log.create_topic(TopicConfig({name!r}, partitions=...)) or declare an EventSource")
+            raise self._unknown_topic(name, f"the redis log at {self.url} (prefix {self.prefix!r})")
         return cfg
-
-    def _check_partition(self, topic: str, partition: int) -> int:
-        n = self.topic(topic).partitions
-        if not isinstance(partition, int) or not 0 <= partition < n:
-            raise LogError(f"topic {topic!r} has partitions 0..{n - 1}; partition {partition!r} does not exist")
-        return partition
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, topic: str, records: "Iterable[dict] | Any", key: str | Sequence[str | None] | None = None,
