@@ -230,6 +230,18 @@ class Project:
         """Start a tracked run; use as `with project.start_run("name") as run: ...`."""
         return self.runs.start(name, tags, **options)
 
+    def train(self, estimator: Any, dataset: Any, *, label: str | None = None, run_name: str | None = None,
+              params: dict | None = None, fit_kwargs: dict | None = None, custom_loop: Any = None,
+              **options: Any):  # -> TrainResult
+        """Fit (or run `custom_loop`) on the train part, evaluate on the holdout, track it all in a run.
+
+        `label` defaults to the dataset's label column ("label").
+        Returns TrainResult(model, run_id, signature, metrics).
+        """
+        from loopstack.training.trainers import train
+        return train(self, estimator, dataset, label=label, run_name=run_name, params=params,
+                     fit_kwargs=fit_kwargs, custom_loop=custom_loop, **options)
+
     def close(self) -> None:
         """Close every store that was opened."""
         for name in ("log", "engine", "online_store", "meta"):

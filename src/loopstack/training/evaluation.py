@@ -1,0 +1,349 @@
+"""Evaluation of a binary classifier on the temporal holdout: pure numpy metrics, curves, slices.
+
+The metric core (`roc_auc`, `average_precision`, `precision_recall_at`, `threshold_for_precision`,
+`log_loss`, `calibration`) takes plain arrays and has no I/O, so it is tested against
+scikit-learn on the same arrays in milliseconds. `evaluate(model, dataset, ...)` scores the
+dataset's eval part, computes everything (overall and per slice of any column) and, given a run,
+logs the metrics plus ``evaluation.json`` and ``evaluation.html`` as run artifacts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from loopstack.errors import LoopstackError
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+class EvaluationError(LoopstackError):
+    """Evaluation cannot run as asked (no rows, unknown slice column, model cannot score, ...)."""
+
+
+# -- array core ----------------------------------------------------------------------------------
+def _arrays(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=np.float64).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise EvaluationError(f"labels ({y.size}) and scores ({s.size}) differ in length")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise EvaluationError("labels must be binary 0/1 (or booleans) for this evaluation")
+    return y.astype(np.int8), s
+
+
+def roc_auc(y: Any, s: Any) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None with one class."""
+    y, s = _arrays(y, s)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = pd.Series(s).rank(method="average").to_numpy()
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _cum_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, true positives, false positives) at each distinct score."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y_sorted)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    return s_sorted[last], tps, fps
+
+
+def roc_curve(y: Any, s: Any) -> dict:
+    """{'fpr', 'tpr', 'thresholds'} from (0, 0) at +inf to (1, 1)."""
+    y, s = _arrays(y, s)
+    thr, tps, fps = _cum_counts(y, s)
+    p, n = max(tps[-1], 1.0), max(fps[-1], 1.0)
+    return {"fpr": np.r_[0.0, fps / n].tolist(), "tpr": np.r_[0.0, tps / p].tolist(),
+            "thresholds": np.r_[np.inf, thr].tolist()}
+
+
+def pr_curve(y: Any, s: Any) -> dict:
+    """{'precision', 'recall', 'thresholds'} with thresholds descending (recall non-decreasing)."""
+    y, s = _arrays(y, s)
+    thr, tps, fps = _cum_counts(y, s)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1] if tps[-1] > 0 else np.zeros_like(tps)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thr.tolist()}
+
+
+def average_precision(y: Any, s: Any) -> float | None:
+    """PR-AUC as average precision: sum over thresholds of (R_k - R_{k-1}) * P_k; None without positives."""
+    y, s = _arrays(y, s)
+    if y.sum() == 0:
+        return None
+    c = pr_curve(y, s)
+    r = np.asarray(c["recall"])
+    return float(np.sum(np.diff(np.r_[0.0, r]) * np.asarray(c["precision"])))
+
+
+def precision_recall_at(y: Any, s: Any, threshold: float) -> dict:
+    """Confusion counts, precision and recall when predicting positive for score >= threshold."""
+    y, s = _arrays(y, s)
+    pred = s >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    return {"threshold": float(threshold), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0}
+
+
+def threshold_for_precision(y: Any, s: Any, target: float) -> dict:
+    """The lowest score threshold whose precision is >= target (so the highest recall that meets it).
+
+    Returns {'target', 'threshold', 'precision', 'recall', 'met'}; when no threshold reaches the
+    target, 'met' is False and threshold/precision/recall are None.
+    """
+    y, s = _arrays(y, s)
+    out = {"target": float(target), "threshold": None, "precision": None, "recall": None, "met": False}
+    if y.size == 0 or y.sum() == 0:
+        return out
+    thr, tps, fps = _cum_counts(y, s)
+    ok = np.flatnonzero(tps / (tps + fps) >= target)
+    if ok.size == 0:
+        return out
+    i = int(ok[-1])  # thresholds descend: the last index that qualifies is the lowest threshold
+    out.update(threshold=float(thr[i]), precision=float(tps[i] / (tps[i] + fps[i])),
+               recall=float(tps[i] / tps[-1]), met=True)
+    return out
+
+
+def log_loss(y: Any, s: Any) -> float:
+    """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
+    y, s = _arrays(y, s)
+    p = np.clip(s, EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def brier(y: Any, s: Any) -> float:
+    y, s = _arrays(y, s)
+    return float(np.mean((s - y) ** 2))
+
+
+def calibration(y: Any, s: Any, n_bins: int = 10) -> dict:
+    """ECE and MCE with equal-width bins on [0, 1] (the last bin includes 1.0) + the reliability curve.
+
+    ECE = sum over bins of (n_b / n) * |mean label_b - mean score_b|. The curve lists every bin
+    (empty ones with count 0 and None means) so a plot shows where there is no data.
+    """
+    y, s = _arrays(y, s)
+    if y.size and (s.min() < 0 or s.max() > 1):
+        raise EvaluationError("calibration needs probabilities in [0, 1]; got scores outside it")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.floor(s * n_bins).astype(int), 0, n_bins - 1)
+    curve, ece, mce = [], 0.0, 0.0
+    for b in range(n_bins):
+        m = idx == b
+        n = int(m.sum())
+        if n:
+            frac, conf = float(y[m].mean()), float(s[m].mean())
+            gap = abs(frac - conf)
+            ece += n / y.size * gap
+            mce = max(mce, gap)
+        else:
+            frac = conf = None
+        curve.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
+                      "mean_score": conf, "fraction_positive": frac})
+    return {"ece": float(ece), "mce": float(mce), "n_bins": n_bins, "bins": curve}
+
+
+def histogram(y: Any, s: Any, n_bins: int = 20) -> dict:
+    """Score histograms per class on equal-width bins over [0, 1]."""
+    y, s = _arrays(y, s)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    clipped = np.clip(s, 0.0, 1.0)
+    return {"edges": edges.tolist(), "negative": np.histogram(clipped[y == 0], edges)[0].tolist(),
+            "positive": np.histogram(clipped[y == 1], edges)[0].tolist()}
+
+
+def core_metrics(y: Any, s: Any, threshold: float = 0.5, precision_target: float = 0.95,
+                 n_bins: int = 10) -> dict:
+    """Every scalar metric of one set of (labels, scores)."""
+    y, s = _arrays(y, s)
+    at = precision_recall_at(y, s, threshold)
+    tgt = threshold_for_precision(y, s, precision_target)
+    out = {"count": int(y.size), "positives": int(y.sum()),
+           "positive_rate": float(y.mean()) if y.size else None,
+           "mean_score": float(s.mean()) if y.size else None,
+           "roc_auc": roc_auc(y, s), "pr_auc": average_precision(y, s),
+           "precision": at["precision"], "recall": at["recall"],
+           "log_loss": log_loss(y, s) if y.size else None, "brier": brier(y, s) if y.size else None,
+           "threshold_at_target": tgt["threshold"], "precision_at_target": tgt["precision"],
+           "recall_at_target": tgt["recall"]}
+    if y.size and s.min() >= 0 and s.max() <= 1:
+        out["ece"] = calibration(y, s, n_bins)["ece"]
+    return out
+
+
+# -- slices --------------------------------------------------------------------------------------
+def slice_groups(values: pd.Series, max_categories: int = 20, quantiles: int = 5) -> pd.Series:
+    """Group labels for one column: its values, or quantile bins for a many-valued numeric column."""
+    v = values.reset_index(drop=True)
+    numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
+    if numeric and v.nunique(dropna=True) > max_categories:
+        v = pd.qcut(v, q=quantiles, duplicates="drop").astype(str)
+    return v.astype(object).where(v.notna(), "null").map(str)
+
+
+def slice_metrics(y: Any, s: Any, frame: pd.DataFrame, columns: Sequence[str], threshold: float = 0.5,
+                  precision_target: float = 0.95, n_bins: int = 10) -> dict[str, list[dict]]:
+    """{column: [{'value', 'count', 'positives', metrics...}, ...]} with the largest groups first."""
+    y, s = _arrays(y, s)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise EvaluationError(f"slice column(s) {missing} are not in the evaluation frame; it has "
+                              f"{list(frame.columns)}")
+    out: dict[str, list[dict]] = {}
+    for col in columns:
+        groups = slice_groups(frame[col]).to_numpy()
+        rows = []
+        for value in pd.unique(groups):
+            m = groups == value
+            rows.append({"value": str(value), **core_metrics(y[m], s[m], threshold, precision_target, n_bins)})
+        out[col] = sorted(rows, key=lambda r: (-r["count"], r["value"]))
+    return out
+
+
+# -- scoring a model -----------------------------------------------------------------------------
+def positive_scores(model: Any, X: pd.DataFrame, positive_class: Any = 1) -> np.ndarray:
+    """Probability of the positive class (predict_proba), else the model's predict output."""
+    if hasattr(model, "predict_proba"):
+        proba = np.asarray(model.predict_proba(X))
+        if proba.ndim == 1:
+            return proba.astype(np.float64)
+        classes = list(getattr(model, "classes_", range(proba.shape[1])))
+        col = classes.index(positive_class) if positive_class in classes else proba.shape[1] - 1
+        return proba[:, col].astype(np.float64)
+    if hasattr(model, "predict"):
+        return np.asarray(model.predict(X), dtype=np.float64).ravel()
+    if callable(model):
+        return np.asarray(model(X), dtype=np.float64).ravel()
+    raise EvaluationError(f"cannot score with a {type(model).__name__}: it has neither predict_proba nor predict "
+                          "(a custom loop must return an object with one of them)")
+
+
+# -- the evaluation object -----------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """Everything measured on one part of a dataset: scalar metrics, curves, calibration, slices."""
+
+    metrics: dict
+    threshold: float
+    precision_target: float
+    roc: dict
+    pr: dict
+    calibration: dict
+    histogram: dict
+    slices: dict = field(default_factory=dict)
+    at_threshold: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    part: str = "eval"
+
+    def to_dict(self) -> dict:
+        """Plain JSON-safe data (infinite thresholds and NaN become None)."""
+        return _clean(dict(self.__dict__))
+
+    def flat_metrics(self, include_slices: bool = True) -> dict[str, float]:
+        """Numeric metrics as run metric keys: 'roc_auc', ..., 'slice.<column>.<value>.<metric>'."""
+        out = {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and v is not None}
+        if include_slices:
+            for col, rows in self.slices.items():
+                for r in rows:
+                    key = f"slice.{_safe(col)}.{_safe(r['value'])}"
+                    out.update({f"{key}.{k}": float(v) for k, v in r.items()
+                                if k != "value" and isinstance(v, (int, float))})
+        return {k: v for k, v in out.items() if math.isfinite(v)}
+
+    def log_to(self, run: Any, report: bool = True) -> None:
+        """Log the metrics, evaluation.json and (if `report`) the HTML report into a run."""
+        run.log_metrics(self.flat_metrics())
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "evaluation.json"
+            p.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default, allow_nan=False))
+            run.log_artifact(p)
+            if report:
+                run.log_artifact(self.write_report(Path(tmp) / "evaluation.html"))
+
+    def report_html(self, title: str | None = None) -> str:
+        from loopstack.training.eval_report import render
+        return render(self, title)
+
+    def write_report(self, path: str | Path, title: str | None = None) -> Path:
+        p = Path(path)
+        p.write_text(self.report_html(title), encoding="utf-8")
+        return p
+
+
+def _safe(v: Any) -> str:
+    return re.sub(r"[^\w\-.]", "_", str(v))[:80] or "_"
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    return str(o)
+
+
+def evaluate_scores(y: Any, s: Any, frame: pd.DataFrame | None = None, *, threshold: float = 0.5,
+                    precision_target: float = 0.95, slices: Sequence[str] | None = None,
+                    n_bins: int = 10) -> Evaluation:
+    """The full evaluation of (labels, scores); `frame` holds the slice columns, row-aligned."""
+    y, s = _arrays(y, s)
+    if y.size == 0:
+        raise EvaluationError("nothing to evaluate: the evaluation part has no rows (move the split so the "
+                              "holdout has data)")
+    slices = [slices] if isinstance(slices, str) else list(slices or [])
+    if slices and frame is None:
+        raise EvaluationError("slices need the evaluation frame")
+    cal = calibration(y, np.clip(s, 0.0, 1.0), n_bins)
+    return Evaluation(
+        metrics=core_metrics(y, s, threshold, precision_target, n_bins), threshold=float(threshold),
+        precision_target=float(precision_target), roc=roc_curve(y, s), pr=pr_curve(y, s), calibration=cal,
+        histogram=histogram(y, s), at_threshold=precision_recall_at(y, s, threshold),
+        slices=slice_metrics(y, s, frame, slices, threshold, precision_target, n_bins) if slices else {})
+
+
+def evaluate(model: Any, dataset: Any, threshold: float = 0.5, precision_target: float = 0.95,
+             slices: Sequence[str] | None = None, *, part: str = "eval", label: str | None = None,
+             features: Sequence[str] | None = None, run: Any = None, positive_class: Any = 1,
+             n_bins: int = 10, report: bool = True) -> Evaluation:
+    """Score `dataset`'s `part` (the temporal holdout by default) with `model` and measure it.
+
+    `slices`: columns of the part (features or any other column, e.g. 'new_account') to break the
+    metrics down by. With `run`, metrics and the evaluation.json/.html artifacts are logged to it.
+    """
+    frame = dataset.eval if part == "eval" else dataset.train
+    label = label or dataset.label_column
+    features = list(features or dataset.feature_columns)
+    missing = [c for c in [label, *features] if c not in frame.columns]
+    if missing:
+        raise EvaluationError(f"the {part} part lacks column(s) {missing}; it has {list(frame.columns)}")
+    y = frame[label].astype(np.float64).to_numpy()
+    ev = evaluate_scores(y, positive_scores(model, frame[features], positive_class), frame,
+                         threshold=threshold, precision_target=precision_target, slices=slices, n_bins=n_bins)
+    m = getattr(dataset, "manifest", {}) or {}
+    ev.dataset = {k: m.get(k) for k in ("dataset_id", "name", "version", "content_hash")}
+    ev.part = part
+    if run is not None:
+        ev.log_to(run, report=report)
+    return ev
