@@ -20,6 +20,8 @@ def test_demo_frame_is_point_in_time_correct(tmp_path):
     assert "5000 events applied, 0 too late" in text          # streamed into the online store
     assert "│ 99999  │ False │ None" in text                     # unknown author: nulls plus found=False
     assert "values compared: 0 mismatches" in text and "parity" in text
+    assert "label became final less than label_delay" in text  # the label delay dropped late labels
+    assert "models:/spam/1: gate passed" in text and "candidate: 1" in text
     comments = generate_comments()
     assert len(frame) == 8
     for _, row in frame.iterrows():

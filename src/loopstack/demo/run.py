@@ -67,6 +67,8 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
     console.print("[dim]spam_7d counts this author's spam in the 7 days before each comment; 'leaky' is the "
                   "author's all-time spam count a naive join would feed into training.[/]")
     _online_part(project, df, console)
+    from loopstack.demo.training_part import run_training
+    run_training(project, df, console)
     project.close()
     return frame
 
