@@ -25,6 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from b1_data import N_FLOAT, TTL, feature_names, load_meta  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process so far: less sensitive than wall time to
+    other jobs on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -77,9 +84,10 @@ def main() -> None:
         t_setup = time.perf_counter()
 
         entity_df = pd.read_parquet(meta["labels"])
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         df = store.get_historical_features(entity_df=entity_df, features=features).to_df()
         t1 = time.perf_counter()
+        cpu_join = cpu_seconds() - c0
         rss_join = peak_rss_bytes()
 
     df.to_parquet(a.out, index=False)
@@ -89,6 +97,7 @@ def main() -> None:
         "rows": int(len(df)),
         "columns": int(df.shape[1]),
         "join_seconds": t1 - t0,
+        "join_cpu_seconds": cpu_join,
         "setup_seconds": t_setup - t_start,
         "total_seconds": time.perf_counter() - t_start,
         "peak_rss_join_bytes": rss_join,

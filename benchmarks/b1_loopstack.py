@@ -28,6 +28,13 @@ from b1_data import N_FLOAT, TTL, feature_names, load_meta  # noqa: E402
 WINDOWS = ("1h", "1d", "7d")
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process so far: less sensitive than wall time to
+    other jobs on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -102,12 +109,13 @@ def main() -> None:
         api = "Project.get_historical_features"
         if importlib.util.find_spec("loopstack.features.retrieval") is None:
             api = "DuckDBEngine.historical_features"  # Project's retrieval layer not merged yet
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         if api.startswith("Project"):
             df = project.get_historical_features(entity_df, features=refs)
         else:
             df = engine_direct(entity_df, objects)
         t1 = time.perf_counter()
+        cpu_join = cpu_seconds() - c0
         rss_join = peak_rss_bytes()
         project.close()
 
@@ -120,6 +128,7 @@ def main() -> None:
         "columns": int(df.shape[1]),
         "api": api,
         "join_seconds": t1 - t0,
+        "join_cpu_seconds": cpu_join,
         "setup_seconds": t_setup - t_start,
         "total_seconds": time.perf_counter() - t_start,
         "peak_rss_join_bytes": rss_join,

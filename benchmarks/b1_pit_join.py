@@ -137,6 +137,7 @@ def run_one(system: str, n: int, m: int, data_dir: Path, timeout: float, mem_cap
     if os.path.exists("/usr/bin/time"):
         cmd = ["/usr/bin/time", "-v"] + cmd
     stem = logs / f"{system}_n{n}_m{m}"
+    load_before = os.getloadavg()[0]
     with open(f"{stem}.out", "w") as fo, open(f"{stem}.err", "w") as fe:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, start_new_session=True, cwd=str(REPO))
@@ -162,7 +163,8 @@ def run_one(system: str, n: int, m: int, data_dir: Path, timeout: float, mem_cap
     m_rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err_text)
     res = {"system": system, "n": n, "m": m, "process_wall_seconds": round(wall, 3),
            "peak_rss_process_bytes": int(m_rss.group(1)) * 1024 if m_rss else peak_polled,
-           "peak_rss_polled_bytes": peak_polled, "returncode": rc, "output": str(out)}
+           "peak_rss_polled_bytes": peak_polled, "returncode": rc, "output": str(out),
+           "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     if status is None:
         exit_m = re.search(r"Command terminated by signal (\d+)", err_text)
         if rc != 0 and ((exit_m and exit_m.group(1) == "9") or rc in (-9, 137)):
@@ -198,7 +200,11 @@ def repeated(first: dict, runs: list[dict]) -> dict:
     out = dict(runs[-1])
     out.update(join_seconds=float(np.median(times)), peak_rss_join_bytes=int(np.median(rss)),
                repeats={"join_seconds": [r["join_seconds"] for r in runs],
-                        "peak_rss_join_bytes": [r["peak_rss_join_bytes"] for r in runs]})
+                        "peak_rss_join_bytes": [r["peak_rss_join_bytes"] for r in runs],
+                        "load_average": [r.get("load_average") for r in runs]})
+    if all("join_cpu_seconds" in r for r in runs):
+        out["join_cpu_seconds"] = float(np.median([r["join_cpu_seconds"] for r in runs]))
+        out["repeats"]["join_cpu_seconds"] = [r["join_cpu_seconds"] for r in runs]
     return out
 
 
@@ -308,7 +314,10 @@ def ratios(results: dict, n: int, m: int) -> dict | None:
     feast = [results["runs"].get(key(s, n, m)) for s in FEAST_SYSTEMS]
     ok = [r for r in feast if r and r["status"] == "ok"]
     if ok:
-        best = min(ok, key=lambda r: r["join_seconds"])
+        # the target's reference is Feast's duckdb store (its file store is slower and drops rows);
+        # the fastest store only when duckdb did not finish
+        duck = [r for r in ok if r["system"] == "feast-duckdb"]
+        best = duck[0] if duck else min(ok, key=lambda r: r["join_seconds"])
         return {"n": n, "m": m, "fastest_feast": best["system"], "exact": True,
                 "speedup": best["join_seconds"] / ours["join_seconds"],
                 "memory_ratio": ours["peak_rss_join_bytes"] / best["peak_rss_join_bytes"],
@@ -403,8 +412,9 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
         "virtualenv, with its `file` (dask) and `duckdb` (ibis + DuckDB) offline stores.",
         "",
         "**Outputs** are compared row by row on `row_id` against loopstack's: same nulls, values "
-        f"equal within {REL_TOL:g} relative (ints exactly). Speed-up = Feast's fastest store's time "
-        "/ loopstack's; memory ratio = loopstack's peak RSS / that store's.",
+        f"equal within {REL_TOL:g} relative (ints exactly). Speed-up = Feast duckdb store's time "
+        "/ loopstack's; memory ratio = loopstack's peak RSS / that store's (Feast's file store, slower "
+        "wherever both were run and losing rows, is shown for reference only).",
         "",
         f"Machine: {info.get('cores', '?')} cores ({info.get('cpu', '?')}), {info.get('memory_gib', '?')} GiB "
         f"RAM, {info.get('os', '?')}, Python {info.get('python', '?')}; **shared machine — other test "
@@ -430,21 +440,63 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
                      f"{match_text(results, n, m)} |")
     big = max(sizes, key=lambda s: (s[1], s[0]))
     r = ratios(results, *big)
-    lines += ["", f"**Target at N={_fmt_n(big[0])} × M={_fmt_n(big[1])}:** ≥ 10× faster than Feast's fastest "
+    lines += ["", f"**Target at N={_fmt_n(big[0])} × M={_fmt_n(big[1])}:** ≥ 10× faster than Feast's duckdb "
               "offline store with ≤ 0.5× its peak memory."]
     if r is None:
         lines.append("Not measured (a run is missing).")
     elif r["exact"]:
         ok = r["speedup"] >= 10 and r["memory_ratio"] <= 0.5
+        parts = [("speed", r["speedup"] >= 10), ("memory", r["memory_ratio"] <= 0.5)]
+        lines.append(f"Speed part: **{'met' if parts[0][1] else 'NOT met'}**; memory part: "
+                     f"**{'met' if parts[1][1] else 'NOT met'}**.")
         lines.append(f"Measured: loopstack {r['ours_seconds']:.2f} s / {r['ours_rss'] / 2**30:.2f} GiB vs "
                      f"{r['fastest_feast']} {r['feast_seconds']:.2f} s / {r['feast_rss'] / 2**30:.2f} GiB → "
                      f"**speed-up {r['speedup']:.1f}×, {r['memory_ratio']:.2f}× the memory** "
                      f"({'target met' if ok else 'target NOT met'}).")
+        ours, theirs = (results["runs"][key(s, *big)] for s in ("loopstack", r["fastest_feast"]))
+        if "join_cpu_seconds" in ours and "join_cpu_seconds" in theirs:
+            cpu_ours, cpu_theirs = ours["join_cpu_seconds"], theirs["join_cpu_seconds"]
+            lines.append(f"CPU time of the call (user + system, all threads; less sensitive to the other jobs on "
+                         f"this shared machine): loopstack {cpu_ours:.2f} s vs {r['fastest_feast']} "
+                         f"{cpu_theirs:.2f} s → {cpu_theirs / cpu_ours:.1f}×.")
+        loads = [x for run in (ours, theirs)
+                 for x in (run.get("repeats", {}).get("load_average") or [run.get("load_average")]) if x]
+        if loads:
+            lo, hi = min(min(x) for x in loads), max(max(x) for x in loads)
+            lines.append(f"1-minute load average on this 2-core machine at the start/end of these runs: "
+                         f"{lo:.1f}–{hi:.1f} (other engineers' jobs), so wall times are inflated and noisy.")
     else:
         lines.append(f"Measured: no Feast store finished ({r['fastest_feast']}: {r['feast_status']} after "
                      f"{r['feast_seconds']:.0f} s); loopstack {r['ours_seconds']:.2f} s / "
                      f"{r['ours_rss'] / 2**30:.2f} GiB → **more than {r['speedup']:.1f}× faster** "
                      "(a lower bound); no memory ratio can be given.")
+    fl = results.get("floor")
+    if fl and r is not None and r["exact"] and fl.get("m") == big[1]:
+        need = r["feast_seconds"] / 10
+        lines += ["", f"**Floor on this machine** (`benchmarks/b1_floor.py`, DuckDB, {fl['threads']} threads, "
+                  f"median of {fl['repeat']}): merely reading and decoding every needed column of the three "
+                  f"M={_fmt_n(fl['m'])} sources takes {fl['scan_all']['seconds']:.2f} s "
+                  f"({fl['scan_all']['cpu_seconds']:.2f} s CPU), and sorting their (user, timestamp) key columns, "
+                  f"which a sort-based (ASOF) join cannot skip, {fl['sort_keys']['seconds']:.2f} s "
+                  f"({fl['sort_keys']['cpu_seconds']:.2f} s CPU): {fl['floor_seconds']:.2f} s before any joining, "
+                  f"against the {need:.2f} s that 10× Feast's {r['feast_seconds']:.2f} s would require"
+                  + (" (wall times of runs under different loads; see the CPU comparison below)."
+                     if fl["floor_seconds"] > need else ".")
+                  + f" Load average during the floor run: {fl['load_before'][0]:.1f} before, "
+                  f"{fl['load_after'][0]:.1f} after (2 cores)."]
+        ours, theirs = (results["runs"][key(s, *big)] for s in ("loopstack", r["fastest_feast"]))
+        if "join_cpu_seconds" in ours and "join_cpu_seconds" in theirs:
+            fcpu = fl["scan_all"]["cpu_seconds"] + fl["sort_keys"]["cpu_seconds"]
+            lines.append(f"In CPU time, which the load distorts less: the floor is {fcpu:.2f} s, loopstack's call "
+                         f"{ours['join_cpu_seconds']:.2f} s, "
+                         f"{r['fastest_feast']}'s {theirs['join_cpu_seconds']:.2f} s; "
+                         f"10× the latter would be {theirs['join_cpu_seconds'] / 10:.2f} s, "
+                         + ("below the floor, so no sort-based join that reads these Parquet files on each "
+                            "call can reach the speed target here (the best possible ratio by CPU is "
+                            f"{theirs['join_cpu_seconds'] / fcpu:.1f}×); even without sorting, decoding the columns "
+                            f"alone takes {fl['scan_all']['cpu_seconds']:.2f} s CPU, "
+                            f"{fl['scan_all']['cpu_seconds'] / (theirs['join_cpu_seconds'] / 10):.0%} of that budget."
+                            if fcpu > theirs["join_cpu_seconds"] / 10 else "above the floor."))
     if rc.get("plain"):
         pl = rc["plain"]
         lines += ["", f"loopstack's plain join was also checked against a pandas `merge_asof` reference at "
@@ -468,8 +520,9 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
     if slower:
         notes.append("loopstack is not faster than Feast's duckdb store (speed-up < 1.1×) at " + ", ".join(
             f"N={_fmt_n(n)} × M={_fmt_n(m)}" for n, m in slower) + ": with few labels Feast's hash join "
-            "touches only the labelled users' rows, while loopstack's ASOF join sorts every event of "
-            "every source.")
+            "touches only the labelled users' rows, while loopstack's ASOF join sorts the key columns of "
+            "every event before the latest label time (pruned to the labels' keys only when they are few "
+            "relative to the source, see docs/offline-store.md).")
     if any(len(r.get("repeats", {}).get("join_seconds", [])) > 1 for r in results["runs"].values()):
         notes.append("Cells marked “median of k” were run k times; the others once.")
     if notes:

@@ -112,6 +112,17 @@ def test_train_lightgbm(tiny):
     assert 0.5 < res.metrics["roc_auc"] <= 1.0
 
 
+def test_train_xgboost(tiny):
+    import xgboost as xgb
+    project, ds = tiny
+    est = xgb.XGBClassifier(n_estimators=10, max_depth=3, n_jobs=1)
+    res = project.train(est, ds, report=False)
+    info = project.runs.get(res.run_id)
+    assert info.params["max_depth"] == "3" and info.tags["estimator"] == "XGBClassifier"
+    assert 0.5 < res.metrics["roc_auc"] <= 1.0
+    assert res.signature.columns == ds.feature_columns
+
+
 class Mean:
     """A hand-written "model" (as a custom loop returns): the positive rate as every row's score."""
 

@@ -2,94 +2,46 @@
 
 How each kind of feature is computed (semantics: see ``offline/base.py``):
 
-- every event gets an order key ``c = ts * 2**64 + (seq + 2**63)`` (a HUGEINT), where ``seq`` is
-  the source's tie-break order (file index * 2**40 + row number, or the ``order_by`` rank). An
-  entity row at ``t`` probes with ``t * 2**64``, so ``event.c < row.c`` exactly when
-  ``event.ts < t``, and the largest such ``c`` is the latest event, ties won by the later one.
-- plain fields (``Last`` without a window): one ``ASOF LEFT JOIN`` on (key, c), then null where
-  ``t - ts > ttl``. No dedup pass is needed: the order key is unique.
+- plain fields (``Last`` without a window), three steps over BIGINT microseconds:
+  1. a keys-only ``ASOF LEFT JOIN`` on (key, ts) with ``row.t > event.ts`` finds each row's matched
+     event time (null when there is none or, with a ttl, when ``t - ts > ttl``). Only the key and time
+     columns are sorted; events at or after the latest row time are skipped, and when the rows have
+     few distinct keys relative to the source's size (Parquet footer row counts), the source is first
+     semi-joined to those keys;
+  2. the value columns are fetched for the matched (key, ts) pairs only (one scan, hash semi-join);
+  3. they are joined back to the rows in input order. If a matched (key, ts) has several events (a
+     tie), step 3 returns more rows than the entity table has -- detected for free -- and the fetched
+     rows are first reduced to each pair's winner: the later one in ``order_by``, then file order.
+  This replaced one ASOF join carrying every value column on a HUGEINT key ``ts * 2**64 + seq``
+  (measurements: docs/benchmarks.md, B1).
 - windowed aggregations: entity probes (distinct key, t) are appended to the events and every
   aggregate is a window function ``PARTITION BY key ORDER BY ts RANGE BETWEEN w PRECEDING AND 1
   PRECEDING`` over integer microseconds, i.e. exactly ``t - w <= ts < t``; probes carry no values
   and are excluded with ``FILTER (WHERE is_event ...)``. DuckDB evaluates these frames with segment
   trees (no subtract-on-leave), so float sums are ordinary sums of the window's values; integer
-  sums are exact (HUGEINT accumulators).
+  sums are exact (HUGEINT accumulators). A windowed ``Last`` takes ``arg_max`` by the order key
+  ``c = ts * 2**64 + (seq + 2**63)`` (a HUGEINT), where ``seq`` is the source's tie-break order
+  (file index * 2**40 + row number, or the ``order_by`` rank).
 
 All times are handled as BIGINT microseconds since the epoch (UTC); the connection's TimeZone is
 UTC so naive timestamps and strings without an offset are read as UTC.
 """
 from __future__ import annotations
 
-import glob as _glob
-import os
 import time
 from collections import OrderedDict
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loopstack.errors import RetrievalError
-from loopstack.features.definitions import Aggregation, Filter
+from loopstack.features.definitions import Filter
 from loopstack.features.offline.base import OfflineEngine, RetrievalStats, SourceData, ViewRequest
+from loopstack.features.offline.duckdb_sql import (  # noqa: F401 - some are re-exported
+    _TS_SHIFT, _SEQ_OFFSET, _ROW_BITS, _PRUNE_KEYS_RATIO, q, _literal, filter_sql, entity_micros, expand_paths,
+    _source_rows, _fetch_table, _ts_expr, _agg_sql, _window_out, _check_rows, _finish, _empty_value)
 from loopstack.timeutil import to_micros
-
-_TS_SHIFT = 18446744073709551616  # 2**64
-_SEQ_OFFSET = 9223372036854775808  # 2**63
-_ROW_BITS = 1099511627776  # 2**40: file_index * 2**40 + file_row_number
-_INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-              "UBIGINT")
-_ARROW_TYPES = {"int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
-                "float32": pa.float32(), "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string(),
-                "timestamp": pa.timestamp("us", tz="UTC")}
-
-
-def q(name: str) -> str:
-    """Quote an identifier for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(value) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def filter_sql(f: Filter | None, prefix: str = "") -> str:
-    """A Filter as a SQL predicate; NULL (no match) when the column is null."""
-    if f is None:
-        return "TRUE"
-    op = "=" if f.op == "==" else f.op
-    return f"({prefix}{q(f.column)} {op} {_literal(f.value)})"
-
-
-def entity_micros(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
-    """Entity timestamps as int64 µs since the epoch (UTC); naive values are taken as UTC."""
-    t = col.type
-    if pa.types.is_date(t):
-        col = col.cast(pa.timestamp("us"))
-        t = col.type
-    if not pa.types.is_timestamp(t):
-        raise RetrievalError(
-            f"entity timestamps must be timestamps, got {t}; convert them (get_historical_features does)"
-        )
-    return col.cast(pa.timestamp("us", tz=t.tz), safe=False).cast(pa.int64())
-
-
-def expand_paths(paths: tuple[str, ...] | list[str], fmt: str) -> list[str]:
-    """Files behind the paths/globs/folders, deduplicated and sorted by name (the tie-break order)."""
-    out: set[str] = set()
-    ext = ".csv" if fmt == "csv" else ".parquet"
-    for p in paths:
-        p = str(p)
-        if "://" in p:  # remote (fsspec/httpfs): let DuckDB expand it
-            out.add(p)
-            continue
-        if os.path.isdir(p):
-            p = os.path.join(p, "**", "*" + ext)
-        out.update(x for x in _glob.glob(p, recursive=True) if os.path.isfile(x))
-    return sorted(out)
 
 
 class DuckDBEngine(OfflineEngine):
@@ -134,6 +86,25 @@ class DuckDBEngine(OfflineEngine):
         except duckdb.Error as exc:
             where = f" for feature view {req.view.name!r} (source {req.data.name!r})" if req else ""
             raise RetrievalError(f"DuckDB could not compute features{where}: {exc}") from exc
+
+    def _exec(self, sql: str, req: ViewRequest | None = None) -> None:
+        try:
+            self.con.execute(sql)
+        except duckdb.Error as exc:
+            where = f" for feature view {req.view.name!r} (source {req.data.name!r})" if req else ""
+            raise RetrievalError(f"DuckDB could not compute features{where}: {exc}") from exc
+
+    def _ent_info(self, ent: pa.Table, req: ViewRequest) -> dict:
+        """What the plain-field join can prune with: the latest row time, and whether the rows' keys are
+        few enough, relative to the source's size, to filter the source by them before sorting."""
+        valid = pc.and_(pc.is_valid(ent["__k"]), pc.is_valid(ent["__ts"]))
+        ts = pc.filter(ent["__ts"], valid)
+        t_max = pc.max(ts).as_py() if len(ts) else None
+        rows = _source_rows(req.data)
+        prune_keys = False
+        if t_max is not None and rows is not None:
+            prune_keys = pc.count_distinct(pc.filter(ent["__k"], valid)).as_py() * _PRUNE_KEYS_RATIO <= rows
+        return {"t_max": t_max, "prune_keys": prune_keys}
 
     # -- main entry --------------------------------------------------------------------------
     def historical_features(self, entity_table: pa.Table, timestamp_column: str,
@@ -200,8 +171,9 @@ class DuckDBEngine(OfflineEngine):
                 groups: OrderedDict[Filter | None, list] = OrderedDict()
                 for a, nm in plain:
                     groups.setdefault(a.filter, []).append((a, nm))
+                ent_info = self._ent_info(ent, req)
                 for flt, feats in groups.items():
-                    result.update(self._plain(ev_sql, flt, feats, req, n))
+                    result.update(self._plain(src_sql, types, flt, feats, req, n, ent_info))
             if windowed:
                 result.update(self._windowed(ev_sql, value_cols, windowed, types, req, n))
             return {name: _finish(result[name], agg, req, types) for agg, name in req.features}
@@ -249,22 +221,77 @@ class DuckDBEngine(OfflineEngine):
         order = ", ".join(q(c) for c in data.order_by)
         return f"row_number() OVER (ORDER BY {order}, __file_index, __row)"
 
-    # -- plain fields: ASOF join ----------------------------------------------------------------
-    def _plain(self, ev_sql: str, flt: Filter | None, feats: list, req: ViewRequest, n: int) -> dict:
+    # -- plain fields: keys-only ASOF join, then fetch the matched rows' values ------------------
+    def _plain(self, src_sql: str, types: dict[str, str], flt: Filter | None, feats: list, req: ViewRequest,
+               n: int, ent_info: dict) -> dict:
+        """Latest event strictly before each row's time (ties: later in order_by / file order wins).
+
+        1. ``ASOF LEFT JOIN`` on (key, BIGINT µs ts) with only those two columns: finds each row's
+           matched event time (null when none, or when older than the ttl).
+        2. Fetch the values of the matched (key, ts) pairs only: one scan of the source with a hash
+           semi-join against the matched pairs.
+        3. Join them back to the rows. If some matched (key, ts) has several events (a tie), the
+           fetched rows are first reduced to the winner of each pair -- detected for free, because
+           the final join then returns more rows than there are entity rows.
+        """
+        con = self.con
+        data = req.data
+        key, tcol = req.view.entity.join_key, data.timestamp
         ttl = req.view.ttl_delta
-        exprs = []
-        for i, (agg, _) in enumerate(feats):
-            v = f"v.{q(agg.column)}"
-            if ttl is not None:
-                v = f"CASE WHEN e.__ts - v.__ts <= {to_micros(ttl)} THEN {v} END"
-            exprs.append(f"{v} AS __f{i}")
-        sql = (
-            f"SELECT {', '.join(exprs)} "
-            f"FROM (SELECT __rid, __k, __ts, __ts::HUGEINT * {_TS_SHIFT} AS __c FROM __ent) e "
-            f"ASOF LEFT JOIN (SELECT * FROM ({ev_sql}) WHERE {filter_sql(flt)}) v "
-            f"ON e.__k = v.__k AND e.__c > v.__c ORDER BY e.__rid"
-        )
-        tbl = self._arrow(sql, req)
+        if ent_info["t_max"] is None:  # no entity row has a usable key and time
+            return {name: _empty_value(agg, req, n) for agg, name in feats}
+        ts_expr = _ts_expr(q(tcol), types[tcol])
+        where = f"{q(key)} IS NOT NULL AND {q(tcol)} IS NOT NULL AND {filter_sql(flt)}"
+        tie_order = "__file_index DESC, __row DESC"
+        order_cols: list[str] = []
+        if data.order_by:
+            missing = [c for c in data.order_by if c not in types]
+            if missing:
+                raise RetrievalError(f"source {data.name!r}: order_by column(s) {missing} not found")
+            order_cols = list(data.order_by)
+            if len(order_cols) == 1 and types[order_cols[0]].upper() in ("TINYINT", "SMALLINT", "INTEGER",
+                                                                         "BIGINT"):
+                # a single integer offset is the order key itself; events without one never match
+                where += f" AND {q(order_cols[0])} IS NOT NULL"
+                tie_order = f"{q(order_cols[0])} DESC, " + tie_order
+            else:  # ascending order, nulls last, so the winner is the first in DESC NULLS FIRST
+                tie_order = ", ".join(f"{q(c)} DESC NULLS FIRST" for c in order_cols) + ", " + tie_order
+        # events at or after the latest row time can never match; with few distinct keys relative to
+        # the source, also drop the events of keys no row asks for before sorting
+        prune = f" AND {ts_expr} < {ent_info['t_max']}"
+        if ent_info["prune_keys"]:
+            prune += f" AND {q(key)} IN (SELECT __k FROM __ent)"
+        matched_ts = "v.__ts"
+        if ttl is not None:
+            matched_ts = f"CASE WHEN e.__ts - v.__ts <= {to_micros(ttl)} THEN v.__ts END"
+        value_cols = sorted({agg.column for agg, _ in feats})
+        try:
+            self._exec(
+                f"CREATE OR REPLACE TEMP TABLE __m AS SELECT e.__rid, e.__k, {matched_ts} AS __ts "
+                f"FROM __ent e ASOF LEFT JOIN (SELECT {q(key)} AS __k, {ts_expr} AS __ts FROM ({src_sql}) "
+                f"WHERE {where}{prune}) v ON e.__k = v.__k AND e.__ts > v.__ts", req)
+            extra = "".join(f", {q(c)} AS __o{i}" for i, c in enumerate(order_cols))
+            self._exec(
+                f"CREATE OR REPLACE TEMP TABLE __p AS SELECT ev.* FROM (SELECT {q(key)} AS __k, {ts_expr} AS __ts, "
+                f"__file_index, __row{extra}" + "".join(f", {q(c)} AS __v{i}" for i, c in enumerate(value_cols))
+                + f" FROM ({src_sql}) WHERE {where}{prune}) ev "
+                f"SEMI JOIN (SELECT __k, __ts FROM __m WHERE __ts IS NOT NULL) m "
+                f"ON ev.__k = m.__k AND ev.__ts = m.__ts", req)
+            vidx = {c: i for i, c in enumerate(value_cols)}
+            sel = ", ".join(f"p.__v{vidx[agg.column]} AS __f{i}" for i, (agg, _) in enumerate(feats))
+            final = (f"SELECT {sel} FROM __m m LEFT JOIN __p p ON m.__k = p.__k AND m.__ts = p.__ts "
+                     f"ORDER BY m.__rid")
+            tbl = self._arrow(final, req)
+            if tbl.num_rows != n:  # some matched (key, ts) has tied events: keep each pair's winner
+                order_sql = tie_order
+                for i, c in enumerate(order_cols):
+                    order_sql = order_sql.replace(q(c), f"__o{i}")
+                self._exec("CREATE OR REPLACE TEMP TABLE __p AS SELECT * FROM __p QUALIFY row_number() OVER "
+                           f"(PARTITION BY __k, __ts ORDER BY {order_sql}) = 1", req)
+                tbl = self._arrow(final, req)
+        finally:
+            con.execute("DROP TABLE IF EXISTS __m")
+            con.execute("DROP TABLE IF EXISTS __p")
         _check_rows(tbl, n, req)
         return {name: tbl[f"__f{i}"] for i, (_, name) in enumerate(feats)}
 
@@ -298,100 +325,3 @@ class DuckDBEngine(OfflineEngine):
         tbl = self._arrow(sql, req)
         _check_rows(tbl, n, req)
         return {name: tbl[f"__f{i}"] for i, (_, name) in enumerate(feats)}
-
-
-def _fetch_table(res) -> pa.Table:
-    """A DuckDB result or relation as an Arrow table (DuckDB 1.x and 2.x spell this differently)."""
-    for meth in ("to_arrow_table", "fetch_arrow_table"):
-        if hasattr(res, meth):
-            return getattr(res, meth)()
-    out = res.arrow()
-    return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
-
-
-def _ts_expr(col: str, dtype: str) -> str:
-    t = dtype.upper()
-    if t.startswith("TIMESTAMP WITH TIME ZONE") or t == "TIMESTAMPTZ":
-        return f"epoch_us({col})"
-    if t.startswith("TIMESTAMP") or t == "DATE":
-        return f"epoch_us(CAST({col} AS TIMESTAMP))"  # naive: taken as UTC
-    if t in _INT_TYPES:
-        return f"CAST({col} AS BIGINT)"  # already µs since the epoch (log offsets' timestamps)
-    if t == "VARCHAR":
-        return f"epoch_us(CAST({col} AS TIMESTAMPTZ))"  # strings without offset: UTC (session TZ)
-    raise RetrievalError(f"event timestamp column {col} has type {dtype}, which is not a timestamp")
-
-
-def _is_int(dtype: str) -> bool:
-    return dtype.upper() in _INT_TYPES or dtype.upper() == "BOOLEAN"
-
-
-def _agg_sql(agg: Aggregation, types: dict[str, str]) -> str:
-    col = q(agg.column) if agg.column else None
-    fn = agg.function
-    if fn == "count":
-        return f"count({col})" if col else "count(*)"
-    ctype = types[agg.column]
-    if fn == "sum":
-        return f"sum({col}::BIGINT)" if _is_int(ctype) else f"sum({col}::DOUBLE)"
-    if fn == "mean":
-        return f"avg({col}::BIGINT)" if _is_int(ctype) else f"avg({col}::DOUBLE)"
-    if fn in ("min", "max"):
-        return f"{fn}({col})"
-    if fn == "count_distinct":
-        return f"count(DISTINCT {col})"
-    if fn == "last":
-        return f"arg_max({{'v': {col}}}, __c)"
-    raise RetrievalError(f"aggregation {fn!r} is not supported by the DuckDB engine")
-
-
-def _window_out(agg: Aggregation, i: int, types: dict[str, str]) -> str:
-    c = f"a.__f{i}"
-    fn = agg.function
-    if fn in ("count", "count_distinct"):
-        return f"coalesce({c}, 0)::BIGINT AS __f{i}"
-    if fn == "sum":
-        return f"coalesce({c}, 0)::{'BIGINT' if _is_int(types[agg.column]) else 'DOUBLE'} AS __f{i}"
-    if fn == "mean":
-        return f"{c}::DOUBLE AS __f{i}"
-    if fn == "last":
-        return f"{c}.v AS __f{i}"
-    return f"{c} AS __f{i}"
-
-
-def _check_rows(tbl: pa.Table, n: int, req: ViewRequest) -> None:
-    if tbl.num_rows != n:  # pragma: no cover - would be an engine bug
-        raise RetrievalError(f"internal error in view {req.view.name!r}: {tbl.num_rows} rows for {n} entity rows")
-
-
-def _target_type(agg: Aggregation, req: ViewRequest, current: pa.DataType | None) -> pa.DataType:
-    declared = agg.output_dtype(req.view.source)
-    if agg.function in ("count", "count_distinct", "mean"):
-        return _ARROW_TYPES[declared]
-    if agg.function == "sum":
-        if current is not None:
-            return pa.float64() if pa.types.is_floating(current) else pa.int64()
-        return _ARROW_TYPES[declared]
-    if current is None:
-        return _ARROW_TYPES[declared]
-    if pa.types.is_timestamp(current):
-        return pa.timestamp("us", tz="UTC")
-    if pa.types.is_large_string(current) or pa.types.is_string_view(current):
-        return pa.string()
-    return current
-
-
-def _finish(col: pa.ChunkedArray, agg: Aggregation, req: ViewRequest, types: dict[str, str]) -> pa.ChunkedArray:
-    target = _target_type(agg, req, col.type)
-    if col.type == target:
-        return col
-    if pa.types.is_timestamp(col.type) and col.type.tz is None and pa.types.is_timestamp(target):
-        col = col.cast(pa.timestamp(col.type.unit, tz="UTC"))
-    return col.cast(target, safe=False)
-
-
-def _empty_value(agg: Aggregation, req: ViewRequest, n: int) -> pa.ChunkedArray:
-    target = _target_type(agg, req, None)
-    if agg.function in ("count", "count_distinct", "sum"):
-        return pa.chunked_array([pa.array([0] * n, pa.int64()).cast(target)])
-    return pa.chunked_array([pa.nulls(n, target)])
