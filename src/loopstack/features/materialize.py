@@ -297,7 +297,7 @@ def _write_marks(project: "Project", marks: dict[str, str]) -> None:
 
 
 def _materialize_view(project: "Project", view: FeatureView, start: int, end: int, chunk_rows: int,
-                      progress: Any, reader: _Reader | None = None) -> ViewMaterialization:
+                      progress: Any, reader: _Reader | None = None, bulk: bool = True) -> ViewMaterialization:
     t0 = time.perf_counter()
     res = ViewMaterialization(view.name, (start, end))
     rmark, imark = run_mark(view.name, start, end), intervals_mark(view.name)
@@ -313,6 +313,11 @@ def _materialize_view(project: "Project", view: FeatureView, start: int, end: in
     own = reader is None
     reader = reader or _Reader(project, view)
     try:
+        if bulk and not online.plan(view.name).sigs and reader.base_sql is not None:
+            from loopstack.features.online.bulk import materialize_view
+            materialize_view(online, view, reader, res, prior, rmark, imark, chunk_rows, progress)
+            res.seconds = time.perf_counter() - t0
+            return res
         total = reader.count(res.spans)
         task = progress.add_task(view.name, total=total) if progress is not None else None
         chunks, rows = res.resumed_chunks, int(run_state.get("rows", 0)) if res.resumed_chunks else 0
@@ -361,7 +366,7 @@ def _progress_bar(enabled: bool):
 
 
 def materialize(project: "Project", start: Any, end: Any, views: Sequence[str] | None = None,
-                progress: bool = True, chunk_rows: int = 100_000) -> MaterializeResult:
+                progress: bool = True, chunk_rows: int = 100_000, bulk: bool = True) -> MaterializeResult:
     """Apply every event with ``start <= ts < end`` not applied before to the online store, per view.
 
     `start`/`end`: datetimes (naive = UTC), ISO 8601 strings or µs integers. Safe to re-run and to
@@ -378,13 +383,13 @@ def materialize(project: "Project", start: Any, end: Any, views: Sequence[str] |
     out = MaterializeResult()
     with _progress_bar(progress) or nullcontext() as bar:
         for view in selected:
-            out.views[view.name] = _materialize_view(project, view, s, e, chunk_rows, bar)
+            out.views[view.name] = _materialize_view(project, view, s, e, chunk_rows, bar, bulk=bulk)
     out.seconds = time.perf_counter() - t0
     return out
 
 
 def materialize_incremental(project: "Project", end: Any, views: Sequence[str] | None = None,
-                            progress: bool = True, chunk_rows: int = 100_000) -> MaterializeResult:
+                            progress: bool = True, chunk_rows: int = 100_000, bulk: bool = True) -> MaterializeResult:
     """Materialize each view from where it was last materialized to (or its earliest event) up to `end`."""
     e = to_us(end)
     selected = _select_views(project, views)
@@ -399,7 +404,7 @@ def materialize_incremental(project: "Project", end: Any, views: Sequence[str] |
                 if s is None or s >= e:  # no events, or already materialized through `end`
                     out.views[view.name] = ViewMaterialization(view.name, (e if s is None else s, e))
                     continue
-                out.views[view.name] = _materialize_view(project, view, int(s), e, chunk_rows, bar, reader)
+                out.views[view.name] = _materialize_view(project, view, int(s), e, chunk_rows, bar, reader, bulk)
             finally:
                 reader.close()
     out.seconds = time.perf_counter() - t0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from loopstack.errors import DefinitionError
@@ -61,19 +61,58 @@ def _coerce(source: EventSource, name: str, v: Any) -> Any:
 def record_event(view: FeatureView, record: "Record", columns: Sequence[str]):
     """A log record as a `service.Event` of `view`, or None when it has no key or no event time
     (the offline engine ignores such events too)."""
-    from loopstack.features.online.service import Event
-    src = view.source
-    key = record.value.get(view.entity.join_key)
-    raw_ts = record.value.get(src.timestamp)
-    if key is None or raw_ts is None:
-        return None
-    try:
-        ts = raw_ts if isinstance(raw_ts, int) and not isinstance(raw_ts, bool) else to_us(raw_ts)
-    except Exception:  # noqa: BLE001 - unparseable time: the engine would not read it either
-        return None
-    values = {c: _coerce(src, c, record.value.get(c)) for c in columns}
-    return Event(_coerce(src, view.entity.join_key, key), ts, (record.timestamp, record.partition, record.offset),
-                 values)
+    return _Converter(view, columns)(record)
+
+
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+class _Converter:
+    """`record_event` for one view, with the schema lookups done once (the streaming hot path)."""
+
+    def __init__(self, view: FeatureView, columns: Sequence[str]) -> None:
+        from loopstack.features.online.service import Event
+        self.event = Event
+        src = view.source
+        self.src, self.key, self.ts = src, view.entity.join_key, src.timestamp
+        self.typed = {c: f.dtype for c in [self.key, *columns] if (f := src.field(c)) is not None}
+        self.columns = list(columns)
+
+    def _value(self, name: str, v: Any) -> Any:
+        dtype = self.typed.get(name)
+        if v is None or dtype is None:
+            return v
+        try:
+            if dtype == "timestamp":
+                return ensure_utc(datetime.fromisoformat(v) if isinstance(v, str) else v)
+            if dtype.startswith("float"):
+                return v if type(v) is float else float(v)
+            if dtype.startswith("int"):
+                return v if type(v) is int else int(v)
+        except (TypeError, ValueError):
+            return v
+        return v
+
+    def __call__(self, record: "Record"):
+        value = record.value
+        key = value.get(self.key)
+        raw_ts = value.get(self.ts)
+        if key is None or raw_ts is None:
+            return None
+        try:
+            if isinstance(raw_ts, int) and not isinstance(raw_ts, bool):
+                ts = raw_ts
+            elif isinstance(raw_ts, str):  # the common case: ISO text from JSON
+                dt = datetime.fromisoformat(raw_ts.strip())
+                ts = (ensure_utc(dt) - _EPOCH_UTC) // _US
+            else:
+                ts = to_us(raw_ts)
+        except Exception:  # noqa: BLE001 - unparseable time: the engine would not read it either
+            return None
+        val = self._value
+        values = {c: val(c, value.get(c)) for c in self.columns}
+        return self.event(val(self.key, key), ts, (record.timestamp, record.partition, record.offset), values)
 
 
 @dataclass
@@ -120,6 +159,7 @@ class StreamProcessor:
         for v in selected:
             self.by_topic.setdefault(v.source.topic, []).append(v)
         self.columns = {v.name: _columns(v) for v in selected}
+        self._convert = {v.name: _Converter(v, self.columns[v.name]) for v in selected}
         self.stats = StreamStats()
         self.online = project.online  # fixed for the run (the property re-reads the registry each time)
         self._consumers: dict[str, dict[int, Any]] = {}
@@ -198,7 +238,7 @@ class StreamProcessor:
                 self.stats.add(self.stats.duplicates, view.name, 1)
                 continue
             new_marks[name] = max(new_marks.get(name, -1), r.offset)
-            ev = record_event(view, r, self.columns[view.name])
+            ev = self._convert[view.name](r)
             if ev is None:
                 self.stats.add(self.stats.ignored, view.name, 1)
                 continue
@@ -261,11 +301,12 @@ class StreamProcessor:
         """Ask `run` (possibly in another thread) to return after the current step."""
         self._stop = True
 
-    def run(self, stop_after: float | None = None, idle_timeout: float | None = None, max_records: int = 1000,
+    def run(self, stop_after: float | None = None, idle_timeout: float | None = None, max_records: int = 10_000,
             on_step: Callable[[int, StreamStats], None] | None = None) -> StreamStats:
         """Step until stopped: after `stop_after` seconds, after `idle_timeout` seconds without records,
         on `stop()` or on KeyboardInterrupt. Sleeps `poll_interval` (50 ms) when idle, so events show up online
-        well within a second."""
+        well within a second. A step takes what has arrived, up to `max_records`: small batches when
+        keeping up, larger ones (fewer commits and fsyncs per event) when behind."""
         started = last_data = time.monotonic()
         try:
             while not self._stop:

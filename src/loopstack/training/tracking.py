@@ -10,6 +10,8 @@ the latest value per metric kept in a small table so search is a handful of inde
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import subprocess
@@ -65,6 +67,11 @@ def git_info(path: str | Path | None = None) -> dict:
 
 def package_versions() -> dict[str, str]:
     """Versions of loopstack and the ML packages that are installed (never imports them)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs; reading is slow
+def _package_versions() -> dict[str, str]:
     import platform
     out = {"python": platform.python_version()}
     for name in PACKAGES:

@@ -43,9 +43,12 @@ _DEC = json.JSONDecoder()
 _DEC_DT = json.JSONDecoder(object_hook=_hook)
 
 
+_ENC = json.JSONEncoder(separators=(",", ":"), default=_default).encode  # = json.dumps(...), built once
+
+
 def encode(obj: Any) -> bytes:
     """Compact JSON bytes (datetimes tagged)."""
-    return json.dumps(obj, separators=(",", ":"), default=_default).encode()
+    return _ENC(obj).encode()
 
 
 def _loads(blob: bytes) -> Any:
