@@ -266,18 +266,17 @@ class StreamProcessor:
         self._marks.update(new_marks)
 
     def _predict_late(self, view: FeatureView, events: list) -> list:
-        """The events `apply_events` will report too late: ts before the view's retention horizon
-        (newest event ts, this batch included, minus allowed lateness minus the longest window)."""
+        """The events `apply_events` will report too late: ts before the view's retention horizon as it
+        stood before this batch (newest applied event ts minus allowed lateness minus the longest window)."""
         from loopstack.features.online.state import meta_key
         plan = self.online.plan(view.name)
         if not plan.sigs:
             return []
         mk = meta_key(view.name)
         meta = self.project.online_store.read([mk]).get(mk, {})
-        newest = max(e.ts for e in events)
-        if "max_ts" in meta:
-            newest = max(newest, int(meta["max_ts"]))
-        horizon = plan.horizon(newest)
+        if "max_ts" not in meta:
+            return []  # nothing applied yet: no event can be late
+        horizon = plan.horizon(int(meta["max_ts"]))
         self._horizon = horizon
         return [e for e in events if e.ts < horizon]
 

@@ -147,3 +147,19 @@ def test_project_wiring(tmp_path):
         assert (tmp_path / "p" / "data" / "online.db").exists()
     finally:
         project.close()
+
+
+def test_lateness_is_judged_against_the_watermark_before_the_batch(store):
+    of = OnlineFeatures(store, views())
+    day = 86_400 * S
+    backfill = [Event(1, T0 + d * day, (d,), {"is_spam": 1, "text": f"d{d}"}) for d in range(10)]
+    res = of.apply_events("author_stats", backfill)  # 10 days in one batch: old ones are not *late*
+    assert res.too_late == [] and res.applied == 10
+    late = Event(1, T0 + 2 * day, (99,), {"is_spam": 1, "text": "late"})  # behind the 1d window now
+    res = of.apply_events("author_stats", [late])
+    assert res.too_late == [late]
+    on_time = Event(1, T0 + 9 * day + S, (100,), {"is_spam": 1, "text": "fresh"})
+    assert of.apply_events("author_stats", [on_time]).too_late == []
+    got = of.get_online_features(["author_stats:spam", "author_stats:text"], [{"author_id": 1}],
+                                 as_of=T0 + 9 * day + 2 * S)
+    assert got.rows[0]["spam"] == 2 and got.rows[0]["text"] == "fresh"  # days 9 and 9+1s inside the 1d window

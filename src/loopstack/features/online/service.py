@@ -164,6 +164,7 @@ class OnlineFeatures:
             new_max = max(events[i].ts for idxs in groups.values() for i in idxs)
             new_max = new_max if old_max is None else max(old_max, new_max)
             horizon = plan.horizon(new_max)
+            late_before = plan.horizon(old_max) if old_max is not None else None
             for hk, idxs in groups.items():
                 evs = [(events[i].ts, list(events[i].order), events[i].values) for i in idxs]
                 up = apply_entity(plan, data.get(hk, {}), evs, horizon)
@@ -172,7 +173,10 @@ class OnlineFeatures:
                 if up.deletes:
                     batch.deletes[hk] = up.deletes
                 stats.applied += up.applied
-                stats.too_late.extend(events[idxs[j]] for j in up.too_late)
+                # behind the new horizon, these took no tile; they are *late* only if they were already
+                # behind the horizon as it stood before this batch (else the batch itself moved it past them)
+                stats.too_late.extend(events[idxs[j]] for j in up.too_late
+                                      if late_before is not None and events[idxs[j]].ts < late_before)
             count = {k: int(meta.get(k, b"0")) for k in ("applied", "too_late")}
             batch.puts[mk] = {
                 "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
