@@ -17,7 +17,7 @@ from loopstack import Project
 
 def open_project(d: Path) -> Project:
     p = Project.init(d, name="b12", example=False) if not (d / "loopstack.yaml").exists() else Project(d)
-    p.meta  # open + migrate outside the timed part
+    p.meta.migrate()  # open + migrate outside the timed part
     return p
 
 
