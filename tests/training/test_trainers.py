@@ -83,7 +83,8 @@ def test_train_sklearn_tracks_everything_and_saves_model_with_signature(tiny):
 
 def test_signature_check_names_every_mismatch(tiny):
     project, ds = tiny
-    sig = project.train(LogisticRegression(max_iter=100), ds, report=False).signature
+    res = project.train(LogisticRegression(max_iter=100), ds, report=False)
+    sig = res.signature
     X = ds.eval[sig.columns]
     sig.check(X)  # the training vector passes
     with pytest.raises(SignatureError, match=r"missing column\(s\) \['url_ratio'\].*'url_ratio'"):
@@ -96,10 +97,11 @@ def test_signature_check_names_every_mismatch(tiny):
         sig.check(X.astype({"spam_7d": "float64"}))
     with pytest.raises(SignatureError, match="DataFrame"):
         sig.check(X.to_numpy())
-    # the registry accepts the signature dict as is
-    from loopstack.registry.entities import ModelSignature
-    reg = ModelSignature.coerce(sig.to_dict())
-    assert reg.feature_refs == sig.feature_refs and reg.feature_versions["url_ratio"] == 1
+    # the registry stores this very signature: columns, dtypes and label survive registration
+    project.models.register("spam", res.model, signature=sig, run_id=res.run_id)
+    stored = project.models.get("models:/spam/1").signature
+    assert stored == sig and stored.columns == sig.columns and stored.label == sig.label
+    stored.check(X)  # serving can check a frame against what the registry returns
 
 
 def test_train_lightgbm(tiny):

@@ -24,8 +24,8 @@ from loopstack.meta.artifacts import ArtifactStore
 from loopstack.meta.db import MetadataStore
 from loopstack.registry import stages
 from loopstack.registry.artifact_io import deserialize, serialize, verify
-from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, dumps, loads, utc,
-                                         version_from_row)
+from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
+                                         loads, utc, version_from_row)
 from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
 from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name
 from loopstack.registry.schema import model_aliases as A
@@ -77,7 +77,7 @@ class Registry:
         `holdout_scores`, the model's scores on the holdout).
         """
         validate_name(name)
-        sig = ModelSignature.coerce(signature)
+        sig = coerce_signature(signature)
         ds_id, ds_hash = _dataset(dataset)
         prof = _profile(profile, holdout_scores)
         metrics_json, params_json = dumps(clean_metrics(metrics)), dumps(dict(params or {}))

@@ -9,10 +9,9 @@ versions, the input dtypes and the output schema, so serving assembles exactly t
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,104 +19,13 @@ import numpy as np
 import pandas as pd
 
 from loopstack.errors import LoopstackError
+from loopstack.signature import FeatureInput, Signature, SignatureError  # noqa: F401 - re-exported
 
 MODEL_PATH, SIGNATURE_PATH = "model/model.joblib", "model/signature.json"
 
 
 class TrainingError(LoopstackError):
     """Training cannot run as asked (missing label, empty train part, unsavable model, ...)."""
-
-
-class SignatureError(LoopstackError):
-    """A frame does not match a model's signature (missing/extra/reordered columns, other dtypes)."""
-
-
-# -- the signature -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FeatureInput:
-    """One model input: feature reference, its definition version, the column it is read from, dtype."""
-    ref: str
-    version: int | None
-    column: str
-    dtype: str
-
-
-@dataclass(frozen=True)
-class Signature:
-    """Ordered inputs and the output schema of a trained model.
-
-    `to_dict()` is {"inputs": [{"ref", "version", "column", "dtype"}], "outputs": [{"name", "dtype", ...}],
-    "label": ...}: the shape the model registry accepts.
-    """
-    inputs: tuple[FeatureInput, ...]
-    outputs: tuple[dict, ...] = ({"name": "score", "dtype": "float64"},)
-    label: str | None = None
-
-    @property
-    def columns(self) -> list[str]:
-        return [i.column for i in self.inputs]
-
-    @property
-    def feature_refs(self) -> list[str]:
-        return [i.ref for i in self.inputs]
-
-    @property
-    def dtypes(self) -> dict[str, str]:
-        return {i.column: i.dtype for i in self.inputs}
-
-    def to_dict(self) -> dict:
-        return {"inputs": [asdict(i) for i in self.inputs], "outputs": [dict(o) for o in self.outputs],
-                "label": self.label}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Signature":
-        try:
-            inputs = tuple(FeatureInput(str(i["ref"]), None if i.get("version") is None else int(i["version"]),
-                                        str(i.get("column") or i["ref"]), str(i["dtype"])) for i in d["inputs"])
-        except (KeyError, TypeError) as exc:
-            raise SignatureError(f"not a signature dict ({exc!r}): it needs 'inputs' with 'ref', 'version', "
-                                 "'dtype' (and 'column') per input") from exc
-        return cls(inputs, tuple(dict(o) for o in d.get("outputs") or ({"name": "score", "dtype": "float64"},)),
-                   d.get("label"))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "Signature":
-        return cls.from_dict(json.loads(text))
-
-    def check(self, frame: pd.DataFrame, *, allow_extra: bool = False, allow_reorder: bool = False) -> None:
-        """Raise SignatureError naming every difference between `frame` and the training vector:
-        missing columns, extra columns (unless allow_extra), another order (unless allow_reorder),
-        other dtypes."""
-        if not isinstance(frame, pd.DataFrame):
-            raise SignatureError(f"expected a pandas DataFrame with columns {self.columns}, got "
-                                 f"{type(frame).__name__}")
-        cols = [str(c) for c in frame.columns]
-        problems = []
-        missing = [c for c in self.columns if c not in cols]
-        if missing:
-            refs = {i.column: i.ref for i in self.inputs}
-            problems.append(f"missing column(s) {missing} (features {[refs[c] for c in missing]})")
-        extra = [c for c in cols if c not in self.columns]
-        if extra and not allow_extra:
-            problems.append(f"unexpected column(s) {extra} (pass allow_extra=True or drop them)")
-        present = [c for c in cols if c in self.columns]
-        if not missing and not allow_reorder and present != self.columns:
-            problems.append(f"columns in order {present}, but the model was trained on {self.columns} "
-                            "(select frame[signature.columns])")
-        bad = [f"{c}: {frame[c].dtype} (trained on {t})" for c, t in self.dtypes.items()
-               if c in cols and str(frame[c].dtype) != t]
-        if bad:
-            problems.append("dtype mismatch " + "; ".join(bad) + " (cast with frame.astype(signature.dtypes))")
-        if problems:
-            raise SignatureError("the frame does not match the model signature: " + "; ".join(problems))
-
-    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The training vector out of a wider frame: checked (extra columns and order allowed), reordered."""
-        self.check(frame, allow_extra=True, allow_reorder=True)
-        return frame[self.columns]
 
 
 def output_schema(model: Any, positive_class: Any = 1) -> tuple[dict, ...]:
