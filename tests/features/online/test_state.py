@@ -185,3 +185,16 @@ def test_fingerprint_tracks_state_layout_only():
     assert a.fingerprint != ViewPlan(view(Count(window="1h", name="c")), tile_us=1).fingerprint
     assert a.fingerprint != ViewPlan(view(Count(window="1h", name="c", filter="x > 1"))).fingerprint
     assert a.fingerprint != ViewPlan(view(Count(window="1h", name="c")), lateness_us=1).fingerprint
+
+
+def test_blob_decoding_keeps_big_ints_nan_and_datetimes_exact():
+    from datetime import datetime, timezone
+
+    from loopstack.features.online.partials import _loads, encode
+    values = [[1, 2**70, -2**63, 2**63 - 1, 0.1, -0.0, 1e300, "NaN is text"],
+              [123456789012345678901234567890], [datetime(2026, 11, 24, 1, 2, 3, 4, tzinfo=timezone.utc)]]
+    for v in values:
+        got = _loads(encode(v))
+        assert got == v and [type(x) for x in got] == [type(x) for x in v]
+    nan = _loads(encode([float("nan")]))[0]
+    assert nan != nan  # NaN survives (the fast parser would reject it; the fallback reads it)

@@ -7,6 +7,7 @@ two edge tiles). The leading 1 is the format version. Datetimes are tagged ``{"$
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -51,8 +52,26 @@ def encode(obj: Any) -> bytes:
     return _ENC(obj).encode()
 
 
+try:  # orjson parses the same JSON about 2x faster; reads decode a blob per entity, so it matters
+    from orjson import JSONDecodeError as _OrjsonError
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
+    _orjson_loads = None
+
+
+_LONG_INT = re.compile(rb"\d{19,}").search
+
+
 def _loads(blob: bytes) -> Any:
-    return (_DEC_DT if b'"$dt"' in blob else _DEC).raw_decode(blob.decode())[0]
+    if b'"$dt"' in blob:
+        return _DEC_DT.raw_decode(blob.decode())[0]
+    # orjson rejects NaN/Infinity and reads integers beyond 64 bits as floats: those go to the standard parser
+    if _orjson_loads is not None and b"NaN" not in blob and b"Infinity" not in blob and not _LONG_INT(blob):
+        try:
+            return _orjson_loads(blob)
+        except _OrjsonError:
+            pass
+    return _DEC.raw_decode(blob.decode())[0]
 
 
 def _versioned(obj: Any) -> Any:
