@@ -35,7 +35,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from b1_pit_join import _pkg_versions, _tree_rss, console  # noqa: E402
+from b1_pit_join import _pkg_versions, _tree_rss, console, write_section  # noqa: E402
 
 BENCH = REPO / ".bench"
 WORK = BENCH / "b12"
@@ -362,15 +362,7 @@ def docs_section(res: dict) -> str:
 
 
 def write_docs(res: dict) -> None:
-    section = docs_section(res)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        text = pre + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
-    console.print(f"wrote {DOCS.relative_to(REPO)}")
+    write_section(docs_section(res), BEGIN, END)
 
 
 def machine() -> dict:

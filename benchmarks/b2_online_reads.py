@@ -634,20 +634,7 @@ def docs_section(results: dict, n: int) -> str:
 
 
 def write_docs(results: dict, n: int) -> None:
-    section = docs_section(results, n)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        text = pre + section + rest.split(END, 1)[1]
-    else:
-        b1_end = b1.END
-        if b1_end in text:  # right after B1's section, before anything else (B3)
-            pre, post = text.split(b1_end, 1)
-            text = pre + b1_end + "\n\n" + section + "\n" + post
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
-    console.print(f"wrote the B2 section of {DOCS.relative_to(REPO)}")
+    b1.write_section(docs_section(results, n), BEGIN, END, after=b1.END)  # B2 goes right after B1
 
 
 # ---------------------------------------------------------------- main ------------------------

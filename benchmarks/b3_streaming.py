@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--docs-only", action="store_true", help="only regenerate the docs from b3_streaming.json")
     a = ap.parse_args()
-    from b1_pit_join import DOCS, RESULTS
+    from b1_pit_join import RESULTS, write_section
     out = RESULTS / "b3_streaming.json"
     prev = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     for online in [] if a.docs_only else a.online.split(","):
@@ -265,14 +265,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(prev, indent=1))
     if a.write_docs or a.docs_only:
-        section = docs_section(list(prev["runs"].values()))
-        text = DOCS.read_text()
-        if BEGIN in text and END in text:
-            pre, rest = text.split(BEGIN, 1)
-            text = pre + section + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOCS.write_text(text)
+        write_section(docs_section(list(prev["runs"].values())), BEGIN, END)
 
 
 if __name__ == "__main__":
