@@ -159,7 +159,7 @@ class RedisOnlineStore(OnlineStore):
         makes writing ~10^5 hashes per batch cheap (bulk materialization)."""
         import redis
         pool = self.r.connection_pool
-        conn = pool.get_connection("MULTI")
+        conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join(cmds)], check_health=False)
             replies = _read_replies(conn, len(cmds))
