@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
-from loopstack.errors import DefinitionError
+from loopstack.errors import DefinitionError, RetrievalError
 
 _UNITS = {"us": "microseconds", "ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours",
           "d": "days", "w": "weeks"}
@@ -44,3 +45,33 @@ def now_micros() -> int:
 def ensure_utc(ts: datetime) -> datetime:
     """Aware datetimes are converted to UTC; naive ones are taken to be UTC already."""
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(value: Any) -> int:
+    """A time as µs since the epoch (UTC): int µs, datetime/date/pandas Timestamp (naive = UTC) or ISO text."""
+    if isinstance(value, bool):
+        raise RetrievalError(f"time {value!r} is not a time")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise RetrievalError(
+                f"time {value!r} is not ISO 8601: write e.g. 2024-05-01, 2024-05-01T12:00:00 or "
+                "2024-05-01T12:00:00+02:00 (times without an offset are UTC)") from exc
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if isinstance(value, datetime):
+        return to_micros(ensure_utc(value) - _EPOCH)
+    raise RetrievalError(f"time {value!r} ({type(value).__name__}) is not a datetime, ISO string or µs integer")
+
+
+def us_to_iso(us: int) -> str:
+    """µs since the epoch as an ISO 8601 UTC string."""
+    return (_EPOCH + timedelta(microseconds=int(us))).isoformat()

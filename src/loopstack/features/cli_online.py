@@ -20,7 +20,7 @@ ViewsOpt = typer.Option(None, "--views", "-v", help="Feature view (repeatable; d
 
 
 def _result_table(result) -> Table:  # noqa: ANN001 - MaterializeResult
-    from loopstack.features.materialize import us_to_iso
+    from loopstack.timeutil import us_to_iso
     t = Table("view", "interval(s) read", "rows", "applied", "beyond horizon", "chunks", "seconds")
     for name, v in result.views.items():
         spans = ", ".join(f"{us_to_iso(s)} → {us_to_iso(e)}" for s, e in v.spans) or "(already materialized)"

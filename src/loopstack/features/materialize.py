@@ -25,51 +25,20 @@ import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from loopstack.errors import DefinitionError, RetrievalError
 from loopstack.features.definitions import FeatureView
-from loopstack.timeutil import ensure_utc, to_micros
+from loopstack.timeutil import to_us, us_to_iso
 
 if TYPE_CHECKING:
     from loopstack.project import Project
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MARK_PREFIX = "materialize:"
 
 Interval = tuple[int, int]
-
-
-# -- times ----------------------------------------------------------------------------------------
-def to_us(value: Any) -> int:
-    """A time as µs since the epoch (UTC): int µs, datetime/date/pandas Timestamp (naive = UTC) or ISO text."""
-    if isinstance(value, bool):
-        raise RetrievalError(f"time {value!r} is not a time")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError as exc:
-            raise RetrievalError(
-                f"time {value!r} is not ISO 8601: write e.g. 2024-05-01, 2024-05-01T12:00:00 or "
-                "2024-05-01T12:00:00+02:00 (times without an offset are UTC)") from exc
-    if hasattr(value, "to_pydatetime"):
-        value = value.to_pydatetime()
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if isinstance(value, datetime):
-        return to_micros(ensure_utc(value) - _EPOCH)
-    raise RetrievalError(f"time {value!r} ({type(value).__name__}) is not a datetime, ISO string or µs integer")
-
-
-def us_to_iso(us: int) -> str:
-    """µs since the epoch as an ISO 8601 UTC string."""
-    from datetime import timedelta
-    return (_EPOCH + timedelta(microseconds=int(us))).isoformat()
 
 
 # -- interval arithmetic (pure) ---------------------------------------------------------------------

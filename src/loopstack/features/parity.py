@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from loopstack.features.definitions import FeatureView
-from loopstack.features.materialize import _select_views, to_us, us_to_iso
+from loopstack.features.materialize import _select_views
+from loopstack.timeutil import to_us, us_to_iso
 from loopstack.timeutil import now_micros
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from loopstack.errors import DefinitionError
 from loopstack.features.definitions import EventSource, FeatureView
-from loopstack.features.materialize import to_us, us_to_iso
+from loopstack.timeutil import to_us, us_to_iso
 from loopstack.timeutil import ensure_utc
 
 if TYPE_CHECKING:

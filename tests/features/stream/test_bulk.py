@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from loopstack import Entity, EventSource, FeatureView, Field, Last
-from loopstack.features.materialize import materialize, to_us
+from loopstack.features.materialize import materialize
+from loopstack.timeutil import to_us
 from loopstack.project import Project
 from tests.features.stream._defs import dump_state, gen_events, make_project
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loopstack.features.materialize import materialize, to_us
+from loopstack.features.materialize import materialize
+from loopstack.timeutil import to_us
 from loopstack.features.stream import CRASH_ENV, StreamProcessor
 from loopstack.project import Project
 from tests.features.stream._defs import assert_same_served, dump_state, gen_events, make_project, served

@@ -10,8 +10,9 @@ import pytest
 
 from loopstack import Entity, EventSource, FeatureView, Field, Last, Sum
 from loopstack.features.materialize import (chunk_by_time, covered_through, materialize, materialize_incremental,
-                                            materialized_intervals, merge_intervals, subtract_intervals, to_us)
+                                            materialized_intervals, merge_intervals, subtract_intervals)
 from loopstack.features.parity import check_parity
+from loopstack.timeutil import to_us
 from loopstack.project import Project
 from tests.features.stream._defs import assert_same_served, gen_events, make_project, served
 

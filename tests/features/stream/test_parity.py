@@ -115,7 +115,8 @@ def test_cli_materialize_incremental_and_stream(tmp_path):
     assert "rows/s" in res.output and "wins" in res.output
     res = runner.invoke(app, ["materialize-incremental", "2100-01-01", "-p", root])
     assert res.exit_code == 0, res.output
-    from loopstack.features.materialize import materialized_intervals, to_us
+    from loopstack.features.materialize import materialized_intervals
+    from loopstack.timeutil import to_us
     assert materialized_intervals(p, "wins") == [(to_us("2000-01-01"), to_us("2100-01-01"))]
     res = runner.invoke(app, ["features", "parity", "-p", root])
     assert res.exit_code == 0, res.output

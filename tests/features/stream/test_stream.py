@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from loopstack.errors import DefinitionError
-from loopstack.features.materialize import to_us
+from loopstack.timeutil import to_us
 from loopstack.features.parity import check_parity
 from loopstack.features.stream import StreamProcessor, stream_mark
 from loopstack.project import Project
