@@ -98,3 +98,16 @@ def request_keys(n_entities: int, n_requests: int, batch: int, seed: int) -> np.
     rng = np.random.default_rng([SEED, seed, batch])
     hi = n_entities + max(1, n_entities // 100)
     return rng.integers(0, hi, size=(n_requests, batch), dtype=np.int64)
+
+
+def summarize(ns: np.ndarray, wall: float, cpu_ns: np.ndarray | None = None) -> dict:
+    """Wall-clock percentiles (the measurement), plus the process's CPU time per call (shows how much
+    of the tail is the work itself and how much is the process waiting for a core on a busy machine)."""
+    ms = ns / 1e6
+    out = {"requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "max_ms": float(ms.max()),
+           "rps": len(ms) / wall}
+    if cpu_ns is not None:
+        cpu = cpu_ns / 1e6
+        out.update(cpu_p50_ms=float(np.percentile(cpu, 50)), cpu_p99_ms=float(np.percentile(cpu, 99)))
+    return out

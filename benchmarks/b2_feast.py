@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from b2_data import FEATURES, N_FLOAT, load_meta, request_keys  # noqa: E402
+from b2_data import FEATURES, N_FLOAT, load_meta, request_keys, summarize  # noqa: E402
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -55,19 +55,6 @@ def objects(meta: dict):
     schema = [Field(name=f, dtype=Float64 if i < N_FLOAT else Int64) for i, f in enumerate(FEATURES)]
     view = FeatureView(name="plain", entities=[user], ttl=timedelta(0), schema=schema, source=src, online=True)
     return [user, view]
-
-
-def summarize(ns: np.ndarray, wall: float, cpu_ns: np.ndarray | None = None) -> dict:
-    """Wall-clock percentiles (the measurement), plus the process's CPU time per call (shows how much
-    of the tail is the work itself and how much is the process waiting for a core on a busy machine)."""
-    ms = ns / 1e6
-    out = {"requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "max_ms": float(ms.max()),
-           "rps": len(ms) / wall}
-    if cpu_ns is not None:
-        cpu = cpu_ns / 1e6
-        out.update(cpu_p50_ms=float(np.percentile(cpu, 50)), cpu_p99_ms=float(np.percentile(cpu, 99)))
-    return out
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from b2_data import FEATURES, N_FLOAT, T_END_US, load_meta, request_keys  # noqa: E402
+from b2_data import FEATURES, N_FLOAT, T_END_US, load_meta, request_keys, summarize  # noqa: E402
 
 WINDOWED = [("count", None, "1h"), ("count", None, "1d"), ("count", None, "7d"), ("sum", "f7", "1d"),
             ("sum", "f7", "7d"), ("mean", "f0", "1d"), ("mean", "f0", "7d"), ("max", "f1", "1h"),
@@ -59,19 +59,6 @@ def refs(view: str) -> list[str]:
     if view == "plain":
         return [f"plain:{f}" for f in FEATURES]
     return [f"windowed:count_{w}" if col is None else f"windowed:{fn}_{col}_{w}" for fn, col, w in WINDOWED]
-
-
-def summarize(ns: np.ndarray, wall: float, cpu_ns: np.ndarray | None = None) -> dict:
-    """Wall-clock percentiles (the measurement), plus the process's CPU time per call (shows how much
-    of the tail is the work itself and how much is the process waiting for a core on a busy machine)."""
-    ms = ns / 1e6
-    out = {"requests": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "max_ms": float(ms.max()),
-           "rps": len(ms) / wall}
-    if cpu_ns is not None:
-        cpu = cpu_ns / 1e6
-        out.update(cpu_p50_ms=float(np.percentile(cpu, 50)), cpu_p99_ms=float(np.percentile(cpu, 99)))
-    return out
 
 
 def time_calls(call, keys: np.ndarray, warmup: int) -> dict:
