@@ -7,10 +7,12 @@ Search task: N runs, each with 3 params and 3 metrics (one point each), seeded; 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import resource
 import sys
+from pathlib import Path
 
 LRS = ("0.01", "0.05", "0.1", "0.2")
 MAX_RESULTS = 100
@@ -46,3 +48,15 @@ def emit(result: dict) -> None:
     result["peak_rss_self_bytes"] = peak_rss_bytes()
     print(json.dumps(result), flush=True)
     sys.stdout.flush()
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    """The command line both B12 workers (loopstack, MLflow) accept: a task, a folder and the workload size."""
+    p = argparse.ArgumentParser()
+    p.add_argument("task", choices=["log", "create", "search"])
+    p.add_argument("dir", type=Path)
+    p.add_argument("--keys", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--queries", type=int, default=16)
+    return p

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -63,13 +62,7 @@ def search(d: Path, nq: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("task", choices=["log", "create", "search"])
-    p.add_argument("dir", type=Path)
-    p.add_argument("--keys", type=int, default=10)
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--runs", type=int, default=10_000)
-    p.add_argument("--queries", type=int, default=16)
+    p = c.worker_parser()
     a = p.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     out = {"log": lambda: log(a.dir, a.keys, a.steps), "create": lambda: create(a.dir, a.runs),

@@ -8,7 +8,6 @@ SQLite backend (`sqlite:///DIR/mlflow.db`) and a local artifact folder (DIR/arti
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -152,13 +151,7 @@ def search(d: Path, nq: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("task", choices=["log", "create", "search"])
-    p.add_argument("dir", type=Path)
-    p.add_argument("--keys", type=int, default=10)
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--runs", type=int, default=10_000)
-    p.add_argument("--queries", type=int, default=16)
+    p = c.worker_parser()
     p.add_argument("--batch", action="store_true", help="log task: MlflowClient.log_batch instead of log_metric")
     p.add_argument("--api-runs", type=int, default=None,
                    help="create task: create only this many runs through the API (timed), bulk-insert the rest")
