@@ -40,8 +40,11 @@ class OfflineConfig:
     lake_path: str = "data/lake"
     threads: int | None = None
     memory_limit: str | None = None
+    index: str = "auto"                 # sorted indexes of big sources for plain fields: auto | always | never
+    index_path: str = "data/index"      # where they live (rebuilt when a source's files change)
+    index_min_rows: int = 1_000_000     # auto: index sources with at least this many events
 
-    ALLOWED = {"engine": ("duckdb",)}
+    ALLOWED = {"engine": ("duckdb",), "index": ("auto", "always", "never")}
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ log:
 offline:
   engine: duckdb            # the Parquet lake is queried with DuckDB
   lake_path: data/lake
+  index: auto               # sorted copies of big sources speed up repeated joins: auto | always | never
+  index_path: data/index
 
 online:
   backend: sqlite           # sqlite | redis

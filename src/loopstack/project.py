@@ -85,7 +85,8 @@ class Project:
     def engine(self):  # -> OfflineEngine
         from loopstack.features.offline.duckdb import DuckDBEngine
         c = self.config.offline
-        return DuckDBEngine(threads=c.threads, memory_limit=c.memory_limit)
+        return DuckDBEngine(threads=c.threads, memory_limit=c.memory_limit, index_dir=str(self.path(c.index_path)),
+                            index=c.index, index_min_rows=c.index_min_rows)
 
     @cached_property
     def online_store(self):  # -> OnlineStore

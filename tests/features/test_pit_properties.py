@@ -25,6 +25,9 @@ from tests.features.reference import reference_value, sum_abs
 BASE = 1_718_000_000_000_000  # µs since the epoch (June 2024)
 GRID = 12
 ENGINE = DuckDBEngine(threads=2)
+# the same engine answering plain fields from sorted indexes of the sources (sorted_index.py)
+INDEX_DIR = tempfile.mkdtemp(prefix="loopstack-index-")
+INDEXED = DuckDBEngine(threads=2, index_dir=INDEX_DIR, index="always")
 
 WINDOWS = ["1us", "2us", "3us", "5us", "8us", "1s"]
 TTLS = [None, "1us", "2us", "4us", "1h"]
@@ -115,6 +118,20 @@ EXAMPLES = int(os.environ.get("LOOPSTACK_PIT_EXAMPLES", "300"))
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario())
 def test_engine_matches_reference(case):
+    check(ENGINE, case)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_indexed_engine_matches_reference(case):
+    before = INDEXED.indexes.built
+    check(INDEXED, case)
+    _, events, _, _, _, specs, _ = case
+    if events and any(fn == "last" and w is None and f is None for fn, _, w, f in specs):
+        assert INDEXED.indexes.built == before + 1  # the plain fields really came from an index
+
+
+def check(engine: DuckDBEngine, case) -> None:
     key_kind, events, cuts, order, rows, specs, ttl = case
     view = build_view(key_kind, specs, ttl)
     with tempfile.TemporaryDirectory() as folder:
@@ -127,7 +144,7 @@ def test_engine_matches_reference(case):
             "row_tag": pa.array(list(range(len(rows))), pa.int64()),
         })
         req = ViewRequest(view, tuple((f, f.name) for f in view.features), data)
-        out = ENGINE.historical_features(entity, "event_timestamp", [req])
+        out = engine.historical_features(entity, "event_timestamp", [req])
 
     assert out.column_names == ["k", "event_timestamp", "row_tag"] + [f.name for f in view.features]
     assert out["row_tag"].to_pylist() == list(range(len(rows)))

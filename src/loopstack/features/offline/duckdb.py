@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 from loopstack.errors import RetrievalError
 from loopstack.features.definitions import Filter
 from loopstack.features.offline.base import OfflineEngine, RetrievalStats, SourceData, ViewRequest
+from loopstack.features.offline.duckdb_index import plain_from_index
+from loopstack.features.offline.sorted_index import IndexStore
 from loopstack.features.offline.duckdb_sql import (  # noqa: F401 - some are re-exported
     _TS_SHIFT, _SEQ_OFFSET, _ROW_BITS, _PRUNE_KEYS_RATIO, q, _literal, filter_sql, entity_micros, expand_paths,
     _source_rows, _fetch_table, _ts_expr, _agg_sql, _window_out, _check_rows, _finish, _empty_value)
@@ -50,10 +52,18 @@ class DuckDBEngine(OfflineEngine):
     name = "duckdb"
 
     def __init__(self, threads: int | None = None, memory_limit: str | None = None,
-                 temp_dir: str | None = None) -> None:
+                 temp_dir: str | None = None, index_dir: str | None = None, index: str = "auto",
+                 index_min_rows: int = 1_000_000) -> None:
+        """`index_dir`: where sorted indexes of sources live (None: never index). `index`: "auto" uses
+        one for sources of at least `index_min_rows` events (Parquet footers), "always", or "never"."""
+        if index not in ("auto", "always", "never"):
+            raise ValueError(f"index={index!r}: use 'auto', 'always' or 'never'")
         self.threads = threads
         self.memory_limit = memory_limit
         self.temp_dir = temp_dir
+        self.index = index
+        self.index_min_rows = index_min_rows
+        self.indexes = IndexStore(index_dir) if index_dir and index != "never" else None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._stats = RetrievalStats()
 
@@ -171,9 +181,13 @@ class DuckDBEngine(OfflineEngine):
                 groups: OrderedDict[Filter | None, list] = OrderedDict()
                 for a, nm in plain:
                     groups.setdefault(a.filter, []).append((a, nm))
-                ent_info = self._ent_info(ent, req)
+                ent_info: dict | None = None
                 for flt, feats in groups.items():
-                    result.update(self._plain(src_sql, types, flt, feats, req, n, ent_info))
+                    got = self._indexed(src_sql, types, feats, req, ent) if flt is None else None
+                    if got is None:
+                        ent_info = ent_info or self._ent_info(ent, req)
+                        got = self._plain(src_sql, types, flt, feats, req, n, ent_info)
+                    result.update(got)
             if windowed:
                 result.update(self._windowed(ev_sql, value_cols, windowed, types, req, n))
             return {name: _finish(result[name], agg, req, types) for agg, name in req.features}
@@ -183,6 +197,15 @@ class DuckDBEngine(OfflineEngine):
                 con.unregister("__csv")
             except Exception:  # noqa: BLE001 - not registered for parquet sources
                 pass
+
+    def _indexed(self, src_sql: str, types: dict[str, str], feats: list, req: ViewRequest,
+                 ent: pa.Table) -> dict | None:
+        """Plain fields from the source's sorted index, when indexing is on and the source is big enough."""
+        if self.indexes is None or not ent.num_rows:
+            return None
+        if self.index == "auto" and (_source_rows(req.data) or 0) < self.index_min_rows:
+            return None
+        return plain_from_index(self, req, src_sql, types, feats, ent, self.indexes)
 
     def _source(self, req: ViewRequest) -> tuple[str, dict[str, str]] | None:
         data: SourceData = req.data
