@@ -1,0 +1,283 @@
+"""Dynamic batching: a pure decision rule (``decide``) and the edge that runs it (``DynamicBatcher``).
+
+Requests wait in a bounded queue; one worker thread takes batches off it and calls ``run_batch``. The
+queue bound is the backpressure: a full queue refuses new work with ``QueueFull`` (HTTP 429) instead of
+growing memory, and ``retry_after_s`` tells the client when the backlog should have cleared.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from loopstack.serving.errors import ServingConfigError, ServingError
+
+REASONS: tuple[str, ...] = ("full", "waited_out", "preferred")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How one model's requests are batched. ``max_batch_size=1`` (or ``max_latency_ms=0``) turns batching off."""
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        def bad(key: str, value: Any, allowed: str) -> ServingConfigError:
+            return ServingConfigError(f"batching setting {key}={value!r} is not allowed: use {allowed}")
+
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
+                or self.max_batch_size < 1:
+            raise bad("max_batch_size", self.max_batch_size, "an integer >= 1")
+        lat = self.max_latency_ms
+        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not math.isfinite(lat) or lat < 0:
+            raise bad("max_latency_ms", lat, "a finite number of milliseconds >= 0")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise bad("max_queue", self.max_queue, "an integer >= 1")
+        sizes = tuple(self.preferred_batch_sizes)
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= self.max_batch_size:
+                raise bad("preferred_batch_sizes", self.preferred_batch_sizes,
+                          f"integers between 1 and max_batch_size ({self.max_batch_size})")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(sizes))))
+
+
+def decide(cfg: BatchConfig, queued: int, oldest_wait_s: float) -> tuple[int, str] | float:
+    """Fire now -> ``(n_to_take, reason)``; otherwise -> seconds to wait before deciding again. Pure.
+
+    Rules, first match wins (budget = ``max_latency_ms / 1000``):
+
+    1. ``queued >= max_batch_size`` -> ``(max_batch_size, "full")``;
+    2. ``oldest_wait_s >= budget`` -> ``(queued, "waited_out")`` (the oldest request spent its budget);
+    3. preferred sizes given, ``p`` = the largest preferred size ``<= queued``, and
+       ``oldest_wait_s >= budget / 2`` -> ``(p, "preferred")``: half the budget passed without the batch
+       filling, so run a size the model is efficient at now rather than wait out the rest;
+    4. otherwise wait until the next rule could fire: ``budget/2 - oldest_wait_s`` when a preferred size is
+       reachable and not yet due, else ``budget - oldest_wait_s``.
+
+    An empty queue returns the full budget (the caller normally sleeps until a request arrives instead).
+    """
+    budget = cfg.max_latency_ms / 1000.0
+    if queued <= 0:
+        return budget
+    if queued >= cfg.max_batch_size:
+        return cfg.max_batch_size, "full"
+    if oldest_wait_s >= budget:
+        return queued, "waited_out"
+    fitting = [p for p in cfg.preferred_batch_sizes if p <= queued]
+    if fitting:
+        half = budget / 2.0
+        if oldest_wait_s >= half:
+            return fitting[-1], "preferred"
+        return half - oldest_wait_s
+    return budget - oldest_wait_s
+
+
+class QueueFull(ServingError):
+    """The request queue is full: retry after ``retry_after_s`` seconds (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed before its batch ran; it was not sent to the model."""
+
+
+class BatcherClosed(ServingError):
+    """The batcher is shut down (or shut down before this request ran); send the request elsewhere."""
+
+
+@dataclass
+class _Item:
+    payload: Any
+    future: concurrent.futures.Future
+    enqueued_at: float
+    deadline: float | None
+
+
+class DynamicBatcher:
+    """Edge: bounded queue + one worker thread that forms batches with `decide` and calls run_batch.
+
+    ``clock`` must tick in seconds like ``time.monotonic`` (the worker sleeps on real time); deadlines
+    passed to ``submit`` are in ``clock()`` time. Results are set in batch order; ``run_batch`` gets the
+    payloads of one batch and must return one result per payload, in the same order.
+    """
+
+    def __init__(self, cfg: BatchConfig, run_batch: Callable[[list[Any]], list[Any]], name: str = "",
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.name, self._run_batch, self._clock = cfg, name, run_batch, clock
+        self._queue: deque[_Item] = deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._closed = False
+        self._drain = True
+        self._fired = dict.fromkeys(REASONS, 0)
+        self._sizes: dict[int, int] = {}
+        self._batches = self._requests = self._rejected = self._expired = self._failed_batches = 0
+        self._batch_s_ewma: float | None = None
+        self._in_flight = 0
+        self._worker = threading.Thread(target=self._loop, name=f"batcher-{name or id(self)}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, payload: Any, deadline: float | None = None) -> concurrent.futures.Future:
+        """Queue one request; the future resolves to its result. Raises QueueFull / BatcherClosed."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        now = self._clock()
+        with self._cv:
+            if self._closed:
+                raise BatcherClosed(f"batcher {self.name!r} is shut down and takes no new requests: "
+                                    "retry on another replica")
+            if deadline is not None and deadline <= now:
+                self._expired += 1
+                fut.set_exception(DeadlineExceeded(
+                    f"request to {self.name!r} arrived after its deadline; give it more time"))
+                return fut
+            depth = len(self._queue)
+            if depth >= self.cfg.max_queue:
+                self._rejected += 1
+                retry = self._retry_after_locked(depth)
+                raise QueueFull(f"request queue of {self.name!r} is full ({depth} waiting): retry after "
+                                f"{retry:.3f}s", retry)
+            self._queue.append(_Item(payload, fut, now, deadline))
+            self._requests += 1
+            n = depth + 1
+            # Wake the worker only when its decision can change: first request, full, or a preferred size.
+            if n == 1 or n == self.cfg.max_batch_size or n in self.cfg.preferred_batch_sizes:
+                self._cv.notify()
+        return fut
+
+    async def submit_async(self, payload: Any, deadline: float | None = None) -> Any:
+        """Queue one request and await its result (QueueFull is raised at once, not awaited)."""
+        return await asyncio.wrap_future(self.submit(payload, deadline))
+
+    def _retry_after_locked(self, depth: int) -> float:
+        """Seconds until a queue of ``depth`` should have drained: batches needed x recent batch time."""
+        batch_s = self._batch_s_ewma if self._batch_s_ewma is not None else self.cfg.max_latency_ms / 1000.0
+        batches = math.ceil(depth / self.cfg.max_batch_size)
+        return max(0.001, batches * batch_s + self.cfg.max_latency_ms / 1000.0)
+
+    # ------------------------------------------------------------------ worker
+    def _take_locked(self) -> tuple[list[_Item], list[_Item], str] | None:
+        """Block until a batch is due; return (live items, expired items, reason), or None to stop."""
+        while True:
+            if self._closed and (not self._drain or not self._queue):
+                return None
+            if not self._queue:
+                self._cv.wait()
+                continue
+            now = self._clock()
+            # Draining: nothing more will arrive, so do not wait for the batch to fill.
+            wait = math.inf if self._closed else now - self._queue[0].enqueued_at
+            d = decide(self.cfg, len(self._queue), wait)
+            if isinstance(d, tuple):
+                n, reason = d
+                live: list[_Item] = []
+                expired: list[_Item] = []
+                while self._queue and len(live) < n:
+                    item = self._queue.popleft()
+                    (expired if item.deadline is not None and item.deadline <= now else live).append(item)
+                self._fired[reason] += 1
+                self._expired += len(expired)
+                self._in_flight = len(live)
+                return live, expired, reason
+            self._cv.wait(timeout=d)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                taken = self._take_locked()
+            if taken is None:
+                return
+            live, expired, _reason = taken
+            for item in expired:
+                _settle(item.future, DeadlineExceeded(
+                    f"request to {self.name!r} waited past its deadline before its batch ran; "
+                    "give it more time or reduce load"))
+            live = [item for item in live if item.future.set_running_or_notify_cancel()]
+            if live:
+                self._run(live)
+            with self._cv:
+                self._in_flight = 0
+
+    def _run(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            results = list(self._run_batch([item.payload for item in items]))
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch of {self.name!r} returned {len(results)} results for a batch of "
+                                   f"{len(items)}: it must return exactly one result per payload, in order")
+        except BaseException as exc:  # the worker must survive any failure of the model
+            for item in items:
+                item.future.set_exception(exc)
+            ok = False
+        else:
+            for item, result in zip(items, results):
+                item.future.set_result(result)
+            ok = True
+        elapsed = time.perf_counter() - started
+        with self._cv:
+            self._batches += 1
+            self._sizes[len(items)] = self._sizes.get(len(items), 0) + 1
+            self._failed_batches += 0 if ok else 1
+            prev = self._batch_s_ewma
+            self._batch_s_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
+
+    # ------------------------------------------------------------------ inspection and shutdown
+    def stats(self) -> dict:
+        """Counters for metrics: why batches fired, batch-size histogram, queue depth (consistent snapshot).
+
+        ``fired`` counts decisions; ``batches``/``batch_sizes`` count calls of run_batch (requests whose
+        deadline passed are dropped from a batch before it runs).
+        """
+        with self._cv:
+            return {"fired": dict(self._fired), "batch_sizes": dict(sorted(self._sizes.items())),
+                    "queue_depth": len(self._queue), "in_flight": self._in_flight, "batches": self._batches,
+                    "requests": self._requests, "rejected": self._rejected, "expired": self._expired,
+                    "failed_batches": self._failed_batches, "recent_batch_s": self._batch_s_ewma,
+                    "closed": self._closed}
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop taking requests. ``drain``: finish queued work first; else fail queued futures at once.
+
+        Whatever is still queued after ``timeout`` seconds fails with BatcherClosed, so no caller hangs.
+        """
+        dropped: list[_Item] = []
+        with self._cv:
+            self._closed = True
+            self._drain = self._drain and drain
+            if not self._drain:
+                dropped.extend(self._queue)
+                self._queue.clear()
+            self._cv.notify_all()
+        self._fail(dropped, "shut down without draining")
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+        with self._cv:
+            leftover = list(self._queue)
+            self._queue.clear()
+        self._fail(leftover, f"did not drain within {timeout}s")
+
+    def _fail(self, items: list[_Item], why: str) -> None:
+        for item in items:
+            _settle(item.future, BatcherClosed(
+                f"batcher {self.name!r} {why} before this request ran: retry it on another replica"))
+
+
+def _settle(future: concurrent.futures.Future, exc: BaseException) -> None:
+    """Fail a future unless its caller already cancelled it (a cancelled future cannot take a result)."""
+    try:
+        future.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
