@@ -76,6 +76,9 @@ def _add_groups() -> None:
     from loopstack.training.cli import mount as mount_training
     mount_training(app)  # dataset, runs
     from loopstack.registry.cli import models_app
+    from loopstack.serving.cli import serve, traffic
+    models_app.command("traffic")(traffic)   # models traffic NAME --canary-percent ...
+    app.command("serve")(serve)              # the model server (box 7)
     app.add_typer(models_app, name="models", help="Box 5: model registry (versions, rollout, rollback).")
     features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
     app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream

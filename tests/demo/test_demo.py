@@ -22,6 +22,9 @@ def test_demo_frame_is_point_in_time_correct(tmp_path):
     assert "values compared: 0 mismatches" in text and "parity" in text
     assert "label became final less than label_delay" in text  # the label delay dropped late labels
     assert "models:/spam/1: gate passed" in text and "candidate: 1" in text
+    assert "what the router did" in text and "production → v1: 300" in text   # served over HTTP
+    assert "canary → v2" in text and "0 users saw more than one variant (sticky)" in text
+    assert "300 shadow copies" in text
     comments = generate_comments()
     assert len(frame) == 8
     for _, row in frame.iterrows():

@@ -1,8 +1,9 @@
 """`loopstack demo`: the spam-classifier lifecycle, as far as it exists, on embedded defaults.
 
-Today: ingest a comment stream (bad records dead-lettered), apply definitions, build a
-point-in-time training frame that never counts later spam, stream the topic into the online store,
-read online features, and run the offline/online parity check.
+Ingest a comment stream (bad records dead-lettered), apply definitions, build a point-in-time
+training frame that never counts later spam, stream the topic into the online store, read online
+features, run the offline/online parity check, train/register/gate a model, then serve it over HTTP
+on loopback with a challenger in shadow and then in canary.
 """
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
                   "author's all-time spam count a naive join would feed into training.[/]")
     _online_part(project, df, console)
     from loopstack.demo.training_part import run_training
-    run_training(project, df, console)
+    trained = run_training(project, df, console)
+    from loopstack.demo.serving_part import run_serving
+    run_serving(project, df, console, trained)
     project.close()
     return frame
 

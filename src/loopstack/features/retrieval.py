@@ -243,15 +243,13 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
         cols = {c: result[c].to_pylist() for c in table.column_names}
         for ref, name in out_names.items():
             cols[ref] = cols[name] = result[name].to_pylist()
+        odfvs = [on_demand[name] for name in odfv_wanted]
+        keys = list(cols)
+        computed = [compute_on_demand(odfvs, {k: cols[k][i] for k in keys}, f" on row {i}")
+                    for i in range(result.num_rows)]
         for name in odfv_wanted:
             odfv = on_demand[name]
-            keys = list(cols)
-            values = []
-            for i in range(result.num_rows):
-                try:
-                    values.append(odfv.compute({k: cols[k][i] for k in keys}))
-                except Exception as exc:  # noqa: BLE001 - user code; say where it failed
-                    raise RetrievalError(f"on-demand feature {name!r} failed on row {i}: {exc!r}") from exc
+            values = [c[name] for c in computed]
             try:
                 arr = pa.array(values, type=_ARROW[odfv.dtype])
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -265,6 +263,19 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
     if output == "arrow":
         return result
     return _to_pandas(result, entity_df if isinstance(entity_df, pd.DataFrame) else None, timestamp_column, index)
+
+
+def compute_on_demand(odfvs: list[OnDemandFeature], row: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """On-demand values for one row, in order; each sees the row (request columns, features by reference
+    and by output name) plus the ones computed before it. Offline retrieval and online serving both call
+    this, so the two cannot compute a request-time feature differently."""
+    out: dict[str, Any] = {}
+    for odfv in odfvs:
+        try:
+            row[odfv.name] = out[odfv.name] = odfv.compute(row)
+        except Exception as exc:  # noqa: BLE001 - user code; say where it failed
+            raise RetrievalError(f"on-demand feature {odfv.name!r} failed{where}: {exc!r}") from exc
+    return out
 
 
 def _to_pandas(result: pa.Table, original: pd.DataFrame | None, ts_name: str, index) -> pd.DataFrame:

@@ -51,9 +51,15 @@ def _v3(conn: Connection) -> None:
     migrate_v3(conn)
 
 
+def _v4(conn: Connection) -> None:
+    from loopstack.serving.policy_store import migrate_v4
+    migrate_v4(conn)
+
+
 # version n is reached by running MIGRATIONS[n-1]; append new steps, never edit old ones.
-# Each box owns its tables (training/schema.py, registry/schema.py); this list only orders them.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+# Each box owns its tables (training/schema.py, registry/schema.py, serving/policy_store.py);
+# this list only orders them.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

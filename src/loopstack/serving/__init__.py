@@ -9,3 +9,7 @@ from loopstack.serving.router import Assignment, TrafficPolicy, policy_from_stat
 __all__ = ["Assignment", "BatchConfig", "BatcherClosed", "CircuitBreaker", "DeadlineExceeded", "DynamicBatcher",
            "NoRoute", "QueueFull", "ResultCache", "Rung", "ServingConfigError", "ServingError", "TrafficPolicy",
            "cache_key", "decide", "plan_rungs", "policy_from_states", "route", "validate_settings"]
+from loopstack.serving.config import ModelSpec, ServingConfig  # noqa: E402 - appended by the app helper
+from loopstack.serving.policy_store import PolicyStore  # noqa: E402
+
+__all__ += ["ModelSpec", "PolicyStore", "ServingConfig"]

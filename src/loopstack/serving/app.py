@@ -1,0 +1,269 @@
+"""The model server (FastAPI on uvicorn): predictions over HTTP for the models of one project.
+
+Endpoints (docs/serving.md has examples): ``POST /v1/models/{name}:predict``,
+``POST /v1/models/{name}:predict_batch``, ``GET /v1/models``, ``GET /v1/models/{name}``,
+``GET /metrics`` (Prometheus), ``GET /healthz``, ``GET /readyz``, ``/openapi.json``, ``/docs``.
+Bad input is always a 4xx whose body names what was wrong; 429 carries ``Retry-After``. Every
+response carries ``x-request-id`` and every request is one JSON line on the ``loopstack.access``
+logger. Shutdown (SIGTERM / Ctrl-C): uvicorn stops accepting and finishes in-flight requests, then
+shadow copies finish, every batcher drains, workers stop, and the prediction log is flushed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loopstack.serving.batcher import BatcherClosed, QueueFull
+from loopstack.serving.config import ServingConfig
+from loopstack.serving.errors import NoRoute, ServingError
+from loopstack.serving.metrics import ServingMetrics
+from loopstack.serving.models import ModelFleet, UnknownModel
+from loopstack.serving.predict import DeadlineError, NotReady, PredictService, Unavailable
+from loopstack.serving.predict import Request as PredictInput
+from loopstack.serving.prediction_log import PredictionLog
+from loopstack.serving.schemas import (ErrorResponse, HealthResponse, ModelsResponse, ModelStatus,
+                                       PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse,
+                                       ReadyResponse)
+from loopstack.serving.vector import FeatureUnavailable, InputError
+
+if TYPE_CHECKING:
+    from loopstack.project import Project
+
+ACCESS_LOG = logging.getLogger("loopstack.access")
+log = logging.getLogger("loopstack.serving")
+_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# (error class, HTTP status, code); first match wins
+_ERRORS: list[tuple[type, int, str]] = [
+    (UnknownModel, 404, "unknown_model"), (InputError, 422, "invalid_input"), (QueueFull, 429, "overloaded"),
+    (DeadlineError, 504, "deadline_exceeded"), (NotReady, 503, "not_ready"), (NoRoute, 503, "not_ready"),
+    (FeatureUnavailable, 503, "unavailable"), (Unavailable, 503, "unavailable"), (BatcherClosed, 503, "unavailable"),
+    (ServingError, 503, "unavailable")]
+
+
+def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def _error(request: Request, status: int, code: str, detail: str, headers: dict | None = None,
+           **extra: Any) -> Response:
+    st = request.scope.setdefault("state", {})
+    st["error"] = code
+    body = {"error": code, "detail": detail, "request_id": st.get("request_id"),
+            **{k: v for k, v in extra.items() if v is not None}}
+    return _json(body, status, headers)
+
+
+class _AccessMiddleware:
+    """Request id in and out, HTTP metrics, and one JSON access-log line per request."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        st = scope.setdefault("state", {})
+        st["request_id"] = rid if _RID.match(rid) else uuid.uuid4().hex
+        status = 500
+
+        async def send_with_id(msg: dict) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", st["request_id"].encode())]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            dt = time.perf_counter() - t0
+            path = scope["path"]
+            route = path.rsplit(":", 1)[-1] if path.startswith("/v1/models/") and ":" in path else path
+            route = route if route in ("predict", "predict_batch", "/metrics", "/healthz", "/readyz") else "other"
+            self.metrics.http.labels(route, str(status)).inc()
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": st["request_id"],
+                       "method": scope["method"], "path": path, "status": status, "duration_ms": round(dt * 1000, 3)}
+                for k in ("model", "version", "variant", "rung", "instances", "error"):
+                    if k in st:
+                        rec[k] = st[k]
+                ACCESS_LOG.info(orjson.dumps(rec).decode())
+
+
+def _uid(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
+    """The model server for `project`; models load in the background once the app starts (see /readyz)."""
+    metrics = ServingMetrics()
+    fleet = ModelFleet(project, cfg, metrics)
+    service = PredictService(fleet, cfg, metrics)
+    started = time.monotonic()
+    spill = project.path("data/predictions.spill.jsonl")
+
+    def state() -> dict:
+        out: dict[str, Any] = {"versions": [], "cache": service.cache.stats() if service.cache else None,
+                               "prediction_log": service.plog.stats() if service.plog else None}
+        for h in fleet.handles.values():
+            snap = h.snapshot
+            out["versions"] += [{**lv.stats(), "roles": snap.roles(v)} for v, lv in snap.versions.items()]
+        return out
+
+    metrics.attach(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if cfg.log_predictions:
+            service.plog = PredictionLog(project.log, max_queue=cfg.log_queue, spill_path=spill)
+        fleet.start()
+        yield
+        await service.drain(cfg.drain_timeout_s)
+        await asyncio.to_thread(fleet.close)
+        if service.plog is not None:
+            await asyncio.to_thread(service.plog.close)
+
+    app = FastAPI(title="loopstack model server", version="1", lifespan=lifespan,
+                  description="Predictions from registered models: online features, dynamic batching, "
+                              "shadow/canary/experiment/holdback routing, degradation ladder.")
+    app.state.fleet, app.state.service, app.state.metrics = fleet, service, metrics
+    app.add_middleware(_AccessMiddleware, metrics=metrics)
+    errs = {c: {"model": ErrorResponse} for c in (400, 404, 422, 429, 503, 504)}
+
+    def _model_label(request: Request) -> str:
+        """The model label of error metrics: a served model, else "other" (no label per unknown name)."""
+        name = request.scope.get("state", {}).get("model", "")
+        return name if name in fleet.handles else "other"
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return _error(request, 400, "invalid_json", "the body is not valid JSON: " + "; ".join(
+                f"{e['msg']} at {'.'.join(e['loc'][1:]) or 'start'}" for e in errors if e["type"] == "json_invalid"))
+        text = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        if "json" not in request.headers.get("content-type", ""):
+            text += " (send the body as JSON with the header content-type: application/json)"
+        return _error(request, 422, "invalid_request", f"malformed request: {text}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "invalid_request"
+        return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ServingError)
+    async def _serving(request: Request, exc: ServingError) -> Response:
+        status, code = next((s, c) for cls, s, c in _ERRORS if isinstance(exc, cls))
+        metrics.errors.labels(_model_label(request), code).inc()
+        headers = None
+        if isinstance(exc, QueueFull):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        elif status == 503:
+            headers = {"Retry-After": "1"}
+        return _error(request, status, code, str(exc), headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error (request %s)", request.scope.get("state", {}).get("request_id"))
+        metrics.errors.labels(_model_label(request), "internal").inc()
+        return _error(request, 500, "internal", f"{type(exc).__name__}: {exc}")
+
+    @app.post("/v1/models/{name}:predict", response_model=PredictResponse, responses=errs,
+              summary="Predict one instance")
+    async def predict(name: str, body: PredictRequest, request: Request) -> Response:
+        """Fetch online features for `entities`, compute on-demand features from `fields`, assemble the
+        model's vector, route (canary/experiment/holdback by `user_id`), predict through the ladder."""
+        st = request.scope["state"]
+        st["model"] = name
+        t0 = time.monotonic()
+        inp = PredictInput(dict(body.entities), dict(body.fields), _uid(body.user_id), st["request_id"])
+        ans = (await service.predict(name, [inp], body.deadline_ms))[0]
+        st.update(version=ans.version, variant=ans.variant, rung=ans.rung)
+        return _json({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
+                      "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    @app.post("/v1/models/{name}:predict_batch", response_model=PredictBatchResponse, responses=errs,
+              summary="Predict several instances")
+    async def predict_batch(name: str, body: PredictBatchRequest, request: Request) -> Response:
+        """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
+        else); any failing instance fails the request, naming the instance."""
+        st = request.scope["state"]
+        st["model"], st["instances"] = name, len(body.instances)
+        fleet.get(name)
+        if len(body.instances) > cfg.max_instances:
+            raise InputError(f"{len(body.instances)} instances in one request; the limit is {cfg.max_instances}: "
+                             "split the request")
+        t0 = time.monotonic()
+        rid = st["request_id"]
+        inputs = [PredictInput(dict(i.entities), dict(i.fields), _uid(i.user_id if i.user_id is not None
+                                                                       else body.user_id), f"{rid}:{n}")
+                  for n, i in enumerate(body.instances)]
+        answers = await service.predict(name, inputs, body.deadline_ms)
+        items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
+                  "request_id": a.request_id, "cached": a.cached} for a in answers]
+        return _json({"model": name, "predictions": items, "request_id": rid,
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    def status(name: str) -> dict:
+        h = fleet.get(name)
+        snap = h.snapshot
+        p = snap.policy
+        policy = None if p is None else {
+            "production": p.production, "shadow": p.shadow, "shadow_sample": p.shadow_sample, "canary": p.canary,
+            "canary_percent": p.canary_percent, "experiment": dict(p.variants),
+            "experiment_weights": dict(p.experiment_weights), "experiment_percent": p.experiment_percent,
+            "holdback": p.holdback, "holdback_percent": p.holdback_percent, "fallback": p.fallback,
+            "baseline": p.baseline}
+        versions = [{"version": v, "roles": snap.roles(v), "breaker": lv.breaker.snapshot()["state"],
+                     "runtime": lv.runtime.stats(), "queue_depth": lv.batcher.stats()["queue_depth"]}
+                    for v, lv in sorted(snap.versions.items())]
+        return {"name": name, "alias": h.spec.alias, "ready": h.ready, "policy": policy, "versions": versions,
+                "refused": {str(k): v for k, v in h.refused.items()}, "notes": list(snap.notes), "error": h.error}
+
+    @app.get("/v1/models", response_model=ModelsResponse, summary="Served models and their traffic policy")
+    async def list_models() -> Response:
+        return _json({"models": [status(n) for n in sorted(fleet.handles)]})
+
+    @app.get("/v1/models/{name}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}},
+             summary="One model: policy, loaded versions, breakers, refused versions")
+    async def show_model(name: str) -> Response:
+        return _json(status(name))
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> Response:
+        """200 while the process serves HTTP (liveness)."""
+        return _json({"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3)})
+
+    @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    async def readyz() -> Response:
+        """200 when every configured model has a loaded version that can answer; 503 otherwise."""
+        models = {n: {"ready": h.ready, "versions": sorted(h.snapshot.versions), "error": h.error}
+                  for n, h in fleet.handles.items()}
+        ready = all(m["ready"] for m in models.values())
+        return _json({"ready": ready, "models": models}, 200 if ready else 503)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics_endpoint() -> Response:
+        """Prometheus text format (see docs/serving.md for every series)."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app

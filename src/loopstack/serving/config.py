@@ -1,0 +1,84 @@
+"""Settings of a model server (`loopstack serve` flags): which models, runtime, batching, ladder budgets,
+breaker, cache, prediction log. Validated on construction; errors name the key, value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from loopstack.serving.batcher import BatchConfig
+from loopstack.serving.errors import ServingConfigError
+
+RUNTIMES = ("thread", "process")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: registry name and the alias its production version is read from."""
+    name: str
+    alias: str = "production"
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """`spam` or `spam@champion` (also accepts `models:/spam@champion`)."""
+        t = text.strip().removeprefix("models:/")
+        name, _, alias = t.partition("@")
+        if not name or "/" in name:
+            raise ServingConfigError(f"--model {text!r}: give a registered model name, optionally with an alias, "
+                                     "e.g. spam or spam@production")
+        return cls(name, alias or "production")
+
+
+def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ServingConfigError(f"serving setting {key}={value!r} is not allowed: use a number "
+                                 f"{'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything a model server is configured with (defaults are the documented ones)."""
+    models: tuple[ModelSpec, ...] = ()
+    runtime: str = "thread"                  # thread: in-process; process: a supervised worker process per version
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    poll_interval_s: float = 1.0             # registry generation + traffic settings, per model
+    default_deadline_ms: float = 2000.0      # a request without deadline_ms gets this much time
+    model_budget_ms: float = 1000.0          # the model rung's share of the deadline
+    fallback_budget_ms: float = 500.0        # the fallback rung's
+    breaker: dict = field(default_factory=lambda: {"window_s": 10.0, "min_requests": 20, "max_error_rate": 0.5,
+                                                   "open_s": 5.0, "half_open_probes": 3})
+    cache_entries: int = 10_000              # 0: no result cache
+    cache_ttl_s: float = 60.0
+    feature_sample: float = 0.01             # share of predictions logged with their full feature vector
+    disagreement: float = 0.1                # |shadow - production| above this is a disagreement (logged in full)
+    log_predictions: bool = True
+    log_queue: int = 10_000                  # prediction-log records waiting for the writer, at most
+    max_instances: int = 1000                # per :predict_batch request
+    batch_timeout_s: float = 30.0            # process runtime: a batch running longer means a hung worker
+    load_timeout_s: float = 120.0            # process runtime: worker start + model load
+    drain_timeout_s: float = 10.0            # hot swap / shutdown: wait this long for in-flight requests
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ServingConfigError(f"serving setting runtime={self.runtime!r} is not allowed: use one of "
+                                     f"{', '.join(RUNTIMES)}")
+        for key in ("poll_interval_s", "default_deadline_ms", "model_budget_ms", "fallback_budget_ms",
+                    "cache_ttl_s", "batch_timeout_s", "load_timeout_s"):
+            _positive(key, getattr(self, key))
+        for key in ("disagreement", "drain_timeout_s"):
+            _positive(key, getattr(self, key), allow_zero=True)
+        if not 0 <= self.feature_sample <= 1:
+            raise ServingConfigError(f"serving setting feature_sample={self.feature_sample!r} is not allowed: "
+                                     "use a fraction from 0 to 1")
+        for key in ("cache_entries", "log_queue", "max_instances"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "cache_entries" else 1):
+                raise ServingConfigError(f"serving setting {key}={v!r} is not allowed: use an integer "
+                                         f"{'>= 0' if key == 'cache_entries' else '>= 1'}")
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ServingConfigError(f"model(s) {dup} given more than once: serve each model once")

@@ -1,0 +1,318 @@
+"""The response path of one prediction: route, assemble the vector, walk the degradation ladder,
+answer; then log it and send the shadow copy in the background.
+
+Ladder (per request): the routed version ("model" rung) -> the policy's fallback version
+("fallback") -> the static baseline ("baseline"). A rung is skipped while its version's circuit
+breaker is open. Each rung gets ``min(its budget, time left before the deadline)``; a rung that
+fails or runs out of budget hands over to the next. The baseline needs no time, so it answers even
+when the deadline is spent; without a baseline a request whose deadline passed gets 504. A full
+queue on the model rung answers 429 (load is shed, not moved onto the fallback).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from loopstack.serving.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from loopstack.serving.cache import ResultCache, cache_key
+from loopstack.serving.config import ServingConfig
+from loopstack.serving.errors import ServingError
+from loopstack.serving.ladder import Rung, plan_rungs
+from loopstack.serving.models import LoadedVersion, ModelFleet, ModelHandle, Snapshot
+from loopstack.serving.prediction_log import sampled
+from loopstack.serving.router import Assignment, route
+
+log = logging.getLogger("loopstack.serving")
+
+
+class NotReady(ServingError):
+    """The model has no loaded version that can answer yet (HTTP 503)."""
+
+
+class Unavailable(ServingError):
+    """Every rung of the ladder failed (HTTP 503)."""
+
+
+class DeadlineError(ServingError):
+    """The request's deadline passed before any rung answered and there is no baseline (HTTP 504)."""
+
+
+@dataclass
+class Answer:
+    prediction: Any
+    version: int | None
+    variant: str
+    rung: str
+    request_id: str
+    cached: bool = False
+    vector: list | None = None
+    assignment: Assignment | None = None
+    failures: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Request:
+    entities: dict
+    fields: dict
+    user_id: str | None
+    request_id: str
+
+
+class PredictService:
+    """Answers predictions for the models of a fleet (see module docstring)."""
+
+    def __init__(self, fleet: ModelFleet, cfg: ServingConfig, metrics: Any, plog: Any = None) -> None:
+        self.fleet, self.cfg, self.metrics, self.plog = fleet, cfg, metrics, plog
+        self.cache = ResultCache(cfg.cache_entries, cfg.cache_ttl_s) if cfg.cache_entries else None
+        self.background: set[asyncio.Task] = set()
+
+    # -- entry point -------------------------------------------------------------------------
+    async def predict(self, name: str, requests: Sequence[Request], deadline_ms: float | None) -> list[Answer]:
+        """Answers for `requests` (one model); raises a ServingError subclass for the HTTP error."""
+        handle = self.fleet.get(name)
+        t0 = time.monotonic()
+        deadline = t0 + (deadline_ms or self.cfg.default_deadline_ms) / 1000
+        held: list[LoadedVersion] = []
+        try:
+            snap, routed = self._route(handle, requests, held)
+            vectors = self._vectors(snap, routed, requests)
+            answers = await asyncio.gather(*(self._ladder(handle, snap, a, lv, vec, r, deadline, held)
+                                             for r, (a, lv), vec in zip(requests, routed, vectors)),
+                                           return_exceptions=True)
+        finally:
+            for lv in held:
+                lv.release()
+        latency = time.monotonic() - t0
+        for r, ans in zip(requests, answers):
+            rec = self._record(name, r, ans, latency)
+            if rec is not None and self.plog is not None:
+                await self.plog.put_async(rec)
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        if errors:
+            raise errors[0]
+        for r, ans in zip(requests, answers):
+            if ans.assignment is not None and ans.assignment.shadow_version is not None and ans.rung == "model":
+                self._spawn(self._shadow(handle, snap, r, ans))
+        return answers  # type: ignore[return-value]
+
+    def _route(self, handle: ModelHandle, requests: Sequence[Request], held: list[LoadedVersion]
+               ) -> tuple[Snapshot, list[tuple[Assignment, LoadedVersion]]]:
+        for _ in range(5):    # a hot swap retiring a version between reading the snapshot and acquiring it
+            snap = handle.snapshot
+            if snap.policy is None or not snap.versions:
+                raise NotReady(f"model {handle.name!r} has no loaded version yet"
+                               + (f" ({handle.error})" if handle.error else "") + "; retry shortly (see /readyz)")
+            routed = []
+            for r in requests:
+                a = route(snap.policy, r.user_id, r.request_id)
+                if a.version not in snap.versions:
+                    raise NotReady(f"model {handle.name!r} version {a.version} is not loaded; retry shortly")
+                routed.append((a, snap.versions[a.version]))
+            got = []
+            for lv in {id(lv): lv for _, lv in routed}.values():
+                if not lv.acquire():
+                    break
+                got.append(lv)
+            else:
+                held.extend(got)
+                return snap, routed
+            for lv in got:
+                lv.release()
+            time.sleep(0.001)
+        raise NotReady(f"model {handle.name!r} is switching versions; retry")
+
+    def _vectors(self, snap: Snapshot, routed: list, requests: Sequence[Request]) -> list[list]:
+        by_version: dict[int, list[int]] = {}
+        for i, (a, _) in enumerate(routed):
+            by_version.setdefault(a.version, []).append(i)
+        out: list[list] = [[] for _ in requests]
+        many = len(requests) > 1
+        for v, idxs in by_version.items():
+            builder = snap.versions[v].builder
+            vecs = builder.build(self.fleet.project.online, [(requests[i].entities, requests[i].fields) for i in idxs],
+                                 [f"instance {i}: " if many else "" for i in idxs])
+            for i, vec in zip(idxs, vecs):
+                out[i] = vec
+        return out
+
+    # -- the ladder --------------------------------------------------------------------------
+    async def _ladder(self, handle: ModelHandle, snap: Snapshot, a: Assignment, lv: LoadedVersion, vec: list,
+                      req: Request, deadline: float, held: list[LoadedVersion]) -> Answer:
+        policy, rid = snap.policy, req.request_id
+        fb = snap.versions.get(policy.fallback) if policy.fallback not in (None, a.version) else None
+        rungs = [Rung("model", self.cfg.model_budget_ms / 1000)]
+        if fb is not None:
+            rungs.append(Rung("fallback", self.cfg.fallback_budget_ms / 1000))
+        if policy.baseline is not None:
+            rungs.append(Rung("baseline", 0.0))
+        breakers = {"model": lv.breaker, **({"fallback": fb.breaker} if fb is not None else {})}
+        failures: list[str] = []
+        expired = False
+        for rung in plan_rungs(rungs, breakers):
+            if rung.name == "baseline":
+                return Answer(policy.baseline, None, a.variant, "baseline", rid, vector=vec, assignment=a,
+                              failures=failures, columns=lv.builder.columns)
+            target = lv if rung.name == "model" else fb
+            last = rung is rungs[-1]
+            left = deadline - time.monotonic()
+            if left <= 0:      # only the baseline (no time needed) can still answer
+                expired = True
+                continue
+            if not target.breaker.allow() and not last:
+                failures.append(f"{rung.name} (v{target.version}): circuit breaker open")
+                self.metrics.rung_failures.labels(handle.name, str(target.version), rung.name, "breaker_open").inc()
+                continue
+            vec_r = vec
+            if target is fb:
+                if not fb.acquire():
+                    continue
+                held.append(fb)
+                if fb.builder.signature != lv.builder.signature:
+                    try:
+                        vec_r = fb.builder.build(self.fleet.project.online, [(req.entities, req.fields)])[0]
+                    except ServingError as exc:
+                        failures.append(f"fallback (v{fb.version}): {exc}")
+                        continue
+            budget = left if last else min(rung.budget_s, left)
+            try:
+                value, cached = await self._run(handle.name, target, vec_r, budget)
+            except QueueFull:
+                if rung.name == "model":
+                    raise
+                failures.append(f"{rung.name}: queue full")
+                continue
+            except (asyncio.TimeoutError, DeadlineExceeded):
+                failures.append(f"{rung.name} (v{target.version}): no answer within {budget * 1000:.0f} ms")
+                self.metrics.rung_failures.labels(handle.name, str(target.version), rung.name, "timeout").inc()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the next rung answers; the breaker learns
+                failures.append(f"{rung.name} (v{target.version}): {exc}")
+                reason = "closed" if isinstance(exc, BatcherClosed) else "error"
+                self.metrics.rung_failures.labels(handle.name, str(target.version), rung.name, reason).inc()
+                continue
+            return Answer(value, target.version, a.variant, rung.name, rid, cached, vec_r, a, failures,
+                          target.builder.columns)
+        if expired or time.monotonic() >= deadline:
+            err: ServingError = DeadlineError(
+                f"no answer from model {handle.name!r} within the request's deadline "
+                f"({'; '.join(failures) or 'no time left'}); raise deadline_ms or configure a baseline "
+                "(`loopstack models traffic NAME --baseline VALUE`)")
+        else:
+            err = Unavailable(f"model {handle.name!r} could not answer: {'; '.join(failures) or 'no rung left'}")
+        err.answer = Answer(None, a.version, a.variant, "model", rid, vector=vec, assignment=a,  # type: ignore
+                            failures=failures, columns=lv.builder.columns)
+        raise err
+
+    async def _run(self, model: str, lv: LoadedVersion, vec: list, budget: float) -> tuple[Any, bool]:
+        """One rung attempt: the cache, else the batcher; the breaker records the outcome."""
+        key = None
+        if self.cache is not None:
+            key = cache_key(model, lv.version, vec)
+            hit, value = self.cache.get(key)
+            self.metrics.cache.labels(model, "hit" if hit else "miss").inc()
+            if hit:
+                return value, True
+        t = time.monotonic()
+        try:
+            value = await asyncio.wait_for(lv.batcher.submit_async(vec, deadline=t + budget), budget)
+        except (QueueFull, asyncio.CancelledError):   # overload and cancelled callers say nothing about the model
+            raise
+        except BaseException:
+            lv.breaker.record(False, time.monotonic() - t)
+            raise
+        lv.breaker.record(True, time.monotonic() - t)
+        if key is not None:
+            self.cache.put(key, value)
+        return value, False
+
+    # -- after the answer --------------------------------------------------------------------
+    def _record(self, name: str, req: Request, ans: Any, latency: float) -> dict | None:
+        """Metrics for one answer, and its prediction-log record (errors: with the feature vector)."""
+        if isinstance(ans, BaseException):
+            ans = getattr(ans, "answer", None) if isinstance(ans, (Unavailable, DeadlineError)) else None
+            if ans is None:
+                return None
+            status, error = "error", "; ".join(ans.failures)
+        else:
+            status, error = "ok", None
+            self.metrics.requests.labels(name, str(ans.version), ans.variant, ans.rung, "ok").inc()
+            self.metrics.latency.labels(name, ans.variant).observe(latency)
+            self.metrics.rungs.labels(name, ans.rung).inc()
+        a = ans.assignment
+        rec = {"kind": "prediction", "request_id": ans.request_id, "ts": int(time.time() * 1e6), "model": name,
+               "version": ans.version, "variant": ans.variant, "rung": ans.rung, "status": status,
+               "latency_ms": round(latency * 1000, 3), "output": ans.prediction,
+               "user_id": None if req.user_id is None else str(req.user_id), "bucket": a.bucket if a else None,
+               "shadow_version": a.shadow_version if a else None, "cached": ans.cached}
+        if ans.failures:
+            rec["failures"] = ans.failures
+        if error is not None:
+            rec["error"] = error
+        if error is not None or ans.rung != "model" or sampled(ans.request_id, self.cfg.feature_sample):
+            rec["features"] = dict(zip(ans.columns, ans.vector or []))
+        return rec
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shadow request failed: %r", task.exception())
+
+    async def _shadow(self, handle: ModelHandle, snap: Snapshot, req: Request, ans: Answer) -> None:
+        """Send the request to the shadow version after the user got the answer; log both outputs."""
+        version = ans.assignment.shadow_version
+        sv = snap.versions.get(version)
+        if sv is None or not sv.acquire():
+            self.metrics.shadow.labels(handle.name, str(version), "dropped").inc()
+            return
+        t = time.monotonic()
+        error = None
+        value: Any = None
+        try:
+            vec = ans.vector
+            if sv.builder.signature != snap.versions[ans.version].builder.signature:
+                vec = sv.builder.build(self.fleet.project.online, [(req.entities, req.fields)])[0]
+            budget = self.cfg.model_budget_ms / 1000
+            value = await asyncio.wait_for(sv.batcher.submit_async(vec, deadline=t + budget), budget)
+        except QueueFull:
+            self.metrics.shadow.labels(handle.name, str(version), "dropped").inc()
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing shadow never affects users; it is logged
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            sv.release()
+        disagree = error is None and _disagree(ans.prediction, value, self.cfg.disagreement)
+        outcome = "error" if error else "disagree" if disagree else "ok"
+        self.metrics.shadow.labels(handle.name, str(version), outcome).inc()
+        if self.plog is None:
+            return
+        rec = {"kind": "shadow", "request_id": ans.request_id, "ts": int(time.time() * 1e6), "model": handle.name,
+               "version": version, "variant": "shadow", "rung": "model", "status": "error" if error else "ok",
+               "latency_ms": round((time.monotonic() - t) * 1000, 3), "output": value,
+               "production_version": ans.version, "production_output": ans.prediction, "disagree": disagree,
+               "user_id": None if req.user_id is None else str(req.user_id)}
+        if error is not None:
+            rec["error"] = error
+        if error is not None or disagree:
+            rec["features"] = dict(zip(sv.builder.columns, vec if error is None or vec else []))
+        await self.plog.put_async(rec)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for shadow copies still running (graceful shutdown)."""
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=timeout)
+
+
+def _disagree(a: Any, b: Any, tol: float) -> bool:
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(float(a) - float(b)) > tol
+    return a != b

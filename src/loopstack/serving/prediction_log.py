@@ -1,0 +1,172 @@
+"""The prediction log: every prediction's metadata (and a sample of full feature vectors) appended to
+the event-log topic ``predictions`` by a background writer, so the response path only enqueues a dict.
+
+Records are accepted into a bounded queue. When it is full the producer blocks (up to
+`block_timeout_s`, counted in ``blocked``) rather than dropping; only if the writer cannot keep up
+for that long is a record refused (counted in ``dropped``, logged). Accepted records are never lost:
+the writer retries a failing append with backoff, and `close` flushes everything; what still cannot
+be appended at close is written to a JSON-lines spill file next to the project data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from loopstack.features.definitions import Field
+from loopstack.log.base import TopicConfig
+
+log = logging.getLogger("loopstack.serving")
+TOPIC = "predictions"
+SCHEMA = (Field("request_id", "string"), Field("ts", "timestamp"), Field("model", "string"),
+          Field("version", "int64", required=False), Field("variant", "string", required=False),
+          Field("rung", "string", required=False), Field("kind", "string"),
+          Field("latency_ms", "float64", required=False), Field("user_id", "string", required=False))
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Deterministic per request id: the same request is sampled on every replica (blake2b bucket)."""
+    if rate >= 1:
+        return True
+    if rate <= 0:
+        return False
+    from loopstack.experiments.assignment import bucket
+    return bucket(request_id, "predictions:features") < rate * 10_000
+
+
+class PredictionLog:
+    """Bounded queue + one writer thread appending batches to `topic` of `event_log`."""
+
+    def __init__(self, event_log: Any, topic: str = TOPIC, max_queue: int = 10_000, batch_size: int = 500,
+                 flush_interval_s: float = 0.2, block_timeout_s: float = 2.0, spill_path: str | Path | None = None,
+                 partitions: int = 1) -> None:
+        self.log, self.topic = event_log, topic
+        self.batch_size, self.flush_interval_s, self.block_timeout_s = batch_size, flush_interval_s, block_timeout_s
+        self.spill_path = Path(spill_path) if spill_path else None
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.counts = {"accepted": 0, "written": 0, "blocked": 0, "dropped": 0, "append_errors": 0, "spilled": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        event_log.create_topic(TopicConfig(topic, partitions, SCHEMA, key_field="model"))
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    # -- producing ---------------------------------------------------------------------------
+    def put(self, record: dict) -> bool:
+        """Enqueue one record; blocks briefly when the queue is full. False: refused (and counted)."""
+        try:
+            self._q.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self.counts["blocked"] += 1
+            try:
+                self._q.put(record, timeout=self.block_timeout_s)
+            except queue.Full:
+                with self._lock:
+                    self.counts["dropped"] += 1
+                log.error("prediction log queue full for %.1fs: record %s refused", self.block_timeout_s,
+                          record.get("request_id"))
+                return False
+        with self._lock:
+            self.counts["accepted"] += 1
+        return True
+
+    async def put_async(self, record: dict) -> bool:
+        """`put` for the event loop: the fast path inline, the blocking path on a thread."""
+        try:
+            self._q.put_nowait(record)
+        except queue.Full:
+            import asyncio
+            return await asyncio.to_thread(self.put, record)
+        with self._lock:
+            self.counts["accepted"] += 1
+        return True
+
+    def depth(self) -> int:
+        return self._q.qsize()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {**self.counts, "queue_depth": self._q.qsize()}
+
+    # -- writing -----------------------------------------------------------------------------
+    def _take(self) -> list[dict]:
+        batch: list[dict] = []
+        deadline = time.monotonic() + self.flush_interval_s
+        while len(batch) < self.batch_size:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self._q.get(timeout=max(left, 0.0)) if left > 0 else self._q.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _append(self, batch: list[dict], retries: int | None = None) -> bool:
+        backoff, attempt = 0.05, 0
+        while True:
+            try:
+                self.log.append(self.topic, batch)
+                with self._lock:
+                    self.counts["written"] += len(batch)
+                return True
+            except Exception as exc:  # noqa: BLE001 - keep the records, retry
+                attempt += 1
+                with self._lock:
+                    self.counts["append_errors"] += 1
+                log.warning("appending %d prediction records failed (%s: %s); retrying", len(batch),
+                            type(exc).__name__, exc)
+                if (retries is not None and attempt > retries) or (retries is None and self._stop.is_set()):
+                    return False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take()
+            if batch and not self._append(batch):
+                self._spill(batch)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            batch = []
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                return
+            if not self._append(batch, retries=3):
+                self._spill(batch)
+
+    def _spill(self, batch: list[dict]) -> None:
+        if self.spill_path is None:
+            log.error("%d prediction records could not be appended and no spill file is set", len(batch))
+            return
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill_path.open("a") as fh:
+            for rec in batch:
+                fh.write(json.dumps(rec, default=str) + "\n")
+        with self._lock:
+            self.counts["spilled"] += len(batch)
+        log.error("%d prediction records spilled to %s (the event log refused them)", len(batch), self.spill_path)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                pending = self.counts["accepted"] - self.counts["written"] - self.counts["spilled"]
+            if pending <= 0:
+                return
+            time.sleep(0.01)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write every accepted record, then stop the writer."""
+        self._stop.set()
+        self._thread.join(timeout)

@@ -1,0 +1,106 @@
+"""Hot swaps under continuous traffic over real HTTP: moving production fails no request; a version whose
+artifact fails its sha256 check is refused and the old version keeps serving."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.integration.serving_env import ConstantModel, body, config, make_project, metric, register, serving
+
+
+class Traffic:
+    """Client threads sending predictions until stopped (bounded: at most `limit` requests each)."""
+
+    def __init__(self, url: str, threads: int = 3, limit: int = 3000) -> None:
+        self.url, self.limit = url, limit
+        self.results: list[list[tuple[int, int | None]]] = [[] for _ in range(threads)]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            for n in range(self.limit):
+                if self.stop.is_set():
+                    return
+                r = c.post("/v1/models/spam:predict", json=body(author=n % 12, user=f"u{i}-{n % 50}"))
+                self.results[i].append((r.status_code, r.json().get("version")))
+
+    def __enter__(self) -> "Traffic":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def latest(self) -> set:
+        return {r[-1][1] for r in self.results if r}
+
+    @property
+    def all(self) -> list[tuple[int, int | None]]:
+        return [x for r in self.results for x in r]
+
+
+def _wait(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_moving_production_under_traffic_fails_no_request(tmp_path):
+    p = make_project(tmp_path / "proj", n_comments=40)
+    register(p, ConstantModel(0.1))
+    try:
+        with serving(p, config(cache_entries=0)) as srv, Traffic(srv.url) as traffic:
+            _wait(lambda: len(traffic.all) > 30)
+            for v, prob in ((2, 0.2), (3, 0.3)):
+                assert register(p, ConstantModel(prob)) == v   # registered and promoted to production
+                _wait(lambda v=v: traffic.latest() == {v})
+                n = len(traffic.all)
+                _wait(lambda n=n: len(traffic.all) > n + 30)
+            handle = srv.app.state.fleet.handles["spam"]
+            assert sorted(handle.snapshot.versions) == [2, 3]   # v3 answers, v2 is the fallback; v1 retired
+        statuses = [s for s, _ in traffic.all]
+        assert statuses.count(200) == len(statuses), [s for s in statuses if s != 200][:5]
+        assert {v for _, v in traffic.all} == {1, 2, 3}
+        for thread in traffic.results:   # per client, versions only move forward
+            versions = [v for _, v in thread]
+            assert versions == sorted(versions)
+    finally:
+        p.close()
+
+
+@pytest.mark.slow
+def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(tmp_path):
+    p = make_project(tmp_path / "proj", n_comments=40)
+    register(p, ConstantModel(0.1))
+    try:
+        with serving(p, config(cache_entries=0)) as srv, Traffic(srv.url, threads=2) as traffic:
+            mv = p.models.register("spam", ConstantModel(0.2), signature=srv.app.state.fleet.handles["spam"]
+                                   .snapshot.versions[1].builder.signature.to_dict())
+            original = p.artifacts.get_bytes(mv.artifact_path)
+            p.artifacts.put_bytes(mv.artifact_path, original[:-8] + b"tampered")
+            p.models.promote(mv.ref, "production", reason="test", override=True)
+            handle = srv.app.state.fleet.handles["spam"]
+            _wait(lambda: 2 in handle.refused)
+            assert "sha256" in handle.refused[2]
+            n = len(traffic.all)
+            _wait(lambda: len(traffic.all) > n + 40)
+            assert traffic.latest() == {1}
+            status = srv.client.get("/v1/models/spam").json()
+            assert "2" in status["refused"] and status["policy"]["production"] == 1 and status["ready"]
+            assert metric(srv.client.get("/metrics").text, "loopstack_serving_refused_loads_total", version="2") == 1
+            # restoring the artifact and any registry change gives the version another chance
+            p.artifacts.put_bytes(mv.artifact_path, original)
+            p.models.set_alias("spam", "fixed", 2, reason="artifact restored")
+            _wait(lambda: traffic.latest() == {2})
+        assert all(s == 200 for s, _ in traffic.all)
+    finally:
+        p.close()

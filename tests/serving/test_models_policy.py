@@ -1,0 +1,37 @@
+"""Pure parts of the model handles: production history from the audit log, refused versions left out."""
+from __future__ import annotations
+
+from loopstack.serving.models import Snapshot, production_history, without
+from loopstack.serving.router import TrafficPolicy
+
+
+def _t(version, frm, to, action="transition"):
+    return {"action": action, "version": version, "from_state": frm, "to_state": to}
+
+
+def test_production_history_replays_promotions_and_rollbacks():
+    audit = [{"action": "register", "version": 1, "from_state": None, "to_state": "candidate"},
+             _t(1, "candidate", "production"), _t(2, "candidate", "production"), _t(1, "production", "archived",
+                                                                                    "replaced"),
+             _t(3, "candidate", "production"), _t(3, "production", "archived", "rollback"),
+             _t(2, "archived", "production", "rollback")]
+    assert production_history(audit) == [1, 2]
+    assert production_history(audit[:5]) == [1, 2, 3]
+
+
+def test_refused_versions_are_left_out_and_production_keeps_the_old_one():
+    p = TrafficPolicy("spam", production=3, shadow=4, canary=5, experiment={"v6": 6}, holdback=2,
+                      holdback_percent=5, fallback=2)
+    q = without(p, {3, 4, 6}, keep_production=2)
+    assert (q.production, q.shadow, q.canary, q.holdback, dict(q.variants)) == (2, None, 5, 2, {})
+    assert q.versions() == {2, 5} and "refused" in q.notes[-1]
+    assert without(p, set(), 1) is p
+    r = without(TrafficPolicy("spam", production=3, experiment={"v6": 6, "v7": 7}), {7}, 3)
+    assert dict(r.variants) == {"control": 3, "v6": 6}
+
+
+def test_snapshot_roles():
+    p = TrafficPolicy("spam", production=3, shadow=4, experiment={"v4": 4}, fallback=2)
+    snap = Snapshot(p, {}, 1, 1)
+    assert snap.roles(3) == ["production"] and snap.roles(4) == ["shadow", "experiment:v4"]
+    assert snap.roles(2) == ["fallback"] and Snapshot(None, {}, 0, 0).roles(1) == []

@@ -1,0 +1,44 @@
+"""Stored traffic settings: validation, merge/unset, revisions, the migration step."""
+from __future__ import annotations
+
+import pytest
+
+from loopstack.meta.db import MetadataStore
+from loopstack.serving.errors import ServingConfigError
+from loopstack.serving.policy_store import PolicyStore, parse_weights, validate_settings
+
+
+def test_weights_parse_from_the_cli_form():
+    assert parse_weights("control=50, v3=50") == {"control": 50.0, "v3": 50.0}
+    assert parse_weights({"a": 1}) == {"a": 1}
+    with pytest.raises(ServingConfigError, match="variant=weight"):
+        parse_weights("control:50")
+
+
+@pytest.mark.parametrize("settings,words", [
+    ({"canary_percent": 120}, "canary_percent"),
+    ({"shadow_sample": 2}, "shadow_sample"),
+    ({"fallback": 0}, "fallback"),
+    ({"colour": 1}, "unknown traffic setting"),
+    ({"experiment_weights": "a=0,b=0"}, "positive share"),
+    ({"baseline": float("nan")}, "baseline"),
+])
+def test_bad_settings_name_the_key(settings, words):
+    with pytest.raises(ServingConfigError, match=words):
+        validate_settings(settings)
+
+
+def test_update_merges_unsets_and_bumps_the_revision(tmp_path):
+    store = PolicyStore(MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}"))
+    assert store.get("spam") == {} and store.revision("spam") == 0 and store.revisions() == {}
+    assert store.update("spam", {"canary_percent": 10, "baseline": 0.5}) == {"canary_percent": 10.0, "baseline": 0.5}
+    assert store.update("spam", {"experiment_weights": "control=1,v2=3"})["experiment_weights"] == {
+        "control": 1.0, "v2": 3.0}
+    assert store.revision("spam") == 2
+    assert store.update("spam", {"baseline": None}) == {"canary_percent": 10.0,
+                                                        "experiment_weights": {"control": 1.0, "v2": 3.0}}
+    assert store.update("spam", {"shadow_sample": 0.5}, replace=True) == {"shadow_sample": 0.5}
+    assert store.revisions() == {"spam": 4}
+    with pytest.raises(ServingConfigError):
+        store.update("spam", {"canary_percent": -1})
+    assert store.revision("spam") == 4   # a refused change changes nothing
