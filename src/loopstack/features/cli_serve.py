@@ -66,7 +66,7 @@ def serve(project: Path = ProjectOpt,
     if workers == 1:
         p = Project(project)   # fails here, before binding, if the project or its views are broken
         try:
-            uvicorn.run(create_app(p, reload_interval=reload_interval), **common)
+            uvicorn.run(create_app(p, reload_interval=reload_interval, server_gc=True), **common)
         finally:
             p.close()
         return

@@ -15,6 +15,7 @@ def us_to_iso(us: int | None) -> str | None:
     return None if us is None else (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=4096)   # clients often repeat one as_of
 def iso_to_us(text: str) -> int:
     """ISO 8601 text (no offset = UTC) as µs since the epoch; ValueError names the format wanted."""
     try:
@@ -72,6 +73,45 @@ class GetOnlineFeaturesRequest(BaseModel):
     def as_of_us(self) -> int | None:
         """`as_of` as µs since the epoch (UTC), or None for now."""
         return None if self.as_of is None else iso_to_us(self.as_of)
+
+
+_REQUEST_KEYS = frozenset(GetOnlineFeaturesRequest.model_fields)
+
+
+def plain_request(obj: Any) -> GetOnlineFeaturesRequest | None:
+    """`obj` as a request without running pydantic, if it is plainly valid: exactly the JSON types
+    the model accepts unchanged (no coercion), every rule of its validators checked by hand. None
+    otherwise -- then ``GetOnlineFeaturesRequest.model_validate(obj)`` decides (and its errors are
+    the 422 answer), so the two paths accept, coerce and refuse exactly the same bodies."""
+    if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS:
+        return None
+    features = obj.get("features")
+    if type(features) is not list or not features or not all(type(f) is str for f in features):
+        return None
+    entities, rows = obj.get("entities"), obj.get("entity_rows")
+    if (entities is None) == (rows is None):
+        return None
+    if entities is not None:
+        if type(entities) is not dict or not entities:
+            return None
+        n = -1
+        for col in entities.values():
+            if type(col) is not list or (n >= 0 and len(col) != n):
+                return None
+            n = len(col)
+    elif type(rows) is not list or not all(type(r) is dict for r in rows):
+        return None
+    if type(obj.get("full_feature_names", False)) is not bool:
+        return None
+    as_of = obj.get("as_of")
+    if as_of is not None:
+        if type(as_of) is not str:
+            return None
+        try:
+            iso_to_us(as_of)
+        except ValueError:
+            return None
+    return GetOnlineFeaturesRequest.model_construct(**obj)
 
 
 class FeatureVector(BaseModel):

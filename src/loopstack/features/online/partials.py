@@ -7,10 +7,9 @@ two edge tiles). The leading 1 is the format version. Datetimes are tagged ``{"$
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from loopstack.features.aggregations import Filter
 from loopstack.timeutil import to_micros
@@ -59,19 +58,47 @@ except ImportError:  # pragma: no cover - orjson is a dependency; keep working w
     _orjson_loads = None
 
 
-_LONG_INT = re.compile(rb"\d{19,}").search
+_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))  # every digit -> "0", the rest -> " "
+_LONG_RUN = b"0" * 19
+
+
+def has_long_int(blob: bytes) -> bool:
+    """True if `blob` has 19 or more digits in a row (an integer orjson might read as a float).
+
+    Two C passes (translate, substring search): ~10x cheaper than ``re.search(rb"\\d{19,}")``,
+    which re-scans every 16-digit timestamp from each of its digits."""
+    return _LONG_RUN in blob.translate(_DIGITS)
+
+
+def _orjson_safe(blob: bytes) -> bool:
+    # orjson rejects NaN/Infinity and reads integers beyond 64 bits as floats: those go to the standard parser
+    return (_orjson_loads is not None and b'"$dt"' not in blob and b"NaN" not in blob and b"Infinity" not in blob
+            and not has_long_int(blob))
 
 
 def _loads(blob: bytes) -> Any:
-    if b'"$dt"' in blob:
-        return _DEC_DT.raw_decode(blob.decode())[0]
-    # orjson rejects NaN/Infinity and reads integers beyond 64 bits as floats: those go to the standard parser
-    if _orjson_loads is not None and b"NaN" not in blob and b"Infinity" not in blob and not _LONG_INT(blob):
+    if _orjson_safe(blob):
         try:
             return _orjson_loads(blob)
         except _OrjsonError:
             pass
+    if b'"$dt"' in blob:
+        return _DEC_DT.raw_decode(blob.decode())[0]
     return _DEC.raw_decode(blob.decode())[0]
+
+
+def decode_many(blobs: Sequence[bytes]) -> list:
+    """`decode` of many blobs, in one orjson call when they allow it (the batch read path)."""
+    if len(blobs) > 1:
+        joined = b"[" + b",".join(blobs) + b"]"
+        if _orjson_safe(joined):
+            try:
+                docs = _orjson_loads(joined)
+            except _OrjsonError:
+                docs = None
+            if docs is not None and len(docs) == len(blobs):
+                return [_versioned(d) for d in docs]
+    return [decode(b) for b in blobs]
 
 
 def _versioned(obj: Any) -> Any:

@@ -20,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import difflib
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView
 from loopstack.features.online.base import OnlineStore, WriteBatch
-from loopstack.features.online.state import (StateError, ViewPlan, apply_entity, canonical_key, hash_key,
-                                             meta_key, read_entity)
+from loopstack.features.online.state import (LATEST, StateError, ViewPlan, apply_entity, canonical_key,
+                                             decode_many, hash_key, meta_key, read_entity, read_plain_columns)
 from loopstack.features.retrieval import resolve
 from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
 
@@ -69,6 +69,16 @@ class OnlineResponse:
     found: list[bool]                         # False when the entity has no state in any requested view
 
 
+@dataclass
+class OnlineColumns:
+    """`OnlineResponse` as columns: per feature, one value and one event timestamp per entity row."""
+
+    features: list[str]                       # feature names, in order
+    values: list[list[Any]]                   # per feature: values (None when unknown)
+    event_timestamps: list[list[int | None]]  # per feature: event ts (µs) of its newest input
+    found: list[bool]                         # per row: False when the entity has no state in any requested view
+
+
 @dataclass(frozen=True)
 class _ViewRead:
     view: str
@@ -76,6 +86,16 @@ class _ViewRead:
     join_key: str
     wanted: tuple[int, ...]     # indices into plan.features
     names: tuple[str, ...]      # output names, same order
+    plain: bool                 # every wanted feature is a plain field (the columnar decode path)
+
+
+_MISSING = object()   # an entity row without the join key
+_INT_DTYPES = ("int8", "int16", "int32", "int64")
+
+
+def _collision(clash: Any) -> FeatureReferenceError:
+    return FeatureReferenceError(f"feature(s) {sorted(clash)} collide with entity row columns of the same name; "
+                                 "rename them or pass full_feature_names=True")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -221,8 +241,11 @@ class OnlineFeatures:
             idx, out = per_view.setdefault(view.name, ([], []))
             idx.append(plan.by_name[agg.name])
             out.append(name)
-        reads = [_ViewRead(v, self.plan(v), self.views[v].entity.join_key, tuple(i), tuple(o))
-                 for v, (i, o) in per_view.items()]
+        reads = []
+        for v, (i, o) in per_view.items():
+            plan = self.plan(v)
+            plain = all(plan.features[fi].window is None for fi in i)
+            reads.append(_ViewRead(v, plan, self.views[v].entity.join_key, tuple(i), tuple(o), plain))
         if len(self._reads) > 1024:
             self._reads.clear()
         self._reads[(features, full)] = (names, reads)
@@ -239,43 +262,83 @@ class OnlineFeatures:
         names, reads = self._read_plan(tuple(features), full_feature_names)
         t = now_micros() if as_of is None else _micros(as_of)
         blank = dict.fromkeys(names)
-        rows = []
         for r in entity_rows:
             clash = blank.keys() & r.keys()
             if clash:
-                raise FeatureReferenceError(f"feature(s) {sorted(clash)} collide with entity row columns of the "
-                                            "same name; rename them or pass full_feature_names=True")
-            rows.append({**r, **blank})
-        stamps = [dict(blank) for _ in rows]
-        found = [False] * len(rows)
+                raise _collision(clash)
+        cols = self._read_columns(names, reads, t, len(entity_rows),
+                                  lambda jk: [r.get(jk, _MISSING) for r in entity_rows],
+                                  lambda i: sorted(entity_rows[i]))
+        rows = [{**r, **dict(zip(names, vals))} for r, vals in zip(entity_rows, zip(*cols.values))]
+        stamps = [dict(zip(names, ts)) for ts in zip(*cols.event_timestamps)]
+        return OnlineResponse(names, rows, stamps, cols.found)
+
+    def get_online_columns(self, features: Sequence[str], entities: Mapping[str, Sequence[Any]],
+                           as_of: int | None = None, full_feature_names: bool = False) -> OnlineColumns:
+        """`get_online_features` for columnar entities (join key -> values, one per row): the same
+        values, timestamps, found flags and errors, without building a dict per row."""
+        names, reads = self._read_plan(tuple(features), full_feature_names)
+        t = now_micros() if as_of is None else _micros(as_of)
+        lengths = {k: len(v) for k, v in entities.items()}
+        if len(set(lengths.values())) > 1:
+            raise RetrievalError(f"every entity column must have the same length; got {lengths}")
+        n = next(iter(lengths.values()), 0)
+        clash = entities.keys() & set(names) if n else ()
+        if clash:
+            raise _collision(clash)
+        return self._read_columns(names, reads, t, n, lambda jk: entities.get(jk, [_MISSING] * n),
+                                  lambda i: sorted(entities))
+
+    def _read_columns(self, names: list[str], reads: list[_ViewRead], t: int, n: int,
+                      column: Callable[[str], Sequence[Any]], row_keys: Callable[[int], list[str]]) -> OnlineColumns:
+        """The read itself: per view, one store read of the distinct entities, then whole columns."""
+        values: dict[str, list] = {}
+        stamps: dict[str, list] = {}
+        found = [False] * n
         for vr in reads:
-            keys = []
-            for i, r in enumerate(entity_rows):
-                if vr.join_key not in r:
-                    raise RetrievalError(f"entity row {i} has no {vr.join_key!r}, the join key of feature view "
-                                         f"{vr.view!r}; it has {sorted(r)}")
-                try:
-                    c = canonical_key(r[vr.join_key], vr.plan.dtype)
-                except ValueError as exc:
-                    raise RetrievalError(f"entity row {i}: {exc}") from exc
-                keys.append(None if c is None else hash_key(vr.view, c))
+            keys = self._hash_keys(vr, column(vr.join_key), row_keys)
             mk = meta_key(vr.view)
             data = self.store.read([k for k in dict.fromkeys(keys) if k is not None] + [mk])
             self._check(vr.plan, data.get(mk))
-            done: dict[str, tuple[list, list]] = {}
-            for i, hk in enumerate(keys):
-                fields = data.get(hk) if hk is not None else None
-                if not fields:
-                    continue
-                found[i] = True
-                res = done.get(hk)
-                if res is None:
-                    res = done[hk] = read_entity(vr.plan, fields, t, vr.wanted)
-                row, st = rows[i], stamps[i]
-                for name, v, ts in zip(vr.names, res[0], res[1]):
-                    row[name] = v
-                    st[name] = ts
-        return OnlineResponse(names, rows, stamps, found)
+            hashes = [data.get(hk) if hk is not None else None for hk in keys]
+            for i, fields in enumerate(hashes):
+                if fields:
+                    found[i] = True
+            if vr.plain:   # every wanted feature is a plain field: decode the "latest" docs in one go
+                blobs = {hk: f[LATEST] for hk, f in zip(keys, hashes) if f and LATEST in f}
+                docs = dict(zip(blobs, decode_many(list(blobs.values()))))
+                vcols, scols = read_plain_columns(vr.plan, [docs.get(hk) for hk in keys], t, vr.wanted)
+            else:
+                done: dict[str, tuple[list, list]] = {}
+                for hk, fields in zip(keys, hashes):
+                    if fields and hk not in done:
+                        done[hk] = read_entity(vr.plan, fields, t, vr.wanted)
+                got = [done.get(hk) if f else None for hk, f in zip(keys, hashes)]
+                vcols = [[g[0][j] if g else None for g in got] for j in range(len(vr.names))]
+                scols = [[g[1][j] if g else None for g in got] for j in range(len(vr.names))]
+            for name, vc, sc in zip(vr.names, vcols, scols):
+                values[name], stamps[name] = vc, sc
+        return OnlineColumns(names, [values[x] for x in names], [stamps[x] for x in names], found)
+
+    @staticmethod
+    def _hash_keys(vr: _ViewRead, vals: Sequence[Any], row_keys: Callable[[int], list[str]]) -> list[str | None]:
+        """Hash keys of a join-key column (None for null keys); errors name the first bad row."""
+        dtype, prefix = vr.plan.dtype, vr.view + "|"
+        fast = dtype in _INT_DTYPES
+        out: list[str | None] = []
+        for i, v in enumerate(vals):
+            if fast and type(v) is int:
+                out.append(prefix + str(v))
+                continue
+            if v is _MISSING:
+                raise RetrievalError(f"entity row {i} has no {vr.join_key!r}, the join key of feature view "
+                                     f"{vr.view!r}; it has {row_keys(i)}")
+            try:
+                c = canonical_key(v, dtype)
+            except ValueError as exc:
+                raise RetrievalError(f"entity row {i}: {exc}") from exc
+            out.append(None if c is None else prefix + c)
+        return out
 
     def freshness(self) -> dict[str, dict[str, Any]]:
         """Per view: newest applied event ts (the watermark), when it was applied, and the lag in seconds.

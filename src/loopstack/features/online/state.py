@@ -28,13 +28,14 @@ from typing import Any, Mapping, Sequence
 
 from loopstack.features.aggregations import Filter
 from loopstack.features.definitions import FeatureView
-from loopstack.features.online.partials import (VERSION, Sig, StateError, _combine, _new, _update, decode, encode,
-                                                encode_tile, tile_partials, tile_raw, tiles_partials)
+from loopstack.features.online.partials import (VERSION, Sig, StateError, _combine, _new, _update, decode,
+                                                decode_many, encode, encode_tile, tile_partials, tile_raw,
+                                                tiles_partials)
 from loopstack.timeutil import to_micros
 
 __all__ = ["LATEST", "META_PREFIX", "TILE", "VERSION", "EntityUpdate", "FeaturePlan", "Sig", "StateError",
-           "ViewPlan", "apply_entity", "canonical_key", "choose_tile_us", "decode", "encode", "hash_key",
-           "meta_key", "read_entity", "tile_partials"]
+           "ViewPlan", "apply_entity", "canonical_key", "choose_tile_us", "decode", "decode_many", "encode",
+           "hash_key", "meta_key", "read_entity", "read_plain_columns", "tile_partials"]
 LATEST = "latest"
 TILE = "t:"
 META_PREFIX = "__view|"
@@ -307,6 +308,25 @@ def read_entity(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Seq
         acc = accs[fp.slot]
         values.append(_finish(fp, acc))
         stamps.append(acc[0])
+    return values, stamps
+
+
+def read_plain_columns(plan: ViewPlan, latest: Sequence[list | None], t: int, wanted: Sequence[int],
+                       ) -> tuple[list[list[Any]], list[list[int | None]]]:
+    """`read_entity` of plain features `wanted` for many entities at once, as columns.
+
+    `latest`: each entity's decoded ``"latest"`` field (None: no state). Returns one list of values
+    and one of event timestamps per wanted feature, one entry per entity (same rules as
+    `read_entity`: an entry at or after `t`, or older than the ttl, reads as None)."""
+    ttl = plan.ttl
+    lo = float("-inf") if ttl is None else t - ttl   # t - ts > ttl  <=>  ts < t - ttl
+    values, stamps = [], []
+    for fi in wanted:
+        idx = 2 + plan.features[fi].slot
+        es = [doc[idx] if doc is not None else None for doc in latest]
+        es = [e if e is not None and lo <= e[0] < t else None for e in es]   # visible entries only
+        values.append([e[2] if e is not None else None for e in es])
+        stamps.append([e[0] if e is not None else None for e in es])
     return values, stamps
 
 
