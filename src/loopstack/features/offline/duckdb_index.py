@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from loopstack.errors import RetrievalError
 from loopstack.features.offline.base import ViewRequest
@@ -72,19 +73,48 @@ def _add_columns(engine, req: ViewRequest, src_sql: str, idx: SortedIndex, colum
     everything = np.ones(len(rows), dtype=bool)
     pending = []
     for column in columns:
-        tbl = engine._arrow(f"SELECT {_POS} AS __pos, {q(column)} AS v FROM ({src_sql})", req)
-        pos = tbl["__pos"].to_numpy()
-        if len(pos) != idx.manifest["scan_rows"]:
+        values = _read_parquet_column(req, column, idx.manifest["scan_rows"])
+        if values is None:  # CSV, or files whose types differ: DuckDB reads (and unifies) it
+            tbl = engine._arrow(f"SELECT {_POS} AS __pos, {q(column)} AS v FROM ({src_sql})", req)
+            pos = tbl["__pos"].to_numpy()
+            values = tbl["v"].combine_chunks()
+            del tbl
+            if len(pos) > 1 and not bool(np.all(pos[1:] > pos[:-1])):  # scan not in file order: put it back
+                values = values.take(pa.array(np.argsort(pos, kind="stable")))
+        if len(values) != idx.manifest["scan_rows"]:
             raise RetrievalError(f"source {req.data.name!r} changed while it was being indexed; run the query again")
-        values = tbl["v"].combine_chunks()
-        del tbl
-        if len(pos) > 1 and not bool(np.all(pos[1:] > pos[:-1])):  # scan not in file order: put it back
-            values = values.take(pa.array(np.argsort(pos, kind="stable")))
         if len(pending) >= 2:  # bounded: at most two columns waiting in memory
             pending.pop(0).result()
         pending.append(pool.submit(lambda c=column, v=values: idx.add_column(c, gather(v, rows, everything))))
     for f in pending:
         f.result()
+
+
+def _read_parquet_column(req: ViewRequest, column: str, rows: int) -> pa.Array | None:
+    """One column of a Parquet source in scan order (files in name order, as DuckDB's file_index),
+    read by Arrow directly: about 4x faster than a DuckDB scan for this. None when not applicable."""
+    if (req.data.format or "parquet").lower() != "parquet":
+        return None
+    parts, missing = [], []
+    try:
+        for f in expand_paths(req.data.paths, "parquet"):
+            pf = pq.ParquetFile(f)
+            if column in pf.schema_arrow.names:
+                parts.append(pf.read(columns=[column]).column(0).combine_chunks())
+            else:
+                parts.append(None)
+                missing.append(pf.metadata.num_rows)
+        types = {p.type for p in parts if p is not None}
+        if len(types) != 1:
+            return None
+        (typ,) = types
+        if pa.types.is_dictionary(typ):
+            return None
+        it = iter(missing)
+        arr = pa.concat_arrays([p if p is not None else pa.nulls(next(it), typ) for p in parts])
+    except (OSError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return arr if len(arr) == rows else None
 
 
 def plain_from_index(engine, req: ViewRequest, src_sql: str, types: dict[str, str], feats: list,
