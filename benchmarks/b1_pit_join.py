@@ -718,6 +718,11 @@ def main() -> None:
         console.print(f"[bold]at N={_fmt_n(big[0])} x M={_fmt_n(big[1])}: loopstack is {r['speedup']:.1f}x faster "
                       f"than {r['fastest_feast']} and uses {r['memory_ratio']:.2f}x its peak RSS[/] "
                       f"(target: >= 10x, <= 0.5x)")
+        for s in ("loopstack-cold", "loopstack-asof"):
+            run = results["runs"].get(key(s, *big))
+            if run and run.get("status") == "ok":
+                console.print(f"  {s} ({b1_modes.LABELS[s]}): {r['feast_seconds'] / run['join_seconds']:.1f}x faster, "
+                              f"{run['peak_rss_join_bytes'] / r['feast_rss']:.2f}x the peak RSS")
     else:
         console.print(f"[bold]at N={_fmt_n(big[0])} x M={_fmt_n(big[1])}: no Feast store finished; loopstack is "
                       f"more than {r['speedup']:.1f}x faster than {r['fastest_feast']} ({r['feast_status']})[/]")
