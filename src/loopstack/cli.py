@@ -82,6 +82,10 @@ def _add_groups() -> None:
     app.add_typer(models_app, name="models", help="Box 5: model registry (versions, rollout, rollback).")
     features_app.registered_commands.extend(online_features_app.registered_commands)  # features parity
     app.registered_commands.extend(online_root_app.registered_commands)  # materialize(-incremental), stream
+    from loopstack.monitoring.cli import monitor_app
+    app.add_typer(monitor_app, name="monitor", help="Box 8: monitoring (windows, alerts, report, diagnose).")
+    from loopstack.loop.cli import app as loop_app
+    app.add_typer(loop_app, name="loop", help="The closed loop: retrain, gate, shadow, canary, A/B, promote.")
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")
     app.add_typer(features_app, name="features", help="Boxes 2-3: feature definitions and retrieval.")
 
@@ -92,7 +96,9 @@ _add_groups()
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2 instead of a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+            sys.exit(rc)   # typer.Exit(code) in a command: without standalone mode click returns the code
     except LoopstackError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(2)

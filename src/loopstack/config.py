@@ -78,6 +78,44 @@ class ArtifactsConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """Monitoring (box 8): window width, label delay, decision threshold, alert rules, webhook.
+
+    `rules` is a list of mappings ``{metric, feature?, op, value, severity?}`` (see
+    `loopstack.monitoring.rules`); empty means the default rules. Env: ``LOOPSTACK_MONITORING__RULES``
+    takes the list as JSON/YAML text.
+    """
+
+    window: str = "1h"                  # width of the base windows (hourly); reports roll them up
+    label_delay: str = "24h"            # a window's labels are final this long after it ends
+    threshold: float = 0.5              # score >= threshold counts as flagged (positive)
+    min_samples: int = 100              # fewer feature samples in a window: no drift numbers for it
+    label_key: str = "request_id"       # field joining a label to its prediction
+    join_retention: str = "7d"          # predictions wait this long after their window for a label
+    rules: tuple = ()
+    webhook_url: str | None = None      # POST each new alert as JSON here (failures are logged)
+    max_feature_lag: str = "1h"         # diagnose: a feature view older than this is lagging
+    deploy_lookback: str = "24h"        # diagnose: deploys/alias moves this recent are suspects
+
+    def __post_init__(self) -> None:
+        from loopstack.monitoring.rules import parse_rules
+        from loopstack.timeutil import parse_duration
+        for key in ("window", "label_delay", "join_retention", "max_feature_lag", "deploy_lookback"):
+            try:
+                parse_duration(getattr(self, key))
+            except Exception:  # noqa: BLE001 - re-raised as a config error
+                raise ConfigError(f"monitoring.{key} = {getattr(self, key)!r} is not a duration; write e.g. "
+                                  "\"1h\", \"1d\", \"15m\"") from None
+        object.__setattr__(self, "rules", parse_rules(list(self.rules) if isinstance(self.rules, tuple)
+                                                      else self.rules))
+
+    def effective_rules(self) -> tuple:
+        """The configured rules, or the default ones when none are configured."""
+        from loopstack.monitoring.rules import DEFAULT_RULES, parse_rules
+        return self.rules or parse_rules(list(DEFAULT_RULES))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole loopstack.yaml, with relative paths resolved against the project folder."""
 
@@ -88,9 +126,10 @@ class Config:
     online: OnlineConfig = field(default_factory=OnlineConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     SECTIONS = {"log": LogConfig, "offline": OfflineConfig, "online": OnlineConfig, "metadata": MetadataConfig,
-                "artifacts": ArtifactsConfig}
+                "artifacts": ArtifactsConfig, "monitoring": MonitoringConfig}
 
     def metadata_url(self, root: Path) -> str:
         """SQLAlchemy URL of the metadata store."""
@@ -118,6 +157,8 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where} must not be empty")
+    if t.startswith("tuple"):
+        return value if isinstance(value, (list, tuple, str)) else [value]
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{where} = {value!r} must be a single value, not a {type(value).__name__}")
     if t.startswith("int"):
@@ -125,6 +166,11 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} = {value!r} is not an integer") from None
+    if t.startswith("float"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} = {value!r} is not a number") from None
     return str(value)
 
 
@@ -234,4 +280,20 @@ metadata:
 
 artifacts:
   path: data/artifacts
+
+monitoring:
+  window: 1h                # base window width; reports roll windows up
+  label_delay: 24h          # labels of a window are final this long after it ends
+  threshold: 0.5            # score >= threshold = flagged
+  # webhook_url: http://127.0.0.1:9000/alerts
+  # rules (default: PSI > 0.2, score PSI > 0.2, recall < 0.85, precision < 0.95, p99 > 200 ms, ...):
+  # rules:
+  #   - metric: psi
+  #     feature: "*"
+  #     op: ">"
+  #     value: 0.2
+  #     severity: act          # info | watch | act
+  #   - metric: recall
+  #     op: "<"
+  #     value: 0.85
 """

@@ -56,10 +56,21 @@ def _v4(conn: Connection) -> None:
     migrate_v4(conn)
 
 
+def _loop_tables(conn: Connection) -> None:
+    from loopstack.loop.schema import migrate_loop
+    migrate_loop(conn)
+
+
+def _monitoring_tables(conn: Connection) -> None:
+    from loopstack.monitoring.schema import migrate_monitoring
+    migrate_monitoring(conn)
+
+
 # version n is reached by running MIGRATIONS[n-1]; append new steps, never edit old ones.
-# Each box owns its tables (training/schema.py, registry/schema.py, serving/policy_store.py);
+# Each box owns its tables (training/schema.py, registry/schema.py, serving/policy_store.py,
+# monitoring/schema.py);
 # this list only orders them.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _loop_tables, _monitoring_tables]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

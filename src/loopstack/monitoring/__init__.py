@@ -1,4 +1,5 @@
-"""Box 8, monitoring: mergeable profiles, drift statistics, data/model checks, calibration.
+"""Box 8, monitoring: mergeable profiles, drift statistics, data/model checks, calibration, and the
+`Monitor` (four-layer windows over the prediction and label topics, alert rules, report, diagnosis).
 
 Exports are resolved lazily, so importing the package does not pull in scipy.
 """
@@ -18,6 +19,11 @@ _EXPORTS = {
     "share_above": "checks", "high_score_share": "checks",
     "CalibrationBins": "calibration", "expected_calibration_error": "calibration",
     "calibration_curve": "calibration",
+    "Monitor": "windows", "RunResult": "windows", "append_labels": "windows", "labels_topic": "windows",
+    "WindowState": "window_state", "WindowSummary": "summary", "summarize": "summary",
+    "Alert": "alerts", "Rule": "rules", "parse_rules": "rules", "DEFAULT_RULES": "rules",
+    "Facts": "diagnose", "Diagnosis": "diagnose", "run_diagnosis": "gather",
+    "write_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -350,6 +350,19 @@ class Registry:
                         "gate passed" if d["passed"] else f"gate failed: {', '.join(map(str, failed))}", d)
 
 
+    def record_event(self, ref: str | ModelRef, action: str, reason: str, evidence: Mapping | None = None,
+                     actor: str | None = None) -> None:
+        """Append an audit entry for a version without changing it (e.g. a closed-loop step and its
+        evidence). `action` must not be one the registry writes itself."""
+        if action in ("register", "transition", "replaced", "alias", "gate", "rollback"):
+            raise RegistryError(f"action {action!r} is written by the registry itself; use another name")
+        r = parse_ref(ref)
+        with self.engine.begin() as conn:
+            gen = self._lock(conn, validate_name(r.name))
+            name, version = self.resolve(r, conn)
+            self._audit(conn, name, version, str(action)[:32], gen, actor or default_actor(), reason, evidence)
+
+
 _CODE_VERSION: list[str | None] = []
 
 

@@ -1,0 +1,121 @@
+"""`loopstack monitor run|status|alerts|report|diagnose` (box 8)."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+monitor_app = typer.Typer(help="Box 8: four-layer monitoring, alerts, report, diagnosis.", no_args_is_help=True)
+ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
+
+
+def _monitor(project: Path):
+    from loopstack.monitoring.windows import Monitor
+    from loopstack.project import Project
+    return Monitor(Project(project))
+
+
+def _models(m, model: str | None) -> list[str]:
+    return [model] if model else m.models()
+
+
+def _warn_unknown(m, model: str) -> None:
+    known = m.models()
+    if model not in known:
+        console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
+                      f"{', '.join(known) or 'none'}); run `loopstack monitor run` after the server logged "
+                      "predictions to the 'predictions' topic")
+
+
+@monitor_app.command()
+def run(project: Path = ProjectOpt,
+        follow: bool = typer.Option(False, "--follow", help="Keep consuming every --interval seconds."),
+        interval: float = typer.Option(60.0, help="Seconds between runs with --follow."),
+        server: str = typer.Option(None, help="Model server URL: also sample its /metrics (queue depth, "
+                                              "batch sizes).")) -> None:
+    """Consume new predictions and labels, update the windows, evaluate the alert rules."""
+    m = _monitor(project)
+    while True:
+        if server:
+            m.scrape(server)
+        res = m.run(progress=not follow)
+        console.print(f"[green]monitor[/] {res}")
+        for model in m.models():
+            for a in m.check(model):
+                console.print(f"[red]ALERT[/] [{a.severity}] {a.message} (window "
+                              f"{a.window_start:%Y-%m-%d %H:%M} UTC)")
+        if not follow:
+            return
+        time.sleep(interval)
+
+
+@monitor_app.command()
+def status(project: Path = ProjectOpt, model: str = typer.Argument(None, help="One model (default: all)."),
+           last: int = typer.Option(12, help="Windows to show per model.")) -> None:
+    """The latest windows of each model: traffic, latency, drift, score shift, precision/recall, labels."""
+    from loopstack.monitoring.report import terminal_summary
+    m = _monitor(project)
+    lag = m.lag()
+    console.print("records not yet consumed: " + (", ".join(f"{t}: {n}" for t, n in lag.items()) or "none"))
+    for name in _models(m, model):
+        starts = sorted({s for _, s in m.windows(name)})
+        since = starts[-last] if len(starts) > last else None
+        terminal_summary(console, name, m.summaries(name, since=since), last)
+
+
+@monitor_app.command()
+def alerts(project: Path = ProjectOpt, model: str = typer.Argument(None), limit: int = typer.Option(50),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Stored alerts, newest first."""
+    m = _monitor(project)
+    got = m.alerts(model, limit)
+    if as_json:
+        print(json.dumps([a.to_dict() for a in got], indent=2))
+        return
+    t = Table(title="alerts")
+    for c in ("id", "window (UTC)", "model", "v", "layer", "severity", "message", "webhook"):
+        t.add_column(c)
+    for a in got:
+        t.add_row(str(a.id), f"{a.window_start:%m-%d %H:%M}", a.model, str(a.version), a.layer, a.severity,
+                  a.message, a.delivery or "-")
+    console.print(t)
+
+
+@monitor_app.command()
+def report(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Model name."),
+           out: Path = typer.Option(None, "--out", "-o", help="HTML file (default: monitor-<model>.html)."),
+           every: str = typer.Option(None, help="Roll windows up, e.g. 1d."),
+           version: int = typer.Option(None, help="One version only.")) -> None:
+    """Write the self-contained HTML report and print a terminal summary."""
+    from loopstack.monitoring.report import terminal_summary, write_report
+    m = _monitor(project)
+    _warn_unknown(m, model)
+    path = write_report(m, model, out or Path(f"monitor-{model}.html"), version=version, every=every)
+    terminal_summary(console, model, m.summaries(model, version, every=every))
+    console.print(f"report written to [bold]{path}[/]")
+
+
+@monitor_app.command()
+def diagnose(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Model name."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Walk the on-call playbook in order and stop at the first explanation."""
+    from loopstack.monitoring.diagnose import NO_EXPLANATION
+    from loopstack.monitoring.gather import run_diagnosis
+    m = _monitor(project)
+    _warn_unknown(m, model)
+    facts, d = run_diagnosis(m, model)
+    if as_json:
+        print(json.dumps(d.to_dict(), indent=2))
+        return
+    console.print(f"[bold]diagnose {model}[/] ({facts.window or 'no windows yet'}; "
+                  f"now {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    for i, s in enumerate(d.steps, 1):
+        mark = "[red]yes[/]" if s.found else "[green]no[/]"
+        console.print(f"  {i}. {s.title} {mark}: {s.detail}")
+    console.print(f"[bold]explanation:[/] {d.explanation or NO_EXPLANATION}")
