@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -76,9 +77,29 @@ class GetOnlineFeaturesRequest(BaseModel):
 
 
 _REQUEST_KEYS = frozenset(GetOnlineFeaturesRequest.model_fields)
+_STR = {str}
 
 
-def plain_request(obj: Any) -> GetOnlineFeaturesRequest | None:
+@dataclass(frozen=True)
+class ReadRequest:
+    """A valid `GetOnlineFeaturesRequest`, as plain attributes (what the read path uses)."""
+
+    features: list[str]
+    entities: dict[str, list[Any]] | None
+    entity_rows: list[dict[str, Any]] | None
+    full_feature_names: bool
+    as_of: str | None
+
+    @classmethod
+    def of(cls, m: GetOnlineFeaturesRequest) -> "ReadRequest":
+        return cls(m.features, m.entities, m.entity_rows, m.full_feature_names, m.as_of)
+
+    def as_of_us(self) -> int | None:
+        """`as_of` as µs since the epoch (UTC), or None for now."""
+        return None if self.as_of is None else iso_to_us(self.as_of)
+
+
+def plain_request(obj: Any) -> ReadRequest | None:
     """`obj` as a request without running pydantic, if it is plainly valid: exactly the JSON types
     the model accepts unchanged (no coercion), every rule of its validators checked by hand. None
     otherwise -- then ``GetOnlineFeaturesRequest.model_validate(obj)`` decides (and its errors are
@@ -86,7 +107,7 @@ def plain_request(obj: Any) -> GetOnlineFeaturesRequest | None:
     if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS:
         return None
     features = obj.get("features")
-    if type(features) is not list or not features or not all(type(f) is str for f in features):
+    if type(features) is not list or not features or not set(map(type, features)) <= _STR:
         return None
     entities, rows = obj.get("entities"), obj.get("entity_rows")
     if (entities is None) == (rows is None):
@@ -99,9 +120,10 @@ def plain_request(obj: Any) -> GetOnlineFeaturesRequest | None:
             if type(col) is not list or (n >= 0 and len(col) != n):
                 return None
             n = len(col)
-    elif type(rows) is not list or not all(type(r) is dict for r in rows):
+    elif type(rows) is not list or not set(map(type, rows)) <= {dict}:
         return None
-    if type(obj.get("full_feature_names", False)) is not bool:
+    full = obj.get("full_feature_names", False)
+    if type(full) is not bool:
         return None
     as_of = obj.get("as_of")
     if as_of is not None:
@@ -111,7 +133,7 @@ def plain_request(obj: Any) -> GetOnlineFeaturesRequest | None:
             iso_to_us(as_of)
         except ValueError:
             return None
-    return GetOnlineFeaturesRequest.model_construct(**obj)
+    return ReadRequest(features, entities, rows, full, as_of)
 
 
 class FeatureVector(BaseModel):

@@ -71,9 +71,9 @@ def has_long_int(blob: bytes) -> bool:
 
 
 def _orjson_safe(blob: bytes) -> bool:
-    # orjson rejects NaN/Infinity and reads integers beyond 64 bits as floats: those go to the standard parser
-    return (_orjson_loads is not None and b'"$dt"' not in blob and b"NaN" not in blob and b"Infinity" not in blob
-            and not has_long_int(blob))
+    # orjson reads integers beyond 64 bits as floats, and tagged datetimes need the object hook: those go
+    # to the standard parser (NaN/Infinity, which orjson refuses, go there when orjson raises)
+    return _orjson_loads is not None and b'"$dt"' not in blob and not has_long_int(blob)
 
 
 def _loads(blob: bytes) -> Any:

@@ -10,6 +10,8 @@ batch is on disk (the test server runs so); with ``everysec`` up to a second can
 """
 from __future__ import annotations
 
+import os
+import threading
 from typing import Iterable
 
 from loopstack.errors import ConfigError
@@ -22,6 +24,11 @@ def _pack(args: list[bytes]) -> bytes:
 
 
 _MULTI, _EXEC = _pack([b"MULTI"]), _pack([b"EXEC"])
+try:
+    import hiredis  # noqa: F401 - the C reply parser of `_read_replies`
+    _HAS_HIREDIS = True
+except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
+    _HAS_HIREDIS = False
 _RAW_MIN = 256  # batches with this many field operations or more are packed by hand (`_transaction`)
 
 
@@ -65,6 +72,7 @@ class RedisOnlineStore(OnlineStore):
         self._h = f"{prefix}:oh:"
         self._p = f"{prefix}:op"
         self.r = redis.Redis.from_url(url)
+        self._local = threading.local()
         try:
             self.r.ping()
         except redis.RedisError as exc:
@@ -79,6 +87,10 @@ class RedisOnlineStore(OnlineStore):
         flds = None if fields is None else list(fields)
         if flds is not None and not flds:
             return {}
+        if flds is None:
+            raw = self._hgetall_raw(keys)
+            if raw is not None:
+                return raw
         h = self._h
         if len(keys) == 1:
             res = [self.r.hgetall(h + keys[0]) if flds is None else self.r.hmget(h + keys[0], flds)]
@@ -100,6 +112,59 @@ class RedisOnlineStore(OnlineStore):
                 if d:
                     out[k] = d
         return out
+
+    def _raw_conn(self):  # noqa: ANN202 - redis.Connection
+        """This thread's connection for `_hgetall_raw`, kept out of the pool (taking one from the pool
+        and giving it back on every read costs more than the read at one key)."""
+        loc = self._local
+        conn = getattr(loc, "conn", None)
+        if conn is None or loc.pid != os.getpid():
+            conn = loc.conn = self.r.connection_pool.get_connection()
+            loc.pid = os.getpid()
+        elif getattr(conn, "_sock", None) is None:
+            conn.connect()
+        return conn
+
+    def _hgetall_raw(self, keys: list[str]) -> dict[str, dict[str, bytes]] | None:
+        """`read` of whole hashes with the protocol packed here and the replies parsed by hiredis
+        straight off the socket: HGETALL for one key, MULTI + one HGETALL per key + EXEC for many (one
+        snapshot). Several times less client CPU than a redis-py pipeline. None when hiredis or a
+        plain socket is not available (then the pipeline path reads)."""
+        import redis
+        h = self._h.encode()
+        gets = [_pack([b"HGETALL", h + k.encode()]) for k in keys]
+        cmds = gets if len(keys) == 1 else [_MULTI, *gets, _EXEC]
+        for attempt in (0, 1):   # a read is idempotent: retry once on a new connection (e.g. idle timeout)
+            conn = self._raw_conn()
+            sock = getattr(conn, "_sock", None)
+            if not _HAS_HIREDIS or not hasattr(sock, "recv") or str(getattr(conn, "protocol", 2)) not in "23":
+                return None   # (checked before sending: nothing is left unread on the connection)
+            try:
+                conn.send_packed_command([b"".join(cmds)], check_health=False)
+                replies = _read_replies(conn, len(cmds))
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                conn.disconnect()
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                conn.disconnect()
+                raise
+            if replies is None:
+                return None
+            res = replies if len(keys) == 1 else replies[-1]
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if errors or not isinstance(res, list):
+                raise redis.ResponseError(str(errors[0] if errors else f"unexpected reply {res!r}"))
+            out: dict[str, dict[str, bytes]] = {}
+            for k, got in zip(keys, res):
+                if isinstance(got, Exception):
+                    raise redis.ResponseError(str(got))
+                if got:   # RESP3: a map; RESP2: a flat [field, value, ...] list
+                    items = got.items() if isinstance(got, dict) else zip(got[::2], got[1::2])
+                    out[k] = {f.decode(): v for f, v in items}
+            return out
+        return None  # pragma: no cover - the loop returns or raises
 
     def write(self, batch: WriteBatch) -> None:
         """Drops, HDELs, HSETs and progress marks in one MULTI/EXEC transaction (large batches: the

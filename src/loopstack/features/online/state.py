@@ -320,14 +320,28 @@ def read_plain_columns(plan: ViewPlan, latest: Sequence[list | None], t: int, wa
     `read_entity`: an entry at or after `t`, or older than the ttl, reads as None)."""
     ttl = plan.ttl
     lo = float("-inf") if ttl is None else t - ttl   # t - ts > ttl  <=>  ts < t - ttl
-    values, stamps = [], []
-    for fi in wanted:
-        idx = 2 + plan.features[fi].slot
-        es = [doc[idx] if doc is not None else None for doc in latest]
-        es = [e if e is not None and lo <= e[0] < t else None for e in es]   # visible entries only
-        values.append([e[2] if e is not None else None for e in es])
-        stamps.append([e[0] if e is not None else None for e in es])
-    return values, stamps
+    idxs = [2 + plan.features[fi].slot for fi in wanted]
+    if not latest:
+        return [[] for _ in idxs], [[] for _ in idxs]
+    nones = [None] * len(idxs)
+    row_values, row_stamps = [], []
+    for doc in latest:   # row by row, then transposed in C: faster than a pass per feature
+        if doc is None:
+            row_values.append(nones)
+            row_stamps.append(nones)
+            continue
+        vs, ss = [], []
+        for i in idxs:
+            e = doc[i]
+            if e is not None and lo <= e[0] < t:
+                vs.append(e[2])
+                ss.append(e[0])
+            else:
+                vs.append(None)
+                ss.append(None)
+        row_values.append(vs)
+        row_stamps.append(ss)
+    return [list(c) for c in zip(*row_values)], [list(c) for c in zip(*row_stamps)]
 
 
 def _groups(plan: ViewPlan, wanted: Sequence[int]) -> dict[int, list[int]]:
