@@ -180,11 +180,19 @@ def docs_section(res: dict) -> str:
     lines = [BEGIN, "## B4 — model serving: dynamic batching, loopstack vs BentoML vs Ray Serve", "",
              "**What is measured.** Two models trained by `benchmarks/b4_models.py` (seeded, 30 float64 features): a "
              f"scikit-learn `MLPClassifier` with hidden layers {tuple(env.get('mlp_hidden', b4_models.HIDDEN))} — "
-             "sized so that `predict_proba` on 32 rows costs about 2× one row — and a LightGBM classifier (100 trees). "
+             "wide enough that one row costs a few ms, dominated by reading its weights (75 MB of float64, past the "
+             "32 MB L3 cache), as a served MLP's does — and a LightGBM classifier (100 trees). The issue asks for a "
+             "model where 32 rows cost about 2× one row; on this machine no width gets there with one BLAS thread "
+             "(`b4_models.py --sweep`): a model this size costs ~5× at 32 rows, because a GEMM of 32 rows reads "
+             "the same weights but does 32× the flops, and DRAM bandwidth ÷ the single-core GEMM flop rate is "
+             "~1/8 flop per byte here; narrower models fit the cache (ratio 6+ at 1024 wide) or are dominated by "
+             "per-call overhead (ratio ~1 at 320 wide, 0.2–0.4 ms per call, which no Python HTTP server can "
+             "batch 5× faster). "
              "Every server loads the same joblib file and answers the positive-class probability. The models were "
-             "fitted on a pandas frame with the signature's column names, as loopstack trains them; loopstack scores "
-             "a frame of the signature's columns (its training code path), the peers a numpy array (their usual "
-             "path, and the cheaper one: see the direct call below). loopstack serves "
+             "fitted on a pandas frame with the signature's column names, as loopstack trains them; the peers score "
+             "a numpy array; loopstack builds the vectors with its training code path and scores them as a float64 "
+             "array too, once the first batch gave the same scores as the signature's frame (the frame costs "
+             "pandas and scikit-learn validation on every call: see the direct call below). loopstack serves "
              "them from its registry (`loopstack serve`, signature inputs are request fields, result cache off, "
              + ("prediction log off" if "--no-log-predictions" in (st.get("loopstack_args") or "")
                 else "prediction log on, as by default")
@@ -233,14 +241,28 @@ def docs_section(res: dict) -> str:
               "(1-row requests with batching off; 32-row requests — loopstack `:predict_batch` with batching on, the "
               "peers' batch-off endpoint with a 32-row array). Throughput at equal or lower p99 = the peer's best "
               "cell (any batching mode and concurrency) against loopstack's best cell whose p99 is no higher.", "",
-              "How far batching can go: with H the server's work per request outside the model call and M(n) the "
-              "model call on n rows, one core serves at most 1/(H + M(1)) requests/s without batching and "
-              "1/(H + M(32)/32) with full batches, so the gain is at most (H + M(1)) / (H + M(32)/32) — with "
-              "M(32) ≈ 2·M(1) it reaches 5× only while H ≤ about M(1)/6.", "",
+              batching_bound(d.get("mlp")), "",
               "Reproduce: `python benchmarks/b4_serving.py --fresh --write-docs` (creates `.bench/bentoml` and "
               "`.bench/ray` if missing; `--quick` for a smoke check); raw numbers in `.bench/results/b4.json`, "
               "server logs in `.bench/b4/logs/`.", END]
     return "\n".join(lines)
+
+
+def batching_bound(direct: dict | None) -> str:
+    """The paragraph on how far batching can go, with the measured MLP costs when there are any."""
+    text = ("How far batching can go: with H the server's work per request outside the model call and M(n) the "
+            "model call on n rows, one core serves at most 1/(H + M(1)) requests/s without batching and "
+            "1/(H + M(32)/32) with full batches, so the gain is at most (H + M(1)) / (H + M(32)/32), and "
+            "32·M(1)/M(32) when H = 0.")
+    if not direct:
+        return text
+    m1, m32 = direct["b1"]["p50_ms"], direct["b32"]["p50_ms"]
+    r = m32 / m1
+    h = m1 * (1 - 5 * r / 32) / 4    # (H + M1) / (H + M32/32) >= 5  <=>  H <= M1 (1 - 5r/32) / 4
+    text += (f" Here M(1) = {m1:.2f} ms and M(32) = {m32:.2f} ms (ratio {r:.2f}), so the gain is at most "
+             f"{32 / r:.1f}× and " + (f"reaches 5× only while H ≤ {h * 1000:.0f} µs." if h > 0
+                                     else "cannot reach 5× whatever the server does."))
+    return text
 
 
 def write_docs(res: dict) -> None:

@@ -1,6 +1,6 @@
 """B4: model serving — loopstack vs BentoML vs Ray Serve, dynamic batching off and on.
 
-Two models (benchmarks/b4_models.py: a scikit-learn MLP whose batch of 32 costs about 2x a batch of 1,
+Two models (benchmarks/b4_models.py: a wide scikit-learn MLP, one row a few ms, 32 rows ~5x that,
 and a LightGBM classifier; 30 float features; the same joblib files for every server), each served by
 each server with batching off and on (max_batch_size 32, max wait 5 ms by default), one worker/replica,
 the server pinned to core 1 and the closed-loop client (b4_client.py) to core 0, at concurrency 1, 16

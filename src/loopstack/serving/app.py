@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import re
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -36,7 +36,7 @@ from loopstack.serving.predict import Request as PredictInput
 from loopstack.serving.prediction_log import PredictionLog
 from loopstack.serving.schemas import (ErrorResponse, HealthResponse, ModelsResponse, ModelStatus,
                                        PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse,
-                                       ReadyResponse)
+                                       ReadyResponse, fast_predict, fast_predict_batch)
 from loopstack.serving.vector import FeatureUnavailable, InputError
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 ACCESS_LOG = logging.getLogger("loopstack.access")
 log = logging.getLogger("loopstack.serving")
 _RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
 # (error class, HTTP status, code); first match wins
 _ERRORS: list[tuple[type, int, str]] = [
     (UnknownModel, 404, "unknown_model"), (InputError, 422, "invalid_input"), (QueueFull, 429, "overloaded"),
@@ -68,10 +69,13 @@ def _error(request: Request, status: int, code: str, detail: str, headers: dict 
 
 
 class _AccessMiddleware:
-    """Request id in and out, HTTP metrics, and one JSON access-log line per request."""
+    """Request id in and out, HTTP metrics, and one JSON access-log line per request.
 
-    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    ``fast(scope, body)`` may answer a prediction request itself (a Response) or decline (None): then
+    the body is replayed to FastAPI, which validates it with pydantic and answers as documented."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics, fast: Any = None) -> None:
+        self.app, self.metrics, self.fast = app, metrics, fast
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -80,7 +84,7 @@ class _AccessMiddleware:
         t0 = time.perf_counter()
         rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         st = scope.setdefault("state", {})
-        st["request_id"] = rid if _RID.match(rid) else uuid.uuid4().hex
+        st["request_id"] = rid if rid and _RID.match(rid) else f"{random.getrandbits(128):032x}"
         status = 500
 
         async def send_with_id(msg: dict) -> None:
@@ -91,13 +95,17 @@ class _AccessMiddleware:
             await send(msg)
 
         try:
+            if self.fast is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
+                receive = await self._fast(scope, receive, send_with_id)
+                if receive is None:
+                    return
             await self.app(scope, receive, send_with_id)
         finally:
             dt = time.perf_counter() - t0
             path = scope["path"]
             route = path.rsplit(":", 1)[-1] if path.startswith("/v1/models/") and ":" in path else path
             route = route if route in ("predict", "predict_batch", "/metrics", "/healthz", "/readyz") else "other"
-            self.metrics.http.labels(route, str(status)).inc()
+            self.metrics.child(self.metrics.http, route, str(status)).inc()
             if ACCESS_LOG.isEnabledFor(logging.INFO):
                 rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": st["request_id"],
                        "method": scope["method"], "path": path, "status": status, "duration_ms": round(dt * 1000, 3)}
@@ -105,6 +113,35 @@ class _AccessMiddleware:
                     if k in st:
                         rec[k] = st[k]
                 ACCESS_LOG.info(orjson.dumps(rec).decode())
+
+    async def _fast(self, scope: dict, receive: Any, send: Any) -> Any:
+        """Read the body and let `fast` answer; None when it did, else a `receive` that replays the body."""
+        chunks, more = [], True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":   # the client went away: nobody to answer
+                return None
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        response = await self.fast(scope, body)
+        if response is None:
+            return _replay(body, receive)
+        await response(scope, receive, send)
+        return None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """An ASGI `receive` that yields `body` once, then defers to the real one."""
+    sent = False
+
+    async def again() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return again
 
 
 def _uid(v: Any) -> str | None:
@@ -140,11 +177,13 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         if service.plog is not None:
             await asyncio.to_thread(service.plog.close)
 
+    # FastAPI's native OpenTelemetry checks the global providers on every request; the server has its own
+    # Prometheus metrics and JSON access log, so it is off (it is not configured in a loopstack process)
     app = FastAPI(title="loopstack model server", version="1", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Predictions from registered models: online features, dynamic batching, "
                               "shadow/canary/experiment/holdback routing, degradation ladder.")
     app.state.fleet, app.state.service, app.state.metrics = fleet, service, metrics
-    app.add_middleware(_AccessMiddleware, metrics=metrics)
     errs = {c: {"model": ErrorResponse} for c in (400, 404, 422, 429, 503, 504)}
 
     def _model_label(request: Request) -> str:
@@ -169,10 +208,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
         return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(ServingError)
-    async def _serving(request: Request, exc: ServingError) -> Response:
+    def serving_error(request: Request, exc: ServingError) -> Response:
         status, code = next((s, c) for cls, s, c in _ERRORS if isinstance(exc, cls))
-        metrics.errors.labels(_model_label(request), code).inc()
+        metrics.child(metrics.errors, _model_label(request), code).inc()
         headers = None
         if isinstance(exc, QueueFull):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
@@ -180,48 +218,86 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
             headers = {"Retry-After": "1"}
         return _error(request, status, code, str(exc), headers)
 
+    @app.exception_handler(ServingError)
+    async def _serving(request: Request, exc: ServingError) -> Response:
+        return serving_error(request, exc)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("internal error (request %s)", request.scope.get("state", {}).get("request_id"))
         metrics.errors.labels(_model_label(request), "internal").inc()
         return _error(request, 500, "internal", f"{type(exc).__name__}: {exc}")
 
+    async def answer_one(name: str, st: dict, entities: dict, fields: dict, user_id: Any,
+                         deadline_ms: float | None) -> Response:
+        st["model"] = name
+        t0 = time.monotonic()
+        inp = PredictInput(entities, fields, _uid(user_id), st["request_id"])
+        ans = (await service.predict(name, [inp], deadline_ms))[0]
+        st.update(version=ans.version, variant=ans.variant, rung=ans.rung)
+        return _json({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
+                      "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    async def answer_batch(name: str, st: dict, instances: list[tuple[dict, dict, Any]], user_id: Any,
+                           deadline_ms: float | None) -> Response:
+        st["model"], st["instances"] = name, len(instances)
+        fleet.get(name)
+        if len(instances) > cfg.max_instances:
+            raise InputError(f"{len(instances)} instances in one request; the limit is {cfg.max_instances}: "
+                             "split the request")
+        t0 = time.monotonic()
+        rid = st["request_id"]
+        inputs = [PredictInput(e, f, _uid(u if u is not None else user_id), f"{rid}:{n}")
+                  for n, (e, f, u) in enumerate(instances)]
+        answers = await service.predict(name, inputs, deadline_ms)
+        items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
+                  "request_id": a.request_id, "cached": a.cached} for a in answers]
+        return _json({"model": name, "predictions": items, "request_id": rid,
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+    async def fast(scope: dict, body: bytes) -> Response | None:
+        """The hot path: a well-formed JSON body is answered without FastAPI's per-request machinery;
+        anything else (bad JSON, wrong shapes, another content type) returns None and goes through the
+        documented endpoints below, whose pydantic validation produces the 4xx."""
+        if scope.get("root_path"):
+            return None
+        ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if not ctype.startswith(b"application/json"):
+            return None
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        name, _, op = scope["path"][len("/v1/models/"):].rpartition(":")
+        st = scope["state"]
+        try:
+            if op == "predict":
+                one = fast_predict(obj)
+                return None if one is None else await answer_one(name, st, *one)
+            many = fast_predict_batch(obj)
+            return None if many is None else await answer_batch(name, st, *many)
+        except ServingError as exc:
+            return serving_error(Request(scope), exc)
+
+    app.add_middleware(_AccessMiddleware, metrics=metrics, fast=fast)
+
     @app.post("/v1/models/{name}:predict", response_model=PredictResponse, responses=errs,
               summary="Predict one instance")
     async def predict(name: str, body: PredictRequest, request: Request) -> Response:
         """Fetch online features for `entities`, compute on-demand features from `fields`, assemble the
         model's vector, route (canary/experiment/holdback by `user_id`), predict through the ladder."""
-        st = request.scope["state"]
-        st["model"] = name
-        t0 = time.monotonic()
-        inp = PredictInput(dict(body.entities), dict(body.fields), _uid(body.user_id), st["request_id"])
-        ans = (await service.predict(name, [inp], body.deadline_ms))[0]
-        st.update(version=ans.version, variant=ans.variant, rung=ans.rung)
-        return _json({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
-                      "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
-                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        return await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields), body.user_id,
+                                body.deadline_ms)
 
     @app.post("/v1/models/{name}:predict_batch", response_model=PredictBatchResponse, responses=errs,
               summary="Predict several instances")
     async def predict_batch(name: str, body: PredictBatchRequest, request: Request) -> Response:
         """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
         else); any failing instance fails the request, naming the instance."""
-        st = request.scope["state"]
-        st["model"], st["instances"] = name, len(body.instances)
-        fleet.get(name)
-        if len(body.instances) > cfg.max_instances:
-            raise InputError(f"{len(body.instances)} instances in one request; the limit is {cfg.max_instances}: "
-                             "split the request")
-        t0 = time.monotonic()
-        rid = st["request_id"]
-        inputs = [PredictInput(dict(i.entities), dict(i.fields), _uid(i.user_id if i.user_id is not None
-                                                                       else body.user_id), f"{rid}:{n}")
-                  for n, i in enumerate(body.instances)]
-        answers = await service.predict(name, inputs, body.deadline_ms)
-        items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
-                  "request_id": a.request_id, "cached": a.cached} for a in answers]
-        return _json({"model": name, "predictions": items, "request_id": rid,
-                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        return await answer_batch(name, request.scope["state"],
+                                  [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
+                                  body.user_id, body.deadline_ms)
 
     def status(name: str) -> dict:
         h = fleet.get(name)

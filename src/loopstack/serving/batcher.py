@@ -98,9 +98,10 @@ class BatcherClosed(ServingError):
 @dataclass
 class _Item:
     payload: Any
-    future: concurrent.futures.Future
+    future: Any              # a concurrent.futures.Future, or an asyncio.Future of `loop`
     enqueued_at: float
     deadline: float | None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class DynamicBatcher:
@@ -130,33 +131,52 @@ class DynamicBatcher:
     def submit(self, payload: Any, deadline: float | None = None) -> concurrent.futures.Future:
         """Queue one request; the future resolves to its result. Raises QueueFull / BatcherClosed."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        now = self._clock()
+        self._enqueue(_Item(payload, fut, 0.0, deadline))
+        return fut
+
+    async def submit_async(self, payload: Any, deadline: float | None = None, timeout: float | None = None) -> Any:
+        """Queue one request and await its result (QueueFull is raised at once, not awaited); after
+        ``timeout`` seconds: asyncio.TimeoutError. The worker settles the asyncio futures of a batch with
+        one ``call_soon_threadsafe`` per batch, not one thread hop per request."""
+        fut = self.submit_future(payload, deadline)
+        if timeout is None:
+            return await fut
+        timer = fut.get_loop().call_later(timeout, time_out, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def submit_future(self, payload: Any, deadline: float | None = None) -> asyncio.Future:
+        """Queue one request from the event loop; the asyncio future of its result (see submit_async)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._enqueue(_Item(payload, fut, 0.0, deadline, loop))
+        return fut
+
+    def _enqueue(self, item: _Item) -> None:
+        now = item.enqueued_at = self._clock()
         with self._cv:
             if self._closed:
                 raise BatcherClosed(f"batcher {self.name!r} is shut down and takes no new requests: "
                                     "retry on another replica")
-            if deadline is not None and deadline <= now:
+            if item.deadline is not None and item.deadline <= now:
                 self._expired += 1
-                fut.set_exception(DeadlineExceeded(
+                item.future.set_exception(DeadlineExceeded(
                     f"request to {self.name!r} arrived after its deadline; give it more time"))
-                return fut
+                return
             depth = len(self._queue)
             if depth >= self.cfg.max_queue:
                 self._rejected += 1
                 retry = self._retry_after_locked(depth)
                 raise QueueFull(f"request queue of {self.name!r} is full ({depth} waiting): retry after "
                                 f"{retry:.3f}s", retry)
-            self._queue.append(_Item(payload, fut, now, deadline))
+            self._queue.append(item)
             self._requests += 1
             n = depth + 1
             # Wake the worker only when its decision can change: first request, full, or a preferred size.
             if n == 1 or n == self.cfg.max_batch_size or n in self.cfg.preferred_batch_sizes:
                 self._cv.notify()
-        return fut
-
-    async def submit_async(self, payload: Any, deadline: float | None = None) -> Any:
-        """Queue one request and await its result (QueueFull is raised at once, not awaited)."""
-        return await asyncio.wrap_future(self.submit(payload, deadline))
 
     def _retry_after_locked(self, depth: int) -> float:
         """Seconds until a queue of ``depth`` should have drained: batches needed x recent batch time."""
@@ -197,11 +217,11 @@ class DynamicBatcher:
             if taken is None:
                 return
             live, expired, _reason = taken
-            for item in expired:
-                _settle(item.future, DeadlineExceeded(
+            if expired:
+                _settle_all(expired, DeadlineExceeded(
                     f"request to {self.name!r} waited past its deadline before its batch ran; "
                     "give it more time or reduce load"))
-            live = [item for item in live if item.future.set_running_or_notify_cancel()]
+            live = [item for item in live if _start(item)]
             if live:
                 self._run(live)
             with self._cv:
@@ -215,12 +235,10 @@ class DynamicBatcher:
                 raise RuntimeError(f"run_batch of {self.name!r} returned {len(results)} results for a batch of "
                                    f"{len(items)}: it must return exactly one result per payload, in order")
         except BaseException as exc:  # the worker must survive any failure of the model
-            for item in items:
-                item.future.set_exception(exc)
+            _settle_all(items, exc)
             ok = False
         else:
-            for item, result in zip(items, results):
-                item.future.set_result(result)
+            _settle_all(items, None, results)
             ok = True
         elapsed = time.perf_counter() - started
         with self._cv:
@@ -270,14 +288,52 @@ class DynamicBatcher:
         self._fail(leftover, f"did not drain within {timeout}s")
 
     def _fail(self, items: list[_Item], why: str) -> None:
-        for item in items:
-            _settle(item.future, BatcherClosed(
+        if items:
+            _settle_all(items, BatcherClosed(
                 f"batcher {self.name!r} {why} before this request ran: retry it on another replica"))
 
 
-def _settle(future: concurrent.futures.Future, exc: BaseException) -> None:
-    """Fail a future unless its caller already cancelled it (a cancelled future cannot take a result)."""
-    try:
-        future.set_exception(exc)
-    except concurrent.futures.InvalidStateError:
-        pass
+def time_out(fut: asyncio.Future) -> None:
+    """Fail `fut` with asyncio.TimeoutError unless it is settled already (a `call_later` callback)."""
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
+def _start(item: _Item) -> bool:
+    """Mark a request as running; False if its caller gave up on it already (cancelled, timed out)."""
+    if item.loop is None:
+        return item.future.set_running_or_notify_cancel()
+    return not item.future.done()   # read on the worker thread: a later cancel is caught on delivery
+
+
+def _settle_all(items: list[_Item], exc: BaseException | None, results: list | None = None) -> None:
+    """Resolve the futures of `items` with `results` (in order), else fail them with `exc`. The futures
+    of an event loop are set on that loop by one callback per loop and batch."""
+    by_loop: dict[Any, list] = {}
+    for i, item in enumerate(items):
+        value = results[i] if results is not None else None
+        if item.loop is not None:
+            by_loop.setdefault(item.loop, []).append((item.future, value))
+            continue
+        try:
+            if exc is None:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:   # its caller cancelled it meanwhile
+            pass
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, pairs, exc)
+        except RuntimeError:   # the loop is closed: nobody waits for these any more
+            pass
+
+
+def _deliver(pairs: list, exc: BaseException | None) -> None:
+    """On the event loop: set every future that is still waiting."""
+    for fut, value in pairs:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(exc)

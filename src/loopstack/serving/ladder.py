@@ -149,6 +149,8 @@ class CircuitBreaker:
             slot.requests += 1
             slot.errors += 0 if ok else 1
             slot.latency[bisect.bisect_left(_EDGES, max(0.0, latency_s))] += 1
+            if ok and self.max_latency_s is None:
+                return   # a success never opens the breaker: skip the window sums (the per-request cost)
             requests, errors, counts = self._window_locked(now, latency=self.max_latency_s is not None)
             if requests < self.min_requests:
                 return

@@ -46,6 +46,16 @@ class ServingMetrics:
                              registry=r)
         self.http = Counter(f"{P}http_requests", "HTTP requests by route and status.", ["path", "status"], registry=r)
         self.source: Callable[[], dict] | None = None
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: the response path skips prometheus_client's lock and lookup.
+        (Label sets are few: models x versions x variants x rungs x statuses.)"""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def attach(self, source: Callable[[], dict]) -> None:
         """`source()` returns {"versions": [...], "cache": {...}, "prediction_log": {...}} at scrape time."""

@@ -59,7 +59,8 @@ class LoadedVersion:
     def release(self) -> None:
         with self._cv:
             self._inflight -= 1
-            self._cv.notify_all()
+            if self._retired:     # only `retire` waits on the count
+                self._cv.notify_all()
 
     def retire(self, timeout: float) -> None:
         """Refuse new requests, wait (up to `timeout`) for in-flight ones, then stop batcher and runtime."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from loopstack.serving.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from loopstack.serving.batcher import BatcherClosed, DeadlineExceeded, QueueFull, time_out
 from loopstack.serving.cache import ResultCache, cache_key
 from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import ServingError
@@ -69,6 +69,11 @@ class PredictService:
         self.fleet, self.cfg, self.metrics, self.plog = fleet, cfg, metrics, plog
         self.cache = ResultCache(cfg.cache_entries, cfg.cache_ttl_s) if cfg.cache_entries else None
         self.background: set[asyncio.Task] = set()
+        model, base = Rung("model", cfg.model_budget_ms / 1000), Rung("baseline", 0.0)
+        fallback = Rung("fallback", cfg.fallback_budget_ms / 1000)
+        # the ladder of a request, by (has a fallback version, has a baseline): built once, not per request
+        self._rungs = {(f, b): [model, *([fallback] if f else []), *([base] if b else [])]
+                       for f in (False, True) for b in (False, True)}
 
     # -- entry point -------------------------------------------------------------------------
     async def predict(self, name: str, requests: Sequence[Request], deadline_ms: float | None) -> list[Answer]:
@@ -80,9 +85,14 @@ class PredictService:
         try:
             snap, routed = self._route(handle, requests, held)
             vectors = self._vectors(snap, routed, requests)
-            answers = await asyncio.gather(*(self._ladder(handle, snap, a, lv, vec, r, deadline, held)
-                                             for r, (a, lv), vec in zip(requests, routed, vectors)),
-                                           return_exceptions=True)
+            if len(requests) == 1:   # the common case: no task per request
+                try:
+                    answers: list = [await self._ladder(handle, snap, *routed[0], vectors[0], requests[0], deadline,
+                                                        held)]
+                except Exception as exc:  # noqa: BLE001 - as gather(return_exceptions=True)
+                    answers = [exc]
+            else:
+                answers = await self._many(handle, snap, routed, vectors, requests, deadline, held)
         finally:
             for lv in held:
                 lv.release()
@@ -133,26 +143,81 @@ class PredictService:
         many = len(requests) > 1
         for v, idxs in by_version.items():
             builder = snap.versions[v].builder
-            vecs = builder.build(self.fleet.project.online, [(requests[i].entities, requests[i].fields) for i in idxs],
+            online = self.fleet.project.online if builder.view_refs else None   # no store read without features
+            vecs = builder.build(online, [(requests[i].entities, requests[i].fields) for i in idxs],
                                  [f"instance {i}: " if many else "" for i in idxs])
             for i, vec in zip(idxs, vecs):
                 out[i] = vec
         return out
 
+    async def _many(self, handle: ModelHandle, snap: Snapshot, routed: list, vectors: list[list],
+                    requests: Sequence[Request], deadline: float, held: list[LoadedVersion]) -> list:
+        """The answers of several instances. The model rung of every instance that can take it plainly
+        (no result cache, breaker closed, time left) is queued at once and awaited together, with no task
+        per instance; the others, and those whose model rung failed, go through the whole ladder."""
+        loop = asyncio.get_running_loop()
+        policy, t = snap.policy, time.monotonic()
+        left = deadline - t
+        out: list[Any] = [None] * len(requests)   # Answer | failure of the model rung (str) | None
+        direct, futs, timers, budgets = [], [], [], []
+        if self.cache is None and left > 0:
+            try:
+                for i, (a, lv) in enumerate(routed):
+                    if lv.breaker.state != "closed":
+                        continue
+                    fb = policy.fallback not in (None, a.version) and policy.fallback in snap.versions
+                    budget = left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
+                    fut = lv.batcher.submit_future(vectors[i], deadline=t + budget)
+                    direct.append(i)
+                    futs.append(fut)
+                    budgets.append(budget)
+                    timers.append(loop.call_later(budget, time_out, fut))
+            except BaseException:   # QueueFull (429 for the whole request): the queued ones are not needed
+                for fut, timer in zip(futs, timers):
+                    timer.cancel()
+                    fut.cancel()
+                raise
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for timer in timers:
+            timer.cancel()
+        elapsed = time.monotonic() - t
+        for i, res, budget in zip(direct, results, budgets):
+            a, lv = routed[i]
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            lv.breaker.record(not isinstance(res, BaseException), elapsed)
+            if not isinstance(res, BaseException):
+                out[i] = Answer(res, lv.version, a.variant, "model", requests[i].request_id, False, vectors[i], a, [],
+                                lv.builder.columns)
+                continue
+            if isinstance(res, (asyncio.TimeoutError, DeadlineExceeded)):
+                out[i], reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
+            else:
+                reason = "closed" if isinstance(res, BatcherClosed) else "error"
+                out[i] = f"model (v{lv.version}): {res}"
+            self.metrics.rung_failures.labels(handle.name, str(lv.version), "model", reason).inc()
+        rest = [i for i, ans in enumerate(out) if not isinstance(ans, Answer)]
+        if rest:
+            more = await asyncio.gather(*(self._ladder(handle, snap, *routed[i], vectors[i], requests[i], deadline,
+                                                       held, out[i]) for i in rest), return_exceptions=True)
+            for i, ans in zip(rest, more):
+                out[i] = ans
+        return out
+
     # -- the ladder --------------------------------------------------------------------------
     async def _ladder(self, handle: ModelHandle, snap: Snapshot, a: Assignment, lv: LoadedVersion, vec: list,
-                      req: Request, deadline: float, held: list[LoadedVersion]) -> Answer:
+                      req: Request, deadline: float, held: list[LoadedVersion], model_failed: str | None = None
+                      ) -> Answer:
+        """Try the rungs in order (`model_failed`: the model rung was tried already and failed so)."""
         policy, rid = snap.policy, req.request_id
         fb = snap.versions.get(policy.fallback) if policy.fallback not in (None, a.version) else None
-        rungs = [Rung("model", self.cfg.model_budget_ms / 1000)]
-        if fb is not None:
-            rungs.append(Rung("fallback", self.cfg.fallback_budget_ms / 1000))
-        if policy.baseline is not None:
-            rungs.append(Rung("baseline", 0.0))
+        rungs = self._rungs[(fb is not None, policy.baseline is not None)]
         breakers = {"model": lv.breaker, **({"fallback": fb.breaker} if fb is not None else {})}
-        failures: list[str] = []
+        failures: list[str] = [] if model_failed is None else [model_failed]
         expired = False
         for rung in plan_rungs(rungs, breakers):
+            if rung.name == "model" and model_failed is not None:
+                continue
             if rung.name == "baseline":
                 return Answer(policy.baseline, None, a.variant, "baseline", rid, vector=vec, assignment=a,
                               failures=failures, columns=lv.builder.columns)
@@ -213,12 +278,12 @@ class PredictService:
         if self.cache is not None:
             key = cache_key(model, lv.version, vec)
             hit, value = self.cache.get(key)
-            self.metrics.cache.labels(model, "hit" if hit else "miss").inc()
+            self.metrics.child(self.metrics.cache, model, "hit" if hit else "miss").inc()
             if hit:
                 return value, True
         t = time.monotonic()
         try:
-            value = await asyncio.wait_for(lv.batcher.submit_async(vec, deadline=t + budget), budget)
+            value = await lv.batcher.submit_async(vec, deadline=t + budget, timeout=budget)
         except (QueueFull, asyncio.CancelledError):   # overload and cancelled callers say nothing about the model
             raise
         except BaseException:
@@ -239,9 +304,10 @@ class PredictService:
             status, error = "error", "; ".join(ans.failures)
         else:
             status, error = "ok", None
-            self.metrics.requests.labels(name, str(ans.version), ans.variant, ans.rung, "ok").inc()
-            self.metrics.latency.labels(name, ans.variant).observe(latency)
-            self.metrics.rungs.labels(name, ans.rung).inc()
+            m = self.metrics
+            m.child(m.requests, name, str(ans.version), ans.variant, ans.rung, "ok").inc()
+            m.child(m.latency, name, ans.variant).observe(latency)
+            m.child(m.rungs, name, ans.rung).inc()
         a = ans.assignment
         rec = {"kind": "prediction", "request_id": ans.request_id, "ts": int(time.time() * 1e6), "model": name,
                "version": ans.version, "variant": ans.variant, "rung": ans.rung, "status": status,
@@ -281,7 +347,7 @@ class PredictService:
             if sv.builder.signature != snap.versions[ans.version].builder.signature:
                 vec = sv.builder.build(self.fleet.project.online, [(req.entities, req.fields)])[0]
             budget = self.cfg.model_budget_ms / 1000
-            value = await asyncio.wait_for(sv.batcher.submit_async(vec, deadline=t + budget), budget)
+            value = await sv.batcher.submit_async(vec, deadline=t + budget, timeout=budget)
         except QueueFull:
             self.metrics.shadow.labels(handle.name, str(version), "dropped").inc()
             return

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -47,62 +47,81 @@ class PredictionLog:
         self.log, self.topic = event_log, topic
         self.batch_size, self.flush_interval_s, self.block_timeout_s = batch_size, flush_interval_s, block_timeout_s
         self.spill_path = Path(spill_path) if spill_path else None
-        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._q: deque[dict] = deque()     # append/popleft are atomic: producers never wake the writer
         self.counts = {"accepted": 0, "written": 0, "blocked": 0, "dropped": 0, "append_errors": 0, "spilled": 0}
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)   # producers waiting for room (the slow path)
+        self._waiting = 0
+        self._wake = threading.Event()                 # set when a full batch is waiting, or on close
         self._stop = threading.Event()
         event_log.create_topic(TopicConfig(topic, partitions, SCHEMA, key_field="model"))
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     # -- producing ---------------------------------------------------------------------------
-    def put(self, record: dict) -> bool:
-        """Enqueue one record; blocks briefly when the queue is full. False: refused (and counted)."""
-        try:
-            self._q.put_nowait(record)
-        except queue.Full:
-            with self._lock:
-                self.counts["blocked"] += 1
-            try:
-                self._q.put(record, timeout=self.block_timeout_s)
-            except queue.Full:
-                with self._lock:
-                    self.counts["dropped"] += 1
-                log.error("prediction log queue full for %.1fs: record %s refused", self.block_timeout_s,
-                          record.get("request_id"))
-                return False
+    def _offer(self, record: dict) -> bool:
+        """O(1), no thread wake-up unless a whole batch is waiting: the response path's cost."""
+        q = self._q
+        if len(q) >= self.max_queue:
+            return False
+        q.append(record)
         with self._lock:
             self.counts["accepted"] += 1
+        if len(q) == self.batch_size:
+            self._wake.set()
+        return True
+
+    def put(self, record: dict) -> bool:
+        """Enqueue one record; blocks briefly when the queue is full. False: refused (and counted)."""
+        if self._offer(record):
+            return True
+        deadline = time.monotonic() + self.block_timeout_s
+        with self._room:
+            self.counts["blocked"] += 1
+            self._waiting += 1
+            try:
+                while len(self._q) >= self.max_queue:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.counts["dropped"] += 1
+                        log.error("prediction log queue full for %.1fs: record %s refused", self.block_timeout_s,
+                                  record.get("request_id"))
+                        return False
+                    self._room.wait(left)
+                self._q.append(record)
+                self.counts["accepted"] += 1
+            finally:
+                self._waiting -= 1
         return True
 
     async def put_async(self, record: dict) -> bool:
         """`put` for the event loop: the fast path inline, the blocking path on a thread."""
-        try:
-            self._q.put_nowait(record)
-        except queue.Full:
-            import asyncio
-            return await asyncio.to_thread(self.put, record)
-        with self._lock:
-            self.counts["accepted"] += 1
-        return True
+        if self._offer(record):
+            return True
+        import asyncio
+        return await asyncio.to_thread(self.put, record)
 
     def depth(self) -> int:
-        return self._q.qsize()
+        return len(self._q)
 
     def stats(self) -> dict:
         with self._lock:
-            return {**self.counts, "queue_depth": self._q.qsize()}
+            return {**self.counts, "queue_depth": len(self._q)}
 
     # -- writing -----------------------------------------------------------------------------
     def _take(self) -> list[dict]:
+        """Up to batch_size records, waiting at most flush_interval_s for a batch to fill."""
+        if len(self._q) < self.batch_size and not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+        self._wake.clear()
         batch: list[dict] = []
-        deadline = time.monotonic() + self.flush_interval_s
-        while len(batch) < self.batch_size:
-            left = deadline - time.monotonic()
-            try:
-                batch.append(self._q.get(timeout=max(left, 0.0)) if left > 0 else self._q.get_nowait())
-            except queue.Empty:
-                break
+        q = self._q
+        while q and len(batch) < self.batch_size:
+            batch.append(q.popleft())
+        if batch and self._waiting:
+            with self._room:
+                self._room.notify_all()
         return batch
 
     def _append(self, batch: list[dict], retries: int | None = None) -> bool:
@@ -134,13 +153,13 @@ class PredictionLog:
     def _drain(self) -> None:
         while True:
             batch = []
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            while self._q and len(batch) < self.batch_size:
+                batch.append(self._q.popleft())
             if not batch:
                 return
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
             if not self._append(batch, retries=3):
                 self._spill(batch)
 
@@ -169,4 +188,5 @@ class PredictionLog:
     def close(self, timeout: float = 30.0) -> None:
         """Write every accepted record, then stop the writer."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)

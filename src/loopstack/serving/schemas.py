@@ -108,3 +108,64 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     models: dict[str, dict[str, Any]]
+
+
+# -- the fast path: hand validation of well-formed bodies (anything else goes through pydantic) -----------
+_PREDICT_KEYS = frozenset(("entities", "fields", "user_id", "deadline_ms"))
+_INSTANCE_KEYS = frozenset(("entities", "fields", "user_id"))
+_BATCH_KEYS = frozenset(("instances", "user_id", "deadline_ms"))
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _instance(obj: Any, keys: frozenset) -> tuple[dict, dict, Any] | None:
+    """(entities, fields, user_id) if `obj` is valid as `keys` allow, else None (let pydantic explain)."""
+    if type(obj) is not dict or not keys.issuperset(obj):
+        return None
+    ents = obj.get("entities", {})
+    flds = obj.get("fields", {})
+    uid = obj.get("user_id")
+    if type(ents) is not dict or type(flds) is not dict or (uid is not None and type(uid) not in (str, int)):
+        return None
+    for v in ents.values():
+        if type(v) is not int and type(v) is not str:
+            return None
+    for v in flds.values():
+        if type(v) not in _SCALARS:
+            return None
+    return ents, flds, uid
+
+
+def _deadline(obj: dict) -> tuple[bool, float | None]:
+    d = obj.get("deadline_ms")
+    if d is None:
+        return True, None
+    return (type(d) in (int, float) and 0 < d <= 600_000), float(d) if type(d) in (int, float) else None
+
+
+def fast_predict(obj: Any) -> tuple[dict, dict, Any, float | None] | None:
+    """A parsed :predict body that `PredictRequest` would accept unchanged, else None.
+
+    Only plain JSON types reach here (orjson), so exact type checks match pydantic's strict types;
+    whatever this does not accept is validated by pydantic, which says what is wrong."""
+    inst = _instance(obj, _PREDICT_KEYS)
+    if inst is None:
+        return None
+    ok, deadline = _deadline(obj)
+    return (*inst, deadline) if ok else None
+
+
+def fast_predict_batch(obj: Any) -> tuple[list[tuple[dict, dict, Any]], Any, float | None] | None:
+    """A parsed :predict_batch body that `PredictBatchRequest` would accept unchanged, else None."""
+    if type(obj) is not dict or not _BATCH_KEYS.issuperset(obj):
+        return None
+    items, uid = obj.get("instances"), obj.get("user_id")
+    if type(items) is not list or not items or (uid is not None and type(uid) not in (str, int)):
+        return None
+    out = []
+    for item in items:
+        inst = _instance(item, _INSTANCE_KEYS)
+        if inst is None:
+            return None
+        out.append(inst)
+    ok, deadline = _deadline(obj)
+    return (out, uid, deadline) if ok else None

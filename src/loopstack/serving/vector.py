@@ -5,11 +5,14 @@ the request's entity keys), an on-demand feature (computed by `retrieval.compute
 function offline retrieval uses, from the request-time ``fields`` and the online features), or a
 raw input (any other name: read from ``fields`` by column name). The frame given to the model has
 the signature's columns and dtypes and is scored by `training.trainers.predict_scores`, so serving
-runs the same code path as evaluation.
+runs the same code path as evaluation; a model fitted on exactly those (numeric) columns then gets
+the same vectors as a float64 array, once the first batch scored identically both ways (`score_rows`).
 """
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -96,6 +99,8 @@ class VectorBuilder:
                 elif src not in on_demand:
                     self.fields.setdefault(src, f"input of on-demand feature {odfv.name!r}")
         self.view_refs = view_refs
+        self._plan = [(kind, name, dtype, _kind(dtype) == "float")
+                      for (kind, name), dtype in zip(self.kinds, self.dtypes)]
         self.full_names = full   # training named view features 'view__feature' (full_feature_names=True)
         self.join_keys: dict[str, list[str]] = {}
         for ref in view_refs:
@@ -137,8 +142,9 @@ class VectorBuilder:
             for out, row in zip(values, resp.rows):
                 for ref in self.view_refs:
                     out[ref] = row.get(ref.replace(":", "__"))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc) if self.odfvs else None
         vectors = []
+        plan = self._plan
         for (ents, flds), feats, w in zip(instances, values, where):
             computed: dict[str, Any] = {}
             if self.odfvs:
@@ -150,13 +156,15 @@ class VectorBuilder:
                 except RetrievalError as exc:
                     raise InputError(f"{w}{exc} (check the request fields it reads)") from exc
             vec = []
-            for (kind, name), dtype in zip(self.kinds, self.dtypes):
-                if kind == "view":
+            for kind, name, dtype, is_float in plan:
+                if kind == "field":
+                    v = flds[name]
+                    # the common case needs no conversion: a JSON float for a float input
+                    vec.append(v if is_float and type(v) is float else coerce(v, dtype, f"{w}field {name!r}"))
+                elif kind == "view":
                     vec.append(feats[name])
-                elif kind == "on_demand":
-                    vec.append(coerce(computed[name], dtype, f"{w}on-demand feature {name!r}"))
                 else:
-                    vec.append(coerce(flds[name], dtype, f"{w}field {name!r}"))
+                    vec.append(coerce(computed[name], dtype, f"{w}on-demand feature {name!r}"))
             vectors.append(vec)
         return vectors
 
@@ -184,17 +192,77 @@ def frame(signature: Signature, rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
 
 
 _CHECKED: set[int] = set()
+# (id(model), id(signature)) -> (weak reference to the model, score a float64 array instead of the frame?)
+_PLANS: dict[tuple[int, int], tuple[Any, bool]] = {}
+_NAMES_WARNING = "X does not have valid feature names"
+
+
+def _feature_names(model: Any) -> list[str] | None:
+    """The column names `model` was fitted on (scikit-learn / LightGBM sklearn API), else None."""
+    try:
+        names = getattr(model, "feature_names_in_", None)
+    except Exception:  # noqa: BLE001 - a property that raises (e.g. an unfitted LightGBM wrapper)
+        return None
+    return None if names is None else [str(n) for n in names]
+
+
+def _array_candidate(model: Any, signature: Signature) -> bool:
+    """May `model` be given a plain float64 array? Only if every input is numeric, the model was fitted
+    on exactly the signature's columns (so the frame carries no information the array lacks) and it
+    knows no pandas categories (LightGBM)."""
+    if any(_kind(i.dtype) not in ("int", "float", "bool") for i in signature.inputs):
+        return False
+    if _feature_names(model) != list(signature.columns):
+        return False
+    booster = getattr(model, "_Booster", None)
+    return not getattr(booster, "pandas_categorical", None)
+
+
+def _plan(model: Any, signature: Signature, rows: Sequence[Sequence[Any]], out: dict) -> tuple[bool, Any]:
+    """Decide once per (model, signature): score arrays if the model gives the frame's very answers on
+    this first batch; (decision, the frame's scores of this batch)."""
+    df = frame(signature, rows)
+    if id(signature) not in _CHECKED and [str(t) for t in df.dtypes] == [i.dtype for i in signature.inputs]:
+        signature.check(df)
+        _CHECKED.add(id(signature))
+    from loopstack.training.evaluation import positive_scores
+    scores = positive_scores(model, df, out.get("positive_class", 1))
+    use_array = False
+    if _array_candidate(model, signature):
+        # scikit-learn warns on every call with an array when the model was fitted on a frame; the array
+        # holds the signature's columns in order, so that one warning is silenced (for scikit-learn only)
+        warnings.filterwarnings("ignore", message=_NAMES_WARNING, category=UserWarning, module=r"sklearn\.")
+        try:
+            X = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(signature.columns))
+            same = np.array_equal(positive_scores(model, X, out.get("positive_class", 1)),
+                                  np.asarray(scores, dtype=float), equal_nan=True)
+        except Exception:  # noqa: BLE001 - the model needs the frame
+            same = False
+        use_array = bool(same)
+    try:
+        ref: Any = weakref.ref(model)
+    except TypeError:
+        ref = None
+    _PLANS[(id(model), id(signature))] = (ref, use_array)
+    return use_array, scores
 
 
 def score_rows(model: Any, signature: Signature, rows: Sequence[Sequence[Any]]) -> list[float]:
     """Scores of a batch of vectors with the training code path: the signature's frame, checked against
     the signature (`Signature.check`, once per signature and process: the frame is built from it), scored
-    by `evaluation.positive_scores` as `trainers.predict_scores` does."""
+    by `evaluation.positive_scores` as `trainers.predict_scores` does.
+
+    Fast path: a model fitted on exactly the signature's (numeric) columns is scored on a float64 array
+    of the same vectors, which skips pandas and scikit-learn's frame validation (most of the time of a
+    small batch). It is taken only after the first batch gave identical scores both ways."""
     from loopstack.training.evaluation import positive_scores
-    df = frame(signature, rows)
-    if id(signature) not in _CHECKED and [str(t) for t in df.dtypes] == [i.dtype for i in signature.inputs]:
-        signature.check(df)
-        _CHECKED.add(id(signature))
     out = signature.outputs[0] if signature.outputs else {}
-    scores = positive_scores(model, df, out.get("positive_class", 1))
+    plan = _PLANS.get((id(model), id(signature)))
+    if plan is None or (plan[0] is not None and plan[0]() is not model):
+        _, scores = _plan(model, signature, rows, out)
+    elif plan[1]:
+        X = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(signature.columns))
+        scores = positive_scores(model, X, out.get("positive_class", 1))
+    else:
+        scores = positive_scores(model, frame(signature, rows), out.get("positive_class", 1))
     return [None if isinstance(s, float) and math.isnan(s) else s for s in np.asarray(scores, dtype=float).tolist()]
