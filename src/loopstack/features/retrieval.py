@@ -283,18 +283,31 @@ def _to_pandas(result: pa.Table, original: pd.DataFrame | None, ts_name: str, in
         df = result.to_pandas()
     else:  # keep the user's columns and dtypes untouched; only the timestamp becomes UTC-aware
         df = original.copy()
-        for name in result.column_names[original.shape[1]:]:
-            df[name] = _series(result[name], index)
+        names = result.column_names[original.shape[1]:]
+        if set(names) & set(df.columns) or not names:
+            for name in names:
+                df[name] = _series(result[name], index)
+        else:  # one threaded conversion per dtype group, one concat (not a block insert per column)
+            nullable = [n for n in names if result[n].null_count and (pa.types.is_integer(result[n].type)
+                                                                      or pa.types.is_boolean(result[n].type))]
+            rest = [n for n in names if n not in set(nullable)]
+            parts = [result.select(rest).to_pandas()] if rest else []
+            if nullable:
+                parts.append(result.select(nullable).to_pandas(types_mapper=_NULLABLE.get))
+            new = (pd.concat(parts, axis=1) if len(parts) > 1 else parts[0])[names]
+            df = pd.concat([df, new.set_axis(df.index)], axis=1)
     df[ts_name] = result[ts_name].to_pandas().set_axis(df.index)
     return df
+
+
+_NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+             pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def _series(col: pa.ChunkedArray, index) -> Any:
     t = col.type
     if col.null_count and (pa.types.is_integer(t) or pa.types.is_boolean(t)):
-        s = col.to_pandas(types_mapper={pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
-                                        pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
-                                        pa.bool_(): pd.BooleanDtype()}.get)
+        s = col.to_pandas(types_mapper=_NULLABLE.get)
     else:
         s = col.to_pandas()
     return s.set_axis(index) if index is not None else s

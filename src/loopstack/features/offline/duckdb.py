@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -127,7 +128,7 @@ class DuckDBEngine(OfflineEngine):
             )
         n = entity_table.num_rows
         ts_us = entity_micros(entity_table[timestamp_column])
-        rid = pa.array(range(n), type=pa.int64()) if n else pa.array([], type=pa.int64())
+        rid = pa.array(np.arange(n, dtype=np.int64))
         out = entity_table
         for req in requests:
             t0 = time.perf_counter()
