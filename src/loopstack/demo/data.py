@@ -14,6 +14,13 @@ WORDS = ("great post thanks interesting agree disagree love this article more pl
 SPAM_WORDS = "free offer click win prize cheap deal buy now limited crypto bonus".split()
 
 
+def demo_start() -> datetime:
+    """Where `loopstack demo`'s two weeks of comments begin: 15 days before today (UTC midnight), so they
+    end yesterday and the online store's 7-day windows are current when the server reads them now."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=15)
+
+
 def generate_comments(n: int = 5000, n_authors: int = 300, days: int = 14, spam_rate: float = 0.02,
                       seed: int = 7, start: datetime | None = None) -> list[dict]:
     """`n` comment events over `days` days, sorted by event time, as dicts (ts is an aware datetime)."""

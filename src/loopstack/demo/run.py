@@ -1,9 +1,10 @@
-"""`loopstack demo`: the spam-classifier lifecycle, as far as it exists, on embedded defaults.
+"""`loopstack demo`: the spam-classifier lifecycle end to end, on embedded defaults.
 
 Ingest a comment stream (bad records dead-lettered), apply definitions, build a point-in-time
 training frame that never counts later spam, stream the topic into the online store, read online
 features, run the offline/online parity check, train/register/gate a model, then serve it over HTTP
-on loopback with a challenger in shadow and then in canary.
+on loopback with a challenger in shadow and then in canary (parts 1-4); then the A/B, the concept
+drift, monitoring, diagnosis and the closed loop climbing the ladder again (part 5, lifecycle_part).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from loopstack.demo.data import bad_records, generate_comments
+from loopstack.demo.data import bad_records, demo_start, generate_comments
 from loopstack.project import Project
 
 
@@ -24,8 +25,10 @@ def _jsonable(rec: dict) -> dict:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in rec.items()}
 
 
-def run_demo(directory: Path, fresh: bool = True, console: Console | None = None) -> pd.DataFrame:
-    """Build the demo project in `directory`; returns the training frame it printed."""
+def run_demo(directory: Path, fresh: bool = True, console: Console | None = None, *, lifecycle: bool = True,
+             state: dict | None = None) -> pd.DataFrame:
+    """Build the demo project in `directory`; returns the training frame it printed (`state`, if given,
+    receives what the lifecycle part found: A/B outcome, alerts, diagnosis, loop run, report path)."""
     from loopstack.log.ingest import ingest_file
     console = console or Console()
     directory = Path(directory)
@@ -36,7 +39,7 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
     diff = project.apply(project.load_definitions(), prune=True)
     console.print("[bold]1. apply[/] " + "; ".join(diff.lines()))
 
-    comments = generate_comments()
+    comments = generate_comments(start=demo_start())   # content fixed by the seed; dates end yesterday
     raw = directory / "comments.jsonl"
     rows = [_jsonable(c) for c in comments]
     rows[100:100] = bad_records()
@@ -72,6 +75,11 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
     trained = run_training(project, df, console)
     from loopstack.demo.serving_part import run_serving
     run_serving(project, df, console, trained)
+    if lifecycle:
+        from loopstack.demo.lifecycle_part import run_lifecycle
+        result = run_lifecycle(project, df, console, directory)
+        if state is not None:
+            state.update(result)
     project.close()
     return frame
 

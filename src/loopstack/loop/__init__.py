@@ -13,7 +13,7 @@ _EXPORTS = {
     "Decision": "core", "ExperimentPlan": "core", "Goal": "core", "LiveChecks": "core", "LoopError": "core",
     "LoopPolicy": "core", "LoopState": "core", "STEPS": "core",
     "EvidenceProvider": "evidence", "ManualClock": "evidence", "SystemClock": "evidence",
-    "LoopSpec": "spec", "RetrainPipeline": "pipeline", "LoopStore": "store",
+    "MonitorEvidence": "monitor_evidence", "LoopSpec": "spec", "RetrainPipeline": "pipeline", "LoopStore": "store",
     "Schedule": "triggers", "AlertTrigger": "triggers",
 }
 
