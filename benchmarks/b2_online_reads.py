@@ -534,9 +534,12 @@ def docs_section(results: dict, n: int) -> str:
          f"`perf_counter_ns`; req/s = requests / wall time of the timed loop (one thread). Repeated "
          f"{cfg.get('repeat', '?')} times, interleaving the systems; the table shows the median of each statistic. "
          "loopstack is measured through two APIs: `OnlineFeatures.get_online_features` on the instance held "
-         "across calls (what the HTTP server calls; `project.online` returns it) and "
+         "across calls (`project.online` returns it; the HTTP server uses its columnar variant `get_online_columns`) and "
          "`Project.get_online_features` (the user-facing call). Feast: "
-         "`store.get_online_features(features, entity_rows).to_dict()`.", "",
+         "`store.get_online_features(features, entity_rows).to_dict()`. Before the timed loop both workers call "
+         "`gc.collect(); gc.freeze()`, so Python's full collections do not walk the harness's own pre-built "
+         "request lists (tens of thousands of dicts) and the libraries loaded so far; without it, a full "
+         "collection every ~100 calls put 50-60 ms pauses into loopstack's 100×10 p99.", "",
          f"**HTTP**: `loopstack features serve` vs `feast serve` (1 worker each, access logs off; Feast's "
          f"gunicorn `--max-requests` raised so its worker is not recycled mid-run), one server at a time on "
          f"127.0.0.1, driven by `benchmarks/b2_loadgen.py` at a fixed arrival rate of {cfg.get('rate', 200):.0f} "
