@@ -5,6 +5,7 @@ Plus a real uvicorn server on a free loopback port, run in a thread.
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -203,3 +204,38 @@ async def raw_posts(port: int, path: str, bodies: list[bytes], clients: int) -> 
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     return out
+
+
+class Traffic:
+    """Client threads posting predictions until stopped (bounded: at most `limit` requests each).
+
+    `make_body(i, n)` builds client i's n-th request; `keep(t, response)` what is recorded for it
+    (per client in `results`, in order; all of them in `all`)."""
+
+    def __init__(self, url: str, make_body: Any, keep: Any, threads: int = 3, limit: int = 3000) -> None:
+        self.url, self.limit, self.make_body, self.keep = url, limit, make_body, keep
+        self.results: list[list[Any]] = [[] for _ in range(threads)]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            for n in range(self.limit):
+                if self.stop.is_set():
+                    return
+                r = c.post("/v1/models/spam:predict", json=self.make_body(i, n))
+                self.results[i].append(self.keep(time.monotonic(), r))
+
+    def __enter__(self) -> "Traffic":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    @property
+    def all(self) -> list[Any]:
+        return [x for r in self.results for x in r]

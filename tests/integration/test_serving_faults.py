@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 
-import httpx
 import orjson
 import psutil
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from loopstack.serving.batcher import BatchConfig
 from loopstack.serving.policy_store import PolicyStore
 from tests.integration.serving_env import (ConstantModel, SlowModel, body, config, make_project, metric, predictions,
-                                           raw_posts, register, serving)
+                                           Traffic, raw_posts, register, serving)
 
 
 def _storm(port: int, clients: int, per_client: int) -> list[tuple[int, dict, bytes]]:
@@ -79,21 +77,6 @@ def test_deadline_gives_504_without_a_baseline_and_the_baseline_with_one(tmp_pat
         p.close()
 
 
-class _Clients:
-    def __init__(self, url: str, threads: int = 3, limit: int = 4000) -> None:
-        self.url, self.limit, self.out = url, limit, []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as c:
-            for n in range(self.limit):
-                if self.stop.is_set():
-                    return
-                r = c.post("/v1/models/spam:predict", json=body(author=n % 12, n_urls=(n + i) % 4))
-                self.out.append((time.monotonic(), r.status_code, r.json().get("rung"), r.json().get("version")))
-
-
 @pytest.mark.slow
 def test_killing_the_model_worker_opens_the_breaker_fallback_answers_and_it_restarts(tmp_path):
     p = make_project(tmp_path / "proj", n_comments=30)
@@ -106,24 +89,20 @@ def test_killing_the_model_worker_opens_the_breaker_fallback_answers_and_it_rest
         with serving(p, cfg) as srv:
             lv = srv.app.state.fleet.handles["spam"].snapshot.versions[2]
             pid = lv.runtime.pid
-            clients = _Clients(srv.url)
-            for t in clients.threads:
-                t.start()
-            try:
-                srv.wait_for(lambda: len(clients.out) > 30, 20, "traffic")
+            clients = Traffic(srv.url, lambda i, n: body(author=n % 12, n_urls=(n + i) % 4),
+                              lambda t, r: (t, r.status_code, r.json().get("rung"), r.json().get("version")),
+                              limit=4000)
+            with clients:
+                srv.wait_for(lambda: len(clients.all) > 30, 20, "traffic")
                 killed_at = time.monotonic()
                 os.kill(pid, signal.SIGKILL)
                 srv.wait_for(lambda: lv.runtime.restarts >= 1 and lv.runtime.alive, 60, "worker restart")
                 srv.wait_for(lambda: any(t > killed_at and rung == "model" and v == 2 and
-                                         lv.runtime.restarts >= 1 for t, _, rung, v in clients.out[-5:]),
+                                         lv.runtime.restarts >= 1 for t, _, rung, v in clients.all[-5:]),
                              30, "the model rung answering again")
-            finally:
-                clients.stop.set()
-                for t in clients.threads:
-                    t.join(30)
             assert lv.runtime.pid != pid and lv.breaker.snapshot()["opened_count"] >= 1
-            after = [x for x in clients.out if x[0] > killed_at]
-            assert all(s == 200 for _, s, _, _ in clients.out), {s for _, s, _, _ in clients.out}
+            after = [x for x in clients.all if x[0] > killed_at]
+            assert all(s == 200 for _, s, _, _ in clients.all), {s for _, s, _, _ in clients.all}
             assert any(rung == "fallback" and v == 1 for _, _, rung, v in after)
             text = srv.client.get("/metrics").text
             assert metric(text, "loopstack_serving_worker_restarts_total", version="2") >= 1

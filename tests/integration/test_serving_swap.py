@@ -2,48 +2,23 @@
 artifact fails its sha256 check is refused and the old version keeps serving."""
 from __future__ import annotations
 
-import threading
 import time
 
-import httpx
 import pytest
 
-from tests.integration.serving_env import ConstantModel, body, config, make_project, metric, register, serving
+from tests.integration.serving_env import (ConstantModel, Traffic, body, config, make_project, metric, register,
+                                           serving)
 
 
-class Traffic:
-    """Client threads sending predictions until stopped (bounded: at most `limit` requests each)."""
+def traffic_for(url: str, threads: int = 3) -> Traffic:
+    """Clients recording (status, version) per answer; sticky users so versions can be followed."""
+    return Traffic(url, lambda i, n: body(author=n % 12, user=f"u{i}-{n % 50}"),
+                   lambda t, r: (r.status_code, r.json().get("version")), threads=threads)
 
-    def __init__(self, url: str, threads: int = 3, limit: int = 3000) -> None:
-        self.url, self.limit = url, limit
-        self.results: list[list[tuple[int, int | None]]] = [[] for _ in range(threads)]
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def _run(self, i: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as c:
-            for n in range(self.limit):
-                if self.stop.is_set():
-                    return
-                r = c.post("/v1/models/spam:predict", json=body(author=n % 12, user=f"u{i}-{n % 50}"))
-                self.results[i].append((r.status_code, r.json().get("version")))
-
-    def __enter__(self) -> "Traffic":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def latest(self) -> set:
-        return {r[-1][1] for r in self.results if r}
-
-    @property
-    def all(self) -> list[tuple[int, int | None]]:
-        return [x for r in self.results for x in r]
+def latest(traffic: Traffic) -> set:
+    """The version each client saw last."""
+    return {r[-1][1] for r in traffic.results if r}
 
 
 def _wait(cond, timeout: float = 20.0) -> None:
@@ -58,11 +33,11 @@ def test_moving_production_under_traffic_fails_no_request(tmp_path):
     p = make_project(tmp_path / "proj", n_comments=40)
     register(p, ConstantModel(0.1))
     try:
-        with serving(p, config(cache_entries=0)) as srv, Traffic(srv.url) as traffic:
+        with serving(p, config(cache_entries=0)) as srv, traffic_for(srv.url) as traffic:
             _wait(lambda: len(traffic.all) > 30)
             for v, prob in ((2, 0.2), (3, 0.3)):
                 assert register(p, ConstantModel(prob)) == v   # registered and promoted to production
-                _wait(lambda v=v: traffic.latest() == {v})
+                _wait(lambda v=v: latest(traffic) == {v})
                 n = len(traffic.all)
                 _wait(lambda n=n: len(traffic.all) > n + 30)
             handle = srv.app.state.fleet.handles["spam"]
@@ -82,7 +57,7 @@ def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(tmp_p
     p = make_project(tmp_path / "proj", n_comments=40)
     register(p, ConstantModel(0.1))
     try:
-        with serving(p, config(cache_entries=0)) as srv, Traffic(srv.url, threads=2) as traffic:
+        with serving(p, config(cache_entries=0)) as srv, traffic_for(srv.url, threads=2) as traffic:
             mv = p.models.register("spam", ConstantModel(0.2), signature=srv.app.state.fleet.handles["spam"]
                                    .snapshot.versions[1].builder.signature.to_dict())
             original = p.artifacts.get_bytes(mv.artifact_path)
@@ -93,14 +68,14 @@ def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(tmp_p
             assert "sha256" in handle.refused[2]
             n = len(traffic.all)
             _wait(lambda: len(traffic.all) > n + 40)
-            assert traffic.latest() == {1}
+            assert latest(traffic) == {1}
             status = srv.client.get("/v1/models/spam").json()
             assert "2" in status["refused"] and status["policy"]["production"] == 1 and status["ready"]
             assert metric(srv.client.get("/metrics").text, "loopstack_serving_refused_loads_total", version="2") == 1
             # restoring the artifact and any registry change gives the version another chance
             p.artifacts.put_bytes(mv.artifact_path, original)
             p.models.set_alias("spam", "fixed", 2, reason="artifact restored")
-            _wait(lambda: traffic.latest() == {2})
+            _wait(lambda: latest(traffic) == {2})
         assert all(s == 200 for s, _ in traffic.all)
     finally:
         p.close()
