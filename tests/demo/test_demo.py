@@ -30,7 +30,7 @@ def test_demo_frame_is_point_in_time_correct(demo):
     _, frame, text, _ = demo
     assert "5000 accepted" in text and "4 dead-lettered" in text
     assert "5000 events applied, 0 too late" in text          # streamed into the online store
-    assert "│ 99999  │ False │ None" in text                     # unknown author: nulls plus found=False
+    assert "│ 99999  │ False │ 0       │ 0           │ None" in text  # unknown author: an empty history, as offline
     assert "values compared: 0 mismatches" in text and "parity" in text
     assert "label became final less than label_delay" in text  # the label delay dropped late labels
     assert "models:/spam/1: gate passed" in text and "candidate: 1" in text

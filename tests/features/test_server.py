@@ -75,15 +75,17 @@ def test_values_equal_the_in_process_api(client, served_project):
     assert r2.json() == r.json()
 
 
-def test_unknown_entities_are_nulls_with_found_false(client):
+def test_unknown_entities_read_as_an_empty_history_with_found_false(client):
+    # as offline: a plain field of an entity without history is null, a windowed count is 0
     r = post(client, {"features": ["wins:cnt_1h", "plain:last_n"], "entities": {"author_id": [424242, 1]}})
     assert r.status_code == 200
     body = r.json()
     assert body["found"] == [False, True]
+    cols = as_columns(body)
+    assert cols["cnt_1h"]["values"][0] == 0 and cols["last_n"]["values"][0] is None
     for name in ("cnt_1h", "last_n"):
-        col = as_columns(body)[name]
-        assert col["values"][0] is None and col["statuses"][0] == "NOT_FOUND"
-        assert col["event_timestamps"][0] is None
+        assert cols[name]["statuses"][0] == "NOT_FOUND"
+        assert cols[name]["event_timestamps"][0] is None
 
 
 def test_statuses_tell_present_from_null_value(client, served_project):

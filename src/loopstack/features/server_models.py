@@ -142,7 +142,8 @@ class FeatureVector(BaseModel):
     values: list[Any]
     statuses: list[Literal["PRESENT", "NULL_VALUE", "NOT_FOUND"]] = Field(
         description="PRESENT: a value; NULL_VALUE: the entity is known but the feature has no value "
-                    "(empty window, expired ttl); NOT_FOUND: the entity has no online state.")
+                    "(empty window, expired ttl); NOT_FOUND: the entity has no online state (its values are "
+                    "those of an empty history, as offline: null plain fields, 0 counts and sums).")
     event_timestamps: list[str | None] = Field(description="Event time of the newest input, ISO 8601 UTC.")
 
 

@@ -125,7 +125,7 @@ def columnar(rows: list[dict], names: list[str], stamps: list[dict], found: list
     for n in names:
         vals = [r[n] for r in rows]
         results.append({"values": vals,
-                        "statuses": ["PRESENT" if v is not None else "NULL_VALUE" if f else "NOT_FOUND"
+                        "statuses": ["NOT_FOUND" if not f else "PRESENT" if v is not None else "NULL_VALUE"
                                      for v, f in zip(vals, found)],
                         "event_timestamps": [us_to_iso(s[n]) for s in stamps]})
     return {"metadata": {"feature_names": names_out}, "results": results, "found": found}
@@ -140,7 +140,7 @@ def columns_body(entities: dict[str, list], cols: OnlineColumns) -> dict:
     found = cols.found
     for vals, stamps in zip(cols.values, cols.event_timestamps):
         results.append({"values": vals,
-                        "statuses": ["PRESENT" if v is not None else "NULL_VALUE" if f else "NOT_FOUND"
+                        "statuses": ["NOT_FOUND" if not f else "PRESENT" if v is not None else "NULL_VALUE"
                                      for v, f in zip(vals, found)],
                         "event_timestamps": list(map(us_to_iso, stamps))})
     return {"metadata": {"feature_names": keys + cols.features}, "results": results, "found": found}

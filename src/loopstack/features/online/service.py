@@ -256,7 +256,8 @@ class OnlineFeatures:
         """Features ("view:feature") for each entity row, as of `as_of` µs (default now).
 
         Unknown features raise FeatureReferenceError naming them (with close matches); unknown
-        entities give None values and ``found=False``. Rows keep their entity columns, then the
+        entities give ``found=False`` and the values of an empty history: None for plain fields, an empty
+        window for windowed ones (Count/CountDistinct/Sum 0, the others None), as offline. Rows keep their entity columns, then the
         features in request order (named `feature`, or `view__feature` with full_feature_names).
         """
         names, reads = self._read_plan(tuple(features), full_feature_names)
@@ -313,7 +314,10 @@ class OnlineFeatures:
                 for hk, fields in zip(keys, hashes):
                     if fields and hk not in done:
                         done[hk] = read_entity(vr.plan, fields, t, vr.wanted)
-                got = [done.get(hk) if f else None for hk, f in zip(keys, hashes)]
+                # an entity with no state reads as an empty window (Count/Sum 0, others None), exactly
+                # what the offline join gives an entity without history: no skew for new entities
+                empty = read_entity(vr.plan, {}, t, vr.wanted) if not all(hashes) else None
+                got = [done.get(hk) if f else empty for hk, f in zip(keys, hashes)]
                 vcols = [[g[0][j] if g else None for g in got] for j in range(len(vr.names))]
                 scols = [[g[1][j] if g else None for g in got] for j in range(len(vr.names))]
             for name, vc, sc in zip(vr.names, vcols, scols):
