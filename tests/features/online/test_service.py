@@ -46,7 +46,8 @@ def test_lookup_multi_view_with_flags_and_timestamps(online):
                                       {"author_id": 2, "item_id": "y"}], as_of=T0 + 10 * S)
     assert res.features == ["text", "last_text", "spam"]
     assert res.rows == [{"author_id": 1, "item_id": "x", "text": "buy now", "last_text": "nice", "spam": 1},
-                        {"author_id": 3, "item_id": "nope", "text": None, "last_text": None, "spam": 0},  # no history: an empty window, as offline
+                        # author 3 has no history: an empty window (spam 0), as offline
+                        {"author_id": 3, "item_id": "nope", "text": None, "last_text": None, "spam": 0},
                         {"author_id": 2, "item_id": "y", "text": "nice", "last_text": "buy now", "spam": 0}]
     assert res.found == [True, False, True]
     assert res.event_timestamps[0] == {"text": T0 + S, "last_text": T0 + 2 * S, "spam": T0 + S}

@@ -256,9 +256,10 @@ class OnlineFeatures:
         """Features ("view:feature") for each entity row, as of `as_of` µs (default now).
 
         Unknown features raise FeatureReferenceError naming them (with close matches); unknown
-        entities give ``found=False`` and the values of an empty history: None for plain fields, an empty
-        window for windowed ones (Count/CountDistinct/Sum 0, the others None), as offline. Rows keep their entity columns, then the
-        features in request order (named `feature`, or `view__feature` with full_feature_names).
+        entities give ``found=False`` and the values of an empty history: None for plain fields, an
+        empty window for windowed ones (Count/CountDistinct/Sum 0, the others None), as offline. Rows
+        keep their entity columns, then the features in request order (named `feature`, or
+        `view__feature` with full_feature_names).
         """
         names, reads = self._read_plan(tuple(features), full_feature_names)
         t = now_micros() if as_of is None else _micros(as_of)
