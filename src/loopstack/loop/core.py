@@ -15,13 +15,13 @@ experiment. `RetrainPipeline` (loop/pipeline.py) executes the steps; this module
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from loopstack.errors import LoopstackError
 from loopstack.experiments.guardrails import Guardrail, GuardrailReport, evaluate_guardrails
 from loopstack.experiments.sequential import SequentialTest
+from loopstack.registry.gate import finite_number
 
 DATASET, TRAIN, GATE, REGISTER, SHADOW, CANARY, EXPERIMENT, PROMOTE = (
     "dataset", "train", "gate", "register", "shadow", "canary", "experiment", "promote")
@@ -143,7 +143,7 @@ def decide_live(step: str, checks: LiveChecks, evidence: Mapping[str, Any], elap
         return Decision(FAIL, f"{step}: no requests reached the version in {checks.max_minutes:g} min; check "
                               "that the server routes to it (traffic settings) and logs predictions", ev)
     problems = []
-    err, p99, psi = (_num(evidence.get(k)) for k in ("error_rate", "p99_ms", "score_psi"))
+    err, p99, psi = (finite_number(evidence.get(k)) for k in ("error_rate", "p99_ms", "score_psi"))
     if err is None or err > checks.max_error_rate:
         problems.append(f"error rate {_fmt(err)} > {checks.max_error_rate}")
     if p99 is None or p99 > checks.max_p99_ms:
@@ -258,13 +258,6 @@ def _horizon_or_wait(plan: ExperimentPlan, elapsed_s: float, ev: dict, why: str)
 def _details(report: GuardrailReport) -> str:
     return "; ".join(f"{o.guardrail.metric}: {o.detail}" for o in report.outcomes if o.status == "fail")
 
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _fmt(v: float | None) -> str:

@@ -108,7 +108,7 @@ class ModelValidationGate:
         measured: dict[str, Any] = {"config": self.config()}
         cand = dict(candidate_metrics or {})
         for m, thr in self.absolute.items():
-            v = _num(cand.get(m))
+            v = finite_number(cand.get(m))
             op = "<=" if m in self.lower_is_better else ">="
             if v is None:
                 reasons.append(GateReason(f"absolute:{m}", False, f"candidate has no {m} metric (needs {op} {thr})"))
@@ -133,7 +133,7 @@ class ModelValidationGate:
                     for c, _, _ in checks]
         out = []
         for check, m, delta in checks:
-            v, p = _num(cand.get(m)), _num(prod.get(m))
+            v, p = finite_number(cand.get(m)), finite_number(prod.get(m))
             if v is None or p is None:
                 who = "candidate" if v is None else "production"
                 out.append(GateReason(check, False, f"{who} has no {m} metric to compare"))
@@ -157,7 +157,7 @@ class ModelValidationGate:
                 out.append(GateReason(f"slice_gap:{m}", False, "no slice metrics given (slice_metrics=...)"))
                 continue
             for group, slices in _slice_groups(slice_metrics).items():
-                vals = {s: _num(ms.get(m)) for s, ms in slices.items()}
+                vals = {s: finite_number(ms.get(m)) for s, ms in slices.items()}
                 vals = {s: v for s, v in vals.items() if v is not None}
                 check = f"slice_gap:{m}" + (f":{group}" if group else "")
                 if len(vals) < 2:
@@ -224,7 +224,8 @@ def _slice_groups(slice_metrics: Mapping[str, Any]) -> dict[str, dict[str, Mappi
     return {"": dict(slice_metrics)}
 
 
-def _num(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
+    """`v` as a finite float, or None when it is missing, not a number, NaN or infinite (evidence is JSON)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
