@@ -217,3 +217,65 @@ def test_submit_async(batchers):
         return await asyncio.gather(*(b.submit_async(i) for i in range(10)))
 
     assert asyncio.run(main()) == list(range(1, 11))
+
+
+def test_blocks_run_whole_in_one_batch_and_count_their_rows(batchers):
+    """A block (one batch request's rows) is one queue entry that is never split across batches: with
+    max batch 4, single 0 + block [1, 2, 3] fill one batch; block [4, 5] does not fit after single 6 and
+    the next block, so it waits; a block larger than the max batch runs as a batch of its own."""
+    gate = Gate()
+    b = make(batchers, BatchConfig(max_batch_size=4, max_latency_ms=600_000), gate)
+
+    async def main():
+        first = b.submit_future(0)
+        blk = b.submit_block([1, 2, 3])
+        await asyncio.sleep(0)
+        wait_until(lambda: len(gate.batches) == 1)
+        assert b.stats()["in_flight"] == 4
+        big = b.submit_block([10, 11, 12, 13, 14, 15])      # waits behind nothing: 6 >= 4 fires at once
+        gate.release.set()
+        return await asyncio.gather(first, blk, big)
+
+    assert asyncio.run(main()) == [0, [2, 4, 6], [20, 22, 24, 26, 28, 30]]
+    assert gate.batches == [[0, 1, 2, 3], [10, 11, 12, 13, 14, 15]]
+    s = b.stats()
+    assert s["requests"] == 10 and s["batch_sizes"] == {4: 1, 6: 1} and s["queue_depth"] == 0
+
+
+def test_a_block_that_does_not_fit_waits_for_the_next_batch(batchers):
+    gate = Gate(blocked=False)
+    clock = FakeClock()
+    b = make(batchers, BatchConfig(max_batch_size=4, max_latency_ms=10), gate, clock=clock)
+
+    async def main():
+        futs = [b.submit_future(1), b.submit_block([2, 3]), b.submit_block([4, 5])]
+        assert b.stats()["queue_depth"] == 5
+        return await asyncio.gather(*futs)
+
+    # 5 rows queued >= 4: the first batch takes 1 + [2, 3] (3 rows; [4, 5] would make 5), then [4, 5]
+    # waits for its budget on the fake clock
+    async def run():
+        task = asyncio.ensure_future(main())
+        await asyncio.sleep(0.05)
+        clock.t = 1.0
+        return await task
+
+    assert asyncio.run(run()) == [2, [4, 6], [8, 10]]
+    assert gate.batches == [[1, 2, 3], [4, 5]]
+
+
+def test_block_queue_limit_counts_rows(batchers):
+    gate = Gate()
+    b = make(batchers, BatchConfig(max_batch_size=1, max_latency_ms=0, max_queue=4), gate)
+
+    async def main():
+        first = b.submit_future(1)
+        wait_until(lambda: b.stats()["in_flight"] == 1)
+        queued = b.submit_block([2, 3, 4])
+        with pytest.raises(QueueFull):
+            b.submit_block([5, 6])            # 3 + 2 rows > 4
+        assert b.stats()["queue_depth"] == 3 and b.stats()["rejected"] == 1
+        gate.release.set()
+        return await asyncio.gather(first, queued)
+
+    assert asyncio.run(main()) == [2, [4, 6, 8]]

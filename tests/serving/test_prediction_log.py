@@ -52,6 +52,28 @@ def test_a_full_queue_blocks_briefly_instead_of_dropping():
     assert [r["request_id"] for _, b in log.batches for r in b] == [str(i) for i in range(8)]
 
 
+def test_put_many_takes_what_fits_at_once_and_waits_for_room_for_the_rest():
+    import asyncio
+    log = FakeLog()
+    log.gate.clear()                       # the writer is stuck on its first append for 0.3 s
+    plog = PredictionLog(log, max_queue=6, batch_size=4, flush_interval_s=0.01, block_timeout_s=5)
+    threading.Timer(0.3, log.gate.set).start()
+    first = [{"request_id": str(i)} for i in range(4)]
+    second = [{"request_id": str(i)} for i in range(4, 12)]
+
+    async def main():
+        a = await plog.put_many_async(first)
+        time.sleep(0.1)                    # the writer took the first 4 and is stuck: 6 slots free
+        return a, await plog.put_many_async(second)   # 6 fit now, 2 wait for room
+
+    t = time.monotonic()
+    assert asyncio.run(main()) == (4, 8)
+    assert time.monotonic() - t > 0.2
+    plog.close()
+    assert plog.stats()["accepted"] == 12 and plog.stats()["dropped"] == 0 and plog.stats()["blocked"] >= 1
+    assert [r["request_id"] for _, b in log.batches for r in b] == [str(i) for i in range(12)]
+
+
 def test_what_the_log_refuses_at_close_is_spilled_to_a_file(tmp_path):
     log = FakeLog(fail=True)
     spill = tmp_path / "spill.jsonl"

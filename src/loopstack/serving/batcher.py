@@ -102,6 +102,8 @@ class _Item:
     enqueued_at: float
     deadline: float | None
     loop: asyncio.AbstractEventLoop | None = None
+    rows: int = 1            # a block (``submit_block``) carries several payloads, run in one batch
+    block: bool = False
 
 
 class DynamicBatcher:
@@ -116,6 +118,7 @@ class DynamicBatcher:
                  clock: Callable[[], float] = time.monotonic):
         self.cfg, self.name, self._run_batch, self._clock = cfg, name, run_batch, clock
         self._queue: deque[_Item] = deque()
+        self._queued_rows = 0    # payloads waiting (a block counts its rows): what `decide` sees
         self._cv = threading.Condition(threading.Lock())
         self._closed = False
         self._drain = True
@@ -154,6 +157,15 @@ class DynamicBatcher:
         self._enqueue(_Item(payload, fut, 0.0, deadline, loop))
         return fut
 
+    def submit_block(self, payloads: list[Any], deadline: float | None = None) -> asyncio.Future:
+        """Queue several payloads of one request as a unit (they run in the same batch, never split): one
+        queue entry, one future resolving to the list of their results in order. A block larger than
+        ``max_batch_size`` runs as a batch of its own. Cuts the per-row bookkeeping of a batch request."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._enqueue(_Item(list(payloads), fut, 0.0, deadline, loop, len(payloads), True))
+        return fut
+
     def _enqueue(self, item: _Item) -> None:
         now = item.enqueued_at = self._clock()
         with self._cv:
@@ -165,17 +177,18 @@ class DynamicBatcher:
                 item.future.set_exception(DeadlineExceeded(
                     f"request to {self.name!r} arrived after its deadline; give it more time"))
                 return
-            depth = len(self._queue)
-            if depth >= self.cfg.max_queue:
+            depth = self._queued_rows
+            if depth and depth + item.rows > self.cfg.max_queue:
                 self._rejected += 1
                 retry = self._retry_after_locked(depth)
                 raise QueueFull(f"request queue of {self.name!r} is full ({depth} waiting): retry after "
                                 f"{retry:.3f}s", retry)
             self._queue.append(item)
-            self._requests += 1
-            n = depth + 1
+            self._requests += item.rows
+            n = self._queued_rows = depth + item.rows
             # Wake the worker only when its decision can change: first request, full, or a preferred size.
-            if n == 1 or n == self.cfg.max_batch_size or n in self.cfg.preferred_batch_sizes:
+            if depth == 0 or depth < self.cfg.max_batch_size <= n \
+                    or any(depth < p <= n for p in self.cfg.preferred_batch_sizes):
                 self._cv.notify()
 
     def _retry_after_locked(self, depth: int) -> float:
@@ -196,17 +209,26 @@ class DynamicBatcher:
             now = self._clock()
             # Draining: nothing more will arrive, so do not wait for the batch to fill.
             wait = math.inf if self._closed else now - self._queue[0].enqueued_at
-            d = decide(self.cfg, len(self._queue), wait)
+            d = decide(self.cfg, self._queued_rows, wait)
             if isinstance(d, tuple):
                 n, reason = d
                 live: list[_Item] = []
                 expired: list[_Item] = []
-                while self._queue and len(live) < n:
-                    item = self._queue.popleft()
-                    (expired if item.deadline is not None and item.deadline <= now else live).append(item)
+                rows = 0
+                while self._queue and rows < n:
+                    item = self._queue[0]
+                    if live and rows + item.rows > n:   # a block is not split: it waits for the next batch
+                        break
+                    self._queue.popleft()
+                    self._queued_rows -= item.rows
+                    if item.deadline is not None and item.deadline <= now:
+                        expired.append(item)
+                        self._expired += item.rows
+                    else:
+                        live.append(item)
+                        rows += item.rows
                 self._fired[reason] += 1
-                self._expired += len(expired)
-                self._in_flight = len(live)
+                self._in_flight = rows
                 return live, expired, reason
             self._cv.wait(timeout=d)
 
@@ -230,10 +252,22 @@ class DynamicBatcher:
     def _run(self, items: list[_Item]) -> None:
         started = time.perf_counter()
         try:
-            results = list(self._run_batch([item.payload for item in items]))
-            if len(results) != len(items):
+            payloads: list = []
+            for item in items:
+                if item.block:
+                    payloads.extend(item.payload)
+                else:
+                    payloads.append(item.payload)
+            results = list(self._run_batch(payloads))
+            if len(results) != len(payloads):
                 raise RuntimeError(f"run_batch of {self.name!r} returned {len(results)} results for a batch of "
-                                   f"{len(items)}: it must return exactly one result per payload, in order")
+                                   f"{len(payloads)}: it must return exactly one result per payload, in order")
+            if len(payloads) != len(items):   # blocks get the list of their rows' results
+                per_item, at = [], 0
+                for item in items:
+                    per_item.append(results[at:at + item.rows] if item.block else results[at])
+                    at += item.rows
+                results = per_item
         except BaseException as exc:  # the worker must survive any failure of the model
             _settle_all(items, exc)
             ok = False
@@ -243,7 +277,8 @@ class DynamicBatcher:
         elapsed = time.perf_counter() - started
         with self._cv:
             self._batches += 1
-            self._sizes[len(items)] = self._sizes.get(len(items), 0) + 1
+            size = sum(item.rows for item in items)
+            self._sizes[size] = self._sizes.get(size, 0) + 1
             self._failed_batches += 0 if ok else 1
             prev = self._batch_s_ewma
             self._batch_s_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
@@ -257,7 +292,7 @@ class DynamicBatcher:
         """
         with self._cv:
             return {"fired": dict(self._fired), "batch_sizes": dict(sorted(self._sizes.items())),
-                    "queue_depth": len(self._queue), "in_flight": self._in_flight, "batches": self._batches,
+                    "queue_depth": self._queued_rows, "in_flight": self._in_flight, "batches": self._batches,
                     "requests": self._requests, "rejected": self._rejected, "expired": self._expired,
                     "failed_batches": self._failed_batches, "recent_batch_s": self._batch_s_ewma,
                     "closed": self._closed}
@@ -278,6 +313,7 @@ class DynamicBatcher:
             if not self._drain:
                 dropped.extend(self._queue)
                 self._queue.clear()
+                self._queued_rows = 0
             self._cv.notify_all()
         self._fail(dropped, "shut down without draining")
         if threading.current_thread() is not self._worker:
@@ -285,6 +321,7 @@ class DynamicBatcher:
         with self._cv:
             leftover = list(self._queue)
             self._queue.clear()
+            self._queued_rows = 0
         self._fail(leftover, f"did not drain within {timeout}s")
 
     def _fail(self, items: list[_Item], why: str) -> None:

@@ -97,10 +97,9 @@ class PredictService:
             for lv in held:
                 lv.release()
         latency = time.monotonic() - t0
-        for r, ans in zip(requests, answers):
-            rec = self._record(name, r, ans, latency)
-            if rec is not None and self.plog is not None:
-                await self.plog.put_async(rec)
+        recs = self._records(name, requests, answers, latency)
+        if recs and self.plog is not None:
+            await self.plog.put_many_async(recs)
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
@@ -152,50 +151,57 @@ class PredictService:
 
     async def _many(self, handle: ModelHandle, snap: Snapshot, routed: list, vectors: list[list],
                     requests: Sequence[Request], deadline: float, held: list[LoadedVersion]) -> list:
-        """The answers of several instances. The model rung of every instance that can take it plainly
-        (no result cache, breaker closed, time left) is queued at once and awaited together, with no task
-        per instance; the others, and those whose model rung failed, go through the whole ladder."""
+        """The answers of several instances. The model rung of the instances that can take it plainly (no
+        result cache, breaker closed, time left) is queued as one block per version (run in one batch) and
+        awaited together, with no task per instance; the others, and those whose model rung failed, go
+        through the whole ladder."""
         loop = asyncio.get_running_loop()
         policy, t = snap.policy, time.monotonic()
         left = deadline - t
         out: list[Any] = [None] * len(requests)   # Answer | failure of the model rung (str) | None
-        direct, futs, timers, budgets = [], [], [], []
+        groups: dict[int, list[int]] = {}          # id(loaded version) -> instances: one queue block each
         if self.cache is None and left > 0:
-            try:
-                for i, (a, lv) in enumerate(routed):
-                    if lv.breaker.state != "closed":
-                        continue
-                    fb = policy.fallback not in (None, a.version) and policy.fallback in snap.versions
-                    budget = left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
-                    fut = lv.batcher.submit_future(vectors[i], deadline=t + budget)
-                    direct.append(i)
-                    futs.append(fut)
-                    budgets.append(budget)
-                    timers.append(loop.call_later(budget, time_out, fut))
-            except BaseException:   # QueueFull (429 for the whole request): the queued ones are not needed
-                for fut, timer in zip(futs, timers):
-                    timer.cancel()
-                    fut.cancel()
-                raise
+            for i, (_a, lv) in enumerate(routed):
+                if lv.breaker.state == "closed":
+                    groups.setdefault(id(lv), []).append(i)
+        blocks, futs, timers = [], [], []
+        try:
+            for idxs in groups.values():
+                a, lv = routed[idxs[0]]
+                fb = policy.fallback not in (None, a.version) and policy.fallback in snap.versions
+                budget = left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
+                fut = lv.batcher.submit_block([vectors[i] for i in idxs], deadline=t + budget)
+                blocks.append((idxs, lv, budget))
+                futs.append(fut)
+                timers.append(loop.call_later(budget, time_out, fut))
+        except BaseException:   # QueueFull (429 for the whole request): the queued ones are not needed
+            for fut, timer in zip(futs, timers):
+                timer.cancel()
+                fut.cancel()
+            raise
         results = await asyncio.gather(*futs, return_exceptions=True)
         for timer in timers:
             timer.cancel()
         elapsed = time.monotonic() - t
-        for i, res, budget in zip(direct, results, budgets):
-            a, lv = routed[i]
+        for (idxs, lv, budget), res in zip(blocks, results):
             if isinstance(res, asyncio.CancelledError):
                 raise res
             lv.breaker.record(not isinstance(res, BaseException), elapsed)
             if not isinstance(res, BaseException):
-                out[i] = Answer(res, lv.version, a.variant, "model", requests[i].request_id, False, vectors[i], a, [],
-                                lv.builder.columns)
+                cols, version = lv.builder.columns, lv.version
+                for i, value in zip(idxs, res):
+                    a = routed[i][0]
+                    out[i] = Answer(value, version, a.variant, "model", requests[i].request_id, False, vectors[i],
+                                    a, [], cols)
                 continue
             if isinstance(res, (asyncio.TimeoutError, DeadlineExceeded)):
-                out[i], reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
+                why, reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
             else:
                 reason = "closed" if isinstance(res, BatcherClosed) else "error"
-                out[i] = f"model (v{lv.version}): {res}"
-            self.metrics.rung_failures.labels(handle.name, str(lv.version), "model", reason).inc()
+                why = f"model (v{lv.version}): {res}"
+            for i in idxs:
+                out[i] = why
+            self.metrics.rung_failures.labels(handle.name, str(lv.version), "model", reason).inc(len(idxs))
         rest = [i for i, ans in enumerate(out) if not isinstance(ans, Answer)]
         if rest:
             more = await asyncio.gather(*(self._ladder(handle, snap, *routed[i], vectors[i], requests[i], deadline,
@@ -295,32 +301,45 @@ class PredictService:
         return value, False
 
     # -- after the answer --------------------------------------------------------------------
-    def _record(self, name: str, req: Request, ans: Any, latency: float) -> dict | None:
-        """Metrics for one answer, and its prediction-log record (errors: with the feature vector)."""
-        if isinstance(ans, BaseException):
-            ans = getattr(ans, "answer", None) if isinstance(ans, (Unavailable, DeadlineError)) else None
-            if ans is None:
-                return None
-            status, error = "error", "; ".join(ans.failures)
-        else:
-            status, error = "ok", None
-            m = self.metrics
-            m.child(m.requests, name, str(ans.version), ans.variant, ans.rung, "ok").inc()
-            m.child(m.latency, name, ans.variant).observe(latency)
-            m.child(m.rungs, name, ans.rung).inc()
-        a = ans.assignment
-        rec = {"kind": "prediction", "request_id": ans.request_id, "ts": int(time.time() * 1e6), "model": name,
-               "version": ans.version, "variant": ans.variant, "rung": ans.rung, "status": status,
-               "latency_ms": round(latency * 1000, 3), "output": ans.prediction,
-               "user_id": None if req.user_id is None else str(req.user_id), "bucket": a.bucket if a else None,
-               "shadow_version": a.shadow_version if a else None, "cached": ans.cached}
-        if ans.failures:
-            rec["failures"] = ans.failures
-        if error is not None:
-            rec["error"] = error
-        if error is not None or ans.rung != "model" or sampled(ans.request_id, self.cfg.feature_sample):
-            rec["features"] = dict(zip(ans.columns, ans.vector or []))
-        return rec
+    def _records(self, name: str, requests: Sequence[Request], answers: list, latency: float) -> list[dict]:
+        """Metrics for the answers of one call (counted per label set, not per instance), and their
+        prediction-log records (errors: with the feature vector)."""
+        counts: dict[tuple, int] = {}
+        recs = []
+        ts = int(time.time() * 1e6)
+        lat_ms = round(latency * 1000, 3)
+        rate = self.cfg.feature_sample
+        for req, ans in zip(requests, answers):
+            if isinstance(ans, BaseException):
+                ans = getattr(ans, "answer", None) if isinstance(ans, (Unavailable, DeadlineError)) else None
+                if ans is None:
+                    continue
+                status, error = "error", "; ".join(ans.failures)
+            else:
+                status, error = "ok", None
+                key = (ans.version, ans.variant, ans.rung)
+                counts[key] = counts.get(key, 0) + 1
+            a = ans.assignment
+            rec = {"kind": "prediction", "request_id": ans.request_id, "ts": ts, "model": name,
+                   "version": ans.version, "variant": ans.variant, "rung": ans.rung, "status": status,
+                   "latency_ms": lat_ms, "output": ans.prediction,
+                   "user_id": None if req.user_id is None else str(req.user_id), "bucket": a.bucket if a else None,
+                   "shadow_version": a.shadow_version if a else None, "cached": ans.cached}
+            if ans.failures:
+                rec["failures"] = ans.failures
+            if error is not None:
+                rec["error"] = error
+            if error is not None or ans.rung != "model" or sampled(ans.request_id, rate):
+                rec["features"] = dict(zip(ans.columns, ans.vector or []))
+            recs.append(rec)
+        m = self.metrics
+        for (version, variant, rung), n in counts.items():
+            m.child(m.requests, name, str(version), variant, rung, "ok").inc(n)
+            m.child(m.rungs, name, rung).inc(n)
+            hist = m.child(m.latency, name, variant)
+            for _ in range(n):
+                hist.observe(latency)
+        return recs
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

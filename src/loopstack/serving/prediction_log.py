@@ -102,6 +102,24 @@ class PredictionLog:
         import asyncio
         return await asyncio.to_thread(self.put, record)
 
+    async def put_many_async(self, records: list[dict]) -> int:
+        """Enqueue the records of one call: one lock and at most one wake-up while there is room; the rest
+        (a full queue) take the blocking path of `put_async` one by one. Returns how many were accepted."""
+        q = self._q
+        room = self.max_queue - len(q)
+        head, rest = (records, []) if room >= len(records) else (records[:max(room, 0)], records[max(room, 0):])
+        if head:
+            before = len(q)
+            q.extend(head)
+            with self._lock:
+                self.counts["accepted"] += len(head)
+            if before < self.batch_size <= len(q):
+                self._wake.set()
+        accepted = len(head)
+        for rec in rest:
+            accepted += await self.put_async(rec)
+        return accepted
+
     def depth(self) -> int:
         return len(self._q)
 

@@ -101,6 +101,8 @@ class VectorBuilder:
         self.view_refs = view_refs
         self._plan = [(kind, name, dtype, _kind(dtype) == "float")
                       for (kind, name), dtype in zip(self.kinds, self.dtypes)]
+        self._fields_only = [name for _, name, _, _ in self._plan] \
+            if not view_refs and not self.odfvs and all(k == "field" for k, *_ in self._plan) else None
         self.full_names = full   # training named view features 'view__feature' (full_feature_names=True)
         self.join_keys: dict[str, list[str]] = {}
         for ref in view_refs:
@@ -109,6 +111,24 @@ class VectorBuilder:
                 raise FeatureUnavailable(f"the model needs feature {ref!r}, which is not an applied feature "
                                          f"definition (views: {sorted(views)}); run `loopstack apply`")
             self.join_keys.setdefault(view.entity.join_key, []).append(view.name)
+
+    def _build_fields(self, instances: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                      where: Sequence[str]) -> list[list[Any]]:
+        """`build` when every input is a request field (no store read, no on-demand feature): a list
+        comprehension per vector; a missing field or a value needing conversion takes the general checks."""
+        names, plan = self._fields_only, self._plan
+        vectors = []
+        for (ents, flds), w in zip(instances, where):
+            try:
+                vec = [flds[n] for n in names]
+            except KeyError:
+                self.check(ents, flds, w)
+                raise
+            for j, v in enumerate(vec):
+                if type(v) is not float or not plan[j][3]:
+                    vec[j] = coerce(v, plan[j][2], f"{w}field {plan[j][1]!r}")
+            vectors.append(vec)
+        return vectors
 
     def _name(self, ref: str) -> str:
         return ref.replace(":", "__") if self.full_names else ref.split(":", 1)[1]
@@ -127,6 +147,8 @@ class VectorBuilder:
               where: Sequence[str] | None = None) -> list[list[Any]]:
         """One vector per (entities, fields) pair; one online read for all of them."""
         where = list(where or [""] * len(instances))
+        if self._fields_only is not None:
+            return self._build_fields(instances, where)
         for (ents, flds), w in zip(instances, where):
             self.check(ents, flds, w)
         values: list[dict[str, Any]] = [{} for _ in instances]
