@@ -25,7 +25,7 @@ servers:
 	  echo "installing postgresql (apt)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null; }
 
-# Starts redis-server and PostgreSQL on loopback, runs the whole suite (slow tests included), stops them.
+# Starts redis-server, PostgreSQL and the tansu Kafka broker on loopback, runs the whole suite (slow tests included), stops them.
 # pytest's exit code 5 ("no tests collected") is turned into a named failure: an empty suite proves nothing.
 test: $(STAMP) servers
 	@$(BIN)/python scripts/with_servers.py -- $(BIN)/pytest -q $(PYTEST_ARGS); rc=$$?; \
