@@ -1,0 +1,1 @@
+"""Llama model, paged attention, GGUF weights and tokenizer for loopstack.llm."""

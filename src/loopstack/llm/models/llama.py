@@ -1,0 +1,139 @@
+"""Llama-architecture causal LM (RMSNorm, RoPE, GQA, SwiGLU) with a paged-KV forward and a dense reference."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loopstack.llm.config import LlamaConfig
+from loopstack.llm.models.attention import AttnMetadata, KVCache, paged_attention, write_kv
+
+
+def rope_tables(config: LlamaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_position, head_dim/2], computed in float32 exactly as transformers does."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    freqs = torch.outer(torch.arange(config.max_position, dtype=torch.float32), inv_freq)
+    return freqs.cos().contiguous(), freqs.sin().contiguous()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [..., T, heads, D] with cos/sin [..., T, 1, D/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    """One transformer block with fused QKV and fused gate/up projections."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.input_norm = nn.Parameter(torch.ones(h))
+        self.qkv_proj = nn.Linear(h, config.q_size + 2 * config.kv_size, bias=False)
+        self.o_proj = nn.Linear(config.q_size, h, bias=False)
+        self.post_norm = nn.Parameter(torch.ones(h))
+        self.gate_up_proj = nn.Linear(h, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, h, bias=False)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU: down(silu(gate(x)) * up(x)); F.linear directly to skip nn.Module call overhead per layer."""
+        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        return F.linear(F.silu(gate).mul_(up), self.down_proj.weight)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama causal LM; `forward` reads/writes a paged KV cache, `forward_dense` is the cache-free reference."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = nn.Parameter(torch.ones(config.hidden_size))
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), w, self.config.rms_eps)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(self._rms(x, self.norm), w)
+
+    def _check_positions(self, positions: torch.Tensor) -> None:
+        if positions.numel() and int(positions.max()) >= self.config.max_position:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds the model's max_position {self.config.max_position}; "
+                "shorten the prompt or max_tokens"
+            )
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttnMetadata,
+        kv: KVCache,
+        logits_indices: torch.Tensor | None = None,
+        skip_layers: frozenset[int] = frozenset(),
+    ) -> torch.Tensor:
+        """Paged forward over T flattened new tokens; writes their K/V and returns float32 logits for chosen rows."""
+        cfg = self.config
+        t = input_ids.shape[0]
+        self._check_positions(positions)
+        nh, nkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, D/2]
+        sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
+        meta.plan()  # validates and normalises index dtypes once for all layers
+        slots = meta.slot_mapping
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            if i in skip_layers:
+                continue
+            qkv = F.linear(self._rms(x, layer.input_norm), layer.qkv_proj.weight)
+            qk = apply_rope(qkv[:, : (nh + nkv) * d].view(t, nh + nkv, d), cos, sin)
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, (nh + nkv) * d:].view(t, nkv, d)
+            write_kv(kv, i, k, v, slots)
+            x = x + F.linear(paged_attention(q, k, v, kv, i, meta), layer.o_proj.weight)
+            x = x + layer.mlp(self._rms(x, layer.post_norm))
+        if logits_indices is not None:
+            x = x.index_select(0, logits_indices)
+        return self._logits(x)
+
+    @torch.inference_mode()
+    def forward_dense(self, input_ids: torch.Tensor, skip_layers: frozenset[int] = frozenset()) -> torch.Tensor:
+        """Reference forward without a cache: [B, L] token ids -> [B, L, vocab] logits (causal)."""
+        cfg = self.config
+        b, seq = input_ids.shape
+        positions = torch.arange(seq)
+        self._check_positions(positions)
+        nh, nkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cos = self.rope_cos[:seq].view(1, seq, 1, d // 2)
+        sin = self.rope_sin[:seq].view(1, seq, 1, d // 2)
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            if i in skip_layers:
+                continue
+            qkv = layer.qkv_proj(self._rms(x, layer.input_norm))
+            qk = apply_rope(qkv[..., : (nh + nkv) * d].view(b, seq, nh + nkv, d), cos, sin)
+            q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)
+            v = qkv[..., (nh + nkv) * d:].view(b, seq, nkv, d).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nh != nkv)
+            x = x + layer.o_proj(o.transpose(1, 2).reshape(b, seq, nh * d))
+            x = x + layer.mlp(self._rms(x, layer.post_norm))
+        return self._logits(x)
+
+    @classmethod
+    def from_state_dict(cls, config: LlamaConfig, state_dict: dict[str, torch.Tensor]) -> LlamaForCausalLM:
+        """Build without random init and adopt the given float32 tensors as parameters (no copies)."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        cos, sin = rope_tables(config)
+        model.rope_cos, model.rope_sin = cos, sin
+        return model.eval()
