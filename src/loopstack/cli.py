@@ -88,6 +88,8 @@ def _add_groups() -> None:
     app.add_typer(loop_app, name="loop", help="The closed loop: retrain, gate, shadow, canary, A/B, promote.")
     app.add_typer(log_app, name="log", help="Box 1: the event log (ingest, tail, topics).")
     app.add_typer(features_app, name="features", help="Boxes 2-3: feature definitions and retrieval.")
+    from loopstack.llm.cli import app as llm_app
+    app.add_typer(llm_app, name="llm", help="LLM engine: OpenAI-compatible server (serve) and one-off generate.")
 
 
 _add_groups()

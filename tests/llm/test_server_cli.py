@@ -1,0 +1,175 @@
+"""`loopstack llm serve|generate`: options reach the engine config and the server; generate streams the text."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import loopstack.llm.cli as llm_cli
+from loopstack.cli import app
+from loopstack.llm.engine.params import CompletionOutput, RequestOutput, SamplingParams
+from tests.llm.server_helpers import CharTokenizer, FakeEngine
+
+runner = CliRunner()
+
+
+class FakeLLM:
+    """What the CLI needs from loopstack.llm.api.LLM: engine, tokenizer, stream()."""
+
+    def __init__(self, **kw) -> None:
+        self.kw = kw
+        self.engine = FakeEngine()
+        self.engine.config = SimpleNamespace(max_model_len=256)
+        self.tokenizer = CharTokenizer()
+        self.streamed: list = []
+
+    def stream(self, prompt, params):
+        self.streamed.append((prompt, params))
+        text = ""
+        for i, ch in enumerate("héllo"):
+            text += ch
+            yield RequestOutput("r", list(prompt), [CompletionOutput(text, list(range(i + 1)),
+                                                                     "length" if i == 4 else None)], i == 4)
+
+
+@pytest.fixture(autouse=True)
+def _restore_access_log():
+    """`serve` points the loopstack.access logger at this test's stdout; put it back for the other tests."""
+    import logging
+    logger = logging.getLogger("loopstack.access")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.fixture
+def fake_llm(monkeypatch):
+    made: list[FakeLLM] = []
+
+    def load(model, kw):
+        made.append(FakeLLM(model=model, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(llm_cli, "_load", load)
+    return made
+
+
+def test_serve_maps_options_to_engine_config_and_binds_loopback(fake_llm, monkeypatch):
+    calls = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
+    r = runner.invoke(app, ["llm", "serve", "--port", "8123", "--kv-cache-mb", "32", "--max-num-seqs", "4",
+                            "--max-num-batched-tokens", "512", "--no-enable-prefix-caching", "--speculative",
+                            "ngram", "--num-speculative-tokens", "3", "--max-waiting", "10"])
+    assert r.exit_code == 0, r.output
+    assert fake_llm[0].kw == {"model": "smollm2-135m", "kv_cache_mb": 32.0, "max_num_seqs": 4,
+                              "max_num_batched_tokens": 512, "enable_prefix_caching": False,
+                              "speculative_method": "ngram", "num_speculative_tokens": 3, "max_waiting": 10}
+    (served, kw), = calls
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
+    assert served.state.engine is fake_llm[0].engine
+    assert [r.path for r in served.routes if r.path.startswith("/v1")] == [
+        "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{model_id:path}"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--speculative", "medusa"], "use ngram, self or none"),
+    (["--kv-cache-mb", "-1"], "kv_cache_mb must be positive"),
+    (["--num-speculative-tokens", "0", "--speculative", "self"], "num_speculative_tokens must be >= 1"),
+])
+def test_serve_rejects_bad_options_with_a_clear_error(fake_llm, args, msg):
+    r = runner.invoke(app, ["llm", "serve", *args])
+    assert r.exit_code != 0 and not fake_llm
+    assert msg in str(r.exception)
+
+
+def test_generate_streams_text_with_the_chat_template(fake_llm):
+    r = runner.invoke(app, ["llm", "generate", "Hi there", "--system", "Be brief.", "--max-tokens", "5",
+                            "--no-stats"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "héllo\n"
+    (prompt, params), = fake_llm[0].streamed
+    assert prompt == CharTokenizer().encode("[system]Be brief.\n[user]Hi there\n[assistant]")
+    assert params.max_tokens == 5 and params.temperature == 0.0
+
+
+def test_generate_raw_prompt_and_bad_sampling_values(fake_llm):
+    r = runner.invoke(app, ["llm", "generate", "abc", "--raw", "--temperature", "0.7", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    (prompt, params), = fake_llm[0].streamed
+    assert prompt == [97, 98, 99] and params.seed == 3 and params.temperature == 0.7
+    assert "3 prompt + 5 generated tokens (length)" in r.stderr
+    r = runner.invoke(app, ["llm", "generate", "abc", "--top-p", "0"])
+    assert r.exit_code != 0 and "top_p must be in (0, 1]" in str(r.exception)
+    assert len(fake_llm) == 1   # the model was not loaded for the bad call
+
+
+@pytest.mark.llm_real
+def test_generate_with_smollm2_streams_greedy_text(real_model, monkeypatch):
+    from loopstack.llm.api import LLM
+    model, tok = real_model
+    monkeypatch.setattr(llm_cli, "_load", lambda name, kw: LLM(model, tokenizer=tok, **kw))
+    r = runner.invoke(app, ["llm", "generate", "What is the capital of France? One word.", "--max-tokens", "8",
+                            "--kv-cache-mb", "16"])
+    assert r.exit_code == 0, r.output
+    ref = LLM(model, tokenizer=tok, kv_cache_mb=16).chat([{"role": "user", "content": "What is the capital of "
+                                                           "France? One word."}],
+                                                         SamplingParams(max_tokens=8, temperature=0))
+    assert r.stdout == ref[0].outputs[0].text + "\n" and "Paris" in r.stdout
+    assert "TTFT" in r.stderr
+
+
+@pytest.mark.llm_real
+@pytest.mark.slow
+def test_loopstack_llm_serve_process_with_openai_client(real_model_path, tmp_path):
+    """The real command in its own process: load SmolLM2, serve on loopback, answer the openai client."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    import openai
+
+    from tests.llm.server_helpers import free_port
+    port = free_port()
+    log = tmp_path / "serve.log"
+    exe = Path(sys.executable).with_name("loopstack")   # the installed console script
+    proc = subprocess.Popen([str(exe), "llm", "serve", "--port", str(port),
+                             "--kv-cache-mb", "32", "--max-num-seqs", "4", "--log-level", "warning"],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        comp = c.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=4,
+                                    temperature=0)
+        assert "Paris" in comp.choices[0].text
+
+        def logged() -> bool:   # the access line is written just after the response is sent
+            access = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+            return any(a["path"] == "/v1/completions" and a["status"] == 200 and a["id"] == comp.id for a in access)
+        end = time.monotonic() + 10
+        while not logged() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert logged(), log.read_text()
+    except Exception as exc:
+        raise AssertionError(f"{exc}\nserver output:\n{log.read_text()}") from exc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
