@@ -22,19 +22,25 @@ ENV_PREFIX = "LOOPSTACK_"
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Event log: `local` (segment files under `path`) or `redis` (Redis Streams at `url`)."""
+    """Event log: `local` (segment files under `path`), `redis` (Redis Streams at `url`) or `kafka`
+    (`url` = kafka://host:port[,host:port]; Kafka topics are named `<prefix>.<topic>`)."""
 
     backend: str = "local"
     path: str = "data/log"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "loopstack"
 
-    ALLOWED = {"backend": ("local", "redis")}
+    ALLOWED = {"backend": ("local", "redis", "kafka")}
 
 
 @dataclass(frozen=True)
 class OfflineConfig:
-    """Offline store: the Parquet lake at `lake_path`, queried by `engine`."""
+    """Offline store: the Parquet lake at `lake_path`, queried by `engine` (duckdb | spark).
+
+    Spark: `spark_master` (``local[2]``, ``spark://host:7077``, ``yarn``, ``k8s://...``) and
+    `spark_conf`, a mapping of extra Spark settings (env: YAML/JSON text), e.g.
+    ``{spark.executor.memory: 8g}``. See docs/offline-engines.md.
+    """
 
     engine: str = "duckdb"
     lake_path: str = "data/lake"
@@ -43,8 +49,22 @@ class OfflineConfig:
     index: str = "auto"                 # sorted indexes of big sources for plain fields: auto | always | never
     index_path: str = "data/index"      # where they live (rebuilt when a source's files change)
     index_min_rows: int = 1_000_000     # auto: index sources with at least this many events
+    spark_master: str = "local[2]"
+    spark_conf: dict = field(default_factory=dict, hash=False)
 
-    ALLOWED = {"engine": ("duckdb",), "index": ("auto", "always", "never")}
+    ALLOWED = {"engine": ("duckdb", "spark"), "index": ("auto", "always", "never")}
+
+    def __post_init__(self) -> None:
+        conf = self.spark_conf
+        if isinstance(conf, str):  # from an environment variable: YAML or JSON text
+            try:
+                conf = yaml.safe_load(conf) if conf.strip() else {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"offline.spark_conf = {self.spark_conf!r} is not YAML/JSON: {exc}") from None
+        if not isinstance(conf, dict):
+            raise ConfigError(f"offline.spark_conf = {self.spark_conf!r} must be a mapping of Spark settings, "
+                              "e.g. {spark.executor.memory: 8g}")
+        object.__setattr__(self, "spark_conf", {str(k): str(v) for k, v in conf.items()})
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,8 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
         raise ConfigError(f"{where} must not be empty")
     if t.startswith("tuple"):
         return value if isinstance(value, (list, tuple, str)) else [value]
+    if t.startswith("dict"):
+        return value  # checked by the section's __post_init__
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{where} = {value!r} must be a single value, not a {type(value).__name__}")
     if t.startswith("int"):
@@ -258,13 +280,16 @@ name: {name}
 definitions: definitions.py
 
 log:
-  backend: local            # local | redis
+  backend: local            # local | redis | kafka
   path: data/log            # local: segment files live here
-  url: redis://127.0.0.1:6379/0   # redis: Redis Streams server
+  url: redis://127.0.0.1:6379/0   # redis: Redis Streams server; kafka: kafka://host:9092[,host2:9092]
 
 offline:
-  engine: duckdb            # the Parquet lake is queried with DuckDB
+  engine: duckdb            # duckdb | spark: both query the same Parquet lake
   lake_path: data/lake
+  # spark_master: local[2]  # spark: any master URL (spark://host:7077, yarn, k8s://...)
+  # spark_conf:             # spark: extra settings
+  #   spark.executor.memory: 8g
   index: auto               # sorted copies of big sources speed up repeated joins: auto | always | never
   index_path: data/index
 

@@ -83,10 +83,8 @@ class Project:
 
     @cached_property
     def engine(self):  # -> OfflineEngine
-        from loopstack.features.offline.duckdb import DuckDBEngine
-        c = self.config.offline
-        return DuckDBEngine(threads=c.threads, memory_limit=c.memory_limit, index_dir=str(self.path(c.index_path)),
-                            index=c.index, index_min_rows=c.index_min_rows)
+        from loopstack.features.offline import open_engine
+        return open_engine(self.config.offline, index_dir=str(self.path(self.config.offline.index_path)))
 
     @cached_property
     def online_store(self):  # -> OnlineStore

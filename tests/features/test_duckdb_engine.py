@@ -1,4 +1,4 @@
-"""Hand-written point-in-time cases for DuckDBEngine, each one a rule of offline/base.py."""
+"""Hand-written point-in-time cases for every offline engine (DuckDB, Spark), each one a rule of offline/base.py."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -12,7 +12,6 @@ from loopstack.features.definitions import (
     Count, CountDistinct, Entity, EventSource, FeatureView, Field, Last, Max, Mean, Min, Sum,
 )
 from loopstack.features.offline.base import SourceData, ViewRequest
-from loopstack.features.offline.duckdb import DuckDBEngine
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 AUTHOR = Entity("author", "author_id")
@@ -22,11 +21,10 @@ def ts(**kw) -> datetime:
     return T0 + timedelta(**kw)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = DuckDBEngine(threads=2)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(offline_engine):
+    """Each test runs on DuckDB and on Spark (tests/features/conftest.py)."""
+    return offline_engine
 
 
 def view(features, ttl=None, schema=(), entity=AUTHOR, timestamp="created_at"):

@@ -14,7 +14,6 @@ from loopstack.features.definitions import (
     Count, Entity, EventSource, FeatureView, Field, Last, Mean, OnDemandFeature,
 )
 from loopstack.features.offline.base import SourceData
-from loopstack.features.offline.duckdb import DuckDBEngine
 from loopstack.features.retrieval import get_historical_features
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -23,11 +22,10 @@ SCHEMA = [Field("author_id", "int64"), Field("created_at", "timestamp"), Field("
           Field("length", "float64"), Field("score", "int64")]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = DuckDBEngine(threads=2)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(offline_engine):
+    """Each test runs on DuckDB and on Spark (tests/features/conftest.py)."""
+    return offline_engine
 
 
 @pytest.fixture

@@ -210,6 +210,14 @@ class _Reader:
         self.engine.close()
 
 
+def open_reader(project: "Project", view: FeatureView):  # -> _Reader | SparkReader
+    """The source reader of the configured offline engine (`offline.engine`): DuckDB or Spark."""
+    if project.config.offline.engine == "spark":
+        from loopstack.features.offline.spark_reader import SparkReader
+        return SparkReader(project, view)
+    return _Reader(project, view)
+
+
 def chunk_by_time(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[tuple[pa.Table, bool]]:
     """Re-cut ts-ordered batches into chunks of about `chunk_rows` that never split equal timestamps.
 
@@ -280,7 +288,7 @@ def _materialize_view(project: "Project", view: FeatureView, start: int, end: in
         return res
     online = project.online  # one OnlineFeatures for the whole run (the property reads the registry)
     own = reader is None
-    reader = reader or _Reader(project, view)
+    reader = reader or open_reader(project, view)
     try:
         if bulk and not online.plan(view.name).sigs and reader.base_sql is not None:
             from loopstack.features.online.bulk import materialize_view
@@ -367,7 +375,7 @@ def materialize_incremental(project: "Project", end: Any, views: Sequence[str] |
     with _progress_bar(progress) or nullcontext() as bar:
         for view in selected:
             done = materialized_intervals(project, view.name)
-            reader = _Reader(project, view)
+            reader = open_reader(project, view)
             try:
                 s = done[-1][1] if done else reader.earliest()
                 if s is None or s >= e:  # no events, or already materialized through `end`

@@ -1,4 +1,5 @@
-"""Batch materialization: equals the offline engine, independent of chunking, overlap-safe, incremental."""
+"""Batch materialization: equals the offline engine (DuckDB or Spark), independent of chunking, overlap-safe,
+incremental."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,17 +18,31 @@ from loopstack.project import Project
 from tests.features.stream._defs import assert_same_served, gen_events, make_project, served
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request):
+@pytest.fixture(params=[("sqlite", "duckdb"), ("redis", "duckdb"), ("sqlite", "spark")],
+                ids=["sqlite-duckdb", "redis-duckdb", "sqlite-spark"])
+def backend_engine(request):
+    """(online store, offline engine): materialization reads the source with the configured engine and
+    parity compares with that engine's offline features."""
     return request.param
 
 
 @pytest.fixture
-def project(tmp_path, backend, request):
+def project(tmp_path, backend_engine, request):
+    backend, engine = backend_engine
     url = request.getfixturevalue("redis_url") if backend == "redis" else None
     p = make_project(tmp_path / "proj", backend, url)
+    if engine == "spark":
+        p = with_engine(p, request)
     yield p
     p.close()
+
+
+def with_engine(p: Project, request) -> Project:
+    """The same project queried (and materialized) with Spark, on the shared test session."""
+    request.getfixturevalue("spark")
+    p.close()
+    cfg = dataclasses.replace(p.config, offline=dataclasses.replace(p.config.offline, engine="spark"))
+    return Project(p.root, config=cfg)
 
 
 def exact_times(newest: datetime) -> list[int]:
@@ -145,8 +160,11 @@ def test_incremental_continues_where_the_last_run_ended(tmp_path):
     p.close()
 
 
-def test_file_source_orders_ties_by_file_then_row(tmp_path):
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_file_source_orders_ties_by_file_then_row(tmp_path, engine, request):
     p = make_project(tmp_path / "proj")
+    if engine == "spark":
+        p = with_engine(p, request)
     t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
     folder = tmp_path / "files"
     folder.mkdir()
