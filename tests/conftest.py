@@ -1,6 +1,8 @@
 """Shared fixtures: real redis-server and PostgreSQL on loopback, started once per test session."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 from tests.servers import postgres_server, redis_server
@@ -30,12 +32,12 @@ def redis_client(redis_url):
     client.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def meta_url(request, tmp_path):
-    """A fresh, empty metadata database URL: a SQLite file, or a new database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'meta.db'}"
-        return
+META_BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def _pg_database(request):
+    """A new, empty database on the session's PostgreSQL server, dropped afterwards."""
     import uuid
 
     import sqlalchemy as sa
@@ -44,7 +46,44 @@ def meta_url(request, tmp_path):
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=META_BACKENDS)
+def meta_url(request, tmp_path):
+    """A fresh, empty metadata database URL: a SQLite file, or a new database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'meta.db'}"
+        return
+    with _pg_database(request) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_meta_url(request):
+    """A new, empty database on the real PostgreSQL (for tests that only make sense there)."""
+    with _pg_database(request) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=META_BACKENDS)
+def module_meta_url(request, tmp_path_factory):
+    """`meta_url` for module-scoped fixtures (one database shared by the tests of a module)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('meta') / 'meta.db'}"
+        return
+    with _pg_database(request) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def kafka_url():
+    """URL (kafka://127.0.0.1:port) of a real tansu Kafka-protocol broker on loopback."""
+    from tests.servers import kafka_server
+    with kafka_server() as url:
+        yield url

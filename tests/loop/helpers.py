@@ -12,17 +12,20 @@ from loopstack.loop.evidence import EvidenceProvider, ManualClock
 from loopstack.loop.pipeline import RetrainPipeline
 from loopstack.loop.spec import LoopSpec
 from loopstack.registry.gate import ModelValidationGate
+from tests.meta.helpers import use_metadata
 from tests.training.conftest import FEATURES, T0, author, author_stats, comments, labels_for
 
 START = T0 + timedelta(days=23)   # the data covers T0 .. T0 + 21 days
 
 
-def make_project(root: Path) -> Project:
+def make_project(root: Path, meta_url: str | None = None) -> Project:
+    """The spam project with 1200 comments and labels.parquet; metadata at `meta_url` (default: SQLite file)."""
     from loopstack.demo.data import generate_comments
     events = [{"author_id": c["author_id"], "is_spam": c["is_spam"], "n_urls": c["n_urls"], "ts": c["ts"]}
               for c in generate_comments(n=1200, n_authors=50, days=21, spam_rate=0.06, seed=3, start=T0)]
     root.mkdir(parents=True, exist_ok=True)
     (root / "loopstack.yaml").write_text("name: loop-test\n")   # every other setting: the defaults
+    use_metadata(root, meta_url)
     p = Project.init(root, example=False)
     p.apply([author, comments, author_stats])
     assert p.log.append("comments", events).rejected == 0

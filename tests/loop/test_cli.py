@@ -30,8 +30,8 @@ def pipeline(project):
 """
 
 
-def test_loop_cli(tmp_path):
-    p = make_project(tmp_path / "proj")
+def test_loop_cli(tmp_path, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     root = str(p.root)
     p.close()
     runner = CliRunner()

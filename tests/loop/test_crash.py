@@ -37,8 +37,8 @@ def _counts(project, version):
                                                          if e["action"] == "loop")
 
 
-def test_kill_9_after_register_then_resume(tmp_path):
-    p = make_project(tmp_path / "proj")
+def test_kill_9_after_register_then_resume(tmp_path, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     marker = tmp_path / "registered"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(p.root), str(marker)], cwd=REPO, env=env,
@@ -65,8 +65,8 @@ def test_kill_9_after_register_then_resume(tmp_path):
     p.close()
 
 
-def test_crash_between_registry_commit_and_state_save_is_idempotent(tmp_path, monkeypatch):
-    p = make_project(tmp_path / "proj")
+def test_crash_between_registry_commit_and_state_save_is_idempotent(tmp_path, monkeypatch, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     pl = pipeline(p)
     real_save = LoopStore.save
 
@@ -92,8 +92,8 @@ def test_crash_between_registry_commit_and_state_save_is_idempotent(tmp_path, mo
     p.close()
 
 
-def test_experiment_resumes_with_its_sequential_state(tmp_path):
-    p = make_project(tmp_path / "proj")
+def test_experiment_resumes_with_its_sequential_state(tmp_path, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     clock = ManualClock(START)
     assert pipeline(p, clock=clock).run().step == DONE          # v1 in production
     ev = FakeEvidence()
@@ -110,8 +110,8 @@ def test_experiment_resumes_with_its_sequential_state(tmp_path):
     p.close()
 
 
-def test_crash_after_archiving_a_failed_candidate_ends_the_same_way(tmp_path, monkeypatch):
-    p = make_project(tmp_path / "proj")
+def test_crash_after_archiving_a_failed_candidate_ends_the_same_way(tmp_path, monkeypatch, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     real_save = LoopStore.save
 
     def crash_on_failed(self, state, now):

@@ -32,8 +32,8 @@ def _rec(i, kind, version, variant, score, latency, user=None, status="ok", ts=N
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("evidence") / "proj")
+def scenario(tmp_path_factory, module_meta_url):
+    p = make_project(tmp_path_factory.mktemp("evidence") / "proj", module_meta_url)
     pl = pipeline(p)
     state = pl.drive(pl.start(), max_steps=4)          # dataset, train, gate, register
     assert state.step == "shadow" and state.version == 1

@@ -17,10 +17,10 @@ STEPS = ["dataset", "train", "gate", "register", "shadow", "canary", "experiment
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
+def scenario(tmp_path_factory, module_meta_url):
     """Run 1 (first model, manual) promotes v1; run 2 (alert) A/B-tests v2 and promotes it with a holdback;
     run 3 breaches the latency guardrail and is rolled back."""
-    p = make_project(tmp_path_factory.mktemp("loop") / "proj")
+    p = make_project(tmp_path_factory.mktemp("loop") / "proj", module_meta_url)
     clock = ManualClock(START)
     runs = [pipeline(p, clock=clock).run()]
     runs.append(pipeline(p, clock=clock).run("alert", "score_psi: score distribution moved"))
@@ -84,9 +84,9 @@ def test_store_lists_runs(scenario):
     assert store.active("spam") is None
 
 
-def test_failed_gate_registers_a_candidate_and_stops(tmp_path):
+def test_failed_gate_registers_a_candidate_and_stops(tmp_path, meta_url):
     from loopstack.registry.gate import ModelValidationGate
-    p = make_project(tmp_path / "proj")
+    p = make_project(tmp_path / "proj", meta_url)
     s = spec(p)
     s.gate = ModelValidationGate(absolute={"roc_auc": 0.999})
     ev = FakeEvidence()
@@ -98,8 +98,8 @@ def test_failed_gate_registers_a_candidate_and_stops(tmp_path):
     p.close()
 
 
-def test_shadow_failure_archives_and_restores_traffic_settings(tmp_path):
-    p = make_project(tmp_path / "proj")
+def test_shadow_failure_archives_and_restores_traffic_settings(tmp_path, meta_url):
+    p = make_project(tmp_path / "proj", meta_url)
     PolicyStore(p.meta).update("spam", {"canary_percent": 10.0, "shadow_sample": 0.25})   # a human's settings
     state = pipeline(p, evidence=FakeEvidence(p99_ms=500.0)).run()
     assert state.step == FAILED and "p99" in state.error and state.history[-1]["step"] == "shadow"

@@ -44,3 +44,24 @@ def test_schedules(store):
     store.set_schedule("spam", 3600, T + timedelta(hours=1), T, last_run_id="r1")
     s = store.schedule("spam")
     assert s["next_run_at"] == T + timedelta(hours=1) and s["last_run_id"] == "r1" and s["every_seconds"] == 3600
+
+
+def test_concurrent_starts_of_one_model_leave_one_unfinished_run(store):
+    """The one-unfinished-run check runs under a per-model lock: of 6 threads starting at once, one wins."""
+    import threading
+    barrier, outcomes = threading.Barrier(6), []
+
+    def start(i):
+        barrier.wait()
+        try:
+            store.create(LoopState(run_id=f"r{i}", model="spam"), T)
+            outcomes.append("ok")
+        except LoopError as exc:
+            outcomes.append("refused" if "unfinished loop run" in str(exc) else repr(exc))
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["ok"] + ["refused"] * 5
+    assert len(store.runs("spam")) == 1

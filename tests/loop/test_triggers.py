@@ -12,6 +12,7 @@ from loopstack.loop.core import DONE, LoopError
 from loopstack.loop.evidence import ManualClock
 from loopstack.loop.pipeline import RetrainPipeline
 from loopstack.loop.triggers import AlertTrigger, Schedule
+from tests.meta.helpers import use_metadata
 from tests.loop.helpers import START
 
 
@@ -25,10 +26,12 @@ class InstantPipeline(RetrainPipeline):
 
 
 @pytest.fixture
-def pl(tmp_path):
+def pl(tmp_path, meta_url):
+    """An instant pipeline on an empty project; metadata on SQLite and on PostgreSQL."""
     root = tmp_path / "proj"
     root.mkdir()
     (root / "loopstack.yaml").write_text("name: t\n")
+    use_metadata(root, meta_url)
     p = Project(root)
     yield InstantPipeline(p, SimpleNamespace(model="spam"), evidence=None, clock=ManualClock(START))
     p.close()

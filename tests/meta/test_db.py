@@ -62,3 +62,58 @@ def test_definition_versions_and_tombstones(meta_url):
 def test_unreachable_postgres_names_the_fix():
     with pytest.raises(MetadataError, match="cannot open the metadata store.*loopstack.yaml"):
         MetadataStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_concurrent_definition_changes_get_gap_free_versions(meta_url):
+    """Four threads apply changes to the same definition at once: versions 1..40, none rejected."""
+    import threading
+    store = MetadataStore(meta_url)
+    errors: list = []
+    barrier = threading.Barrier(4)
+
+    def apply(t):
+        barrier.wait()
+        try:
+            for i in range(10):
+                store.put_definitions([("entity", "author", {"t": t, "i": i}, f"h{t}-{i}")])
+        except Exception as exc:  # noqa: BLE001 - asserted on
+            errors.append(exc)
+    threads = [threading.Thread(target=apply, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert errors == []
+    assert [v["version"] for v in store.definition_versions("entity", "author")] == list(range(1, 41))
+    assert store.definitions_version() == 40
+    store.close()
+
+
+def test_processes_opening_a_fresh_database_together_migrate_it_once(meta_url):
+    """Migration runs under a lock: four processes opening an empty database at once all succeed."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        versions = pool.map(_open_and_report, [meta_url] * 4)
+    assert sorted(v[1] for v in versions) == [db.SCHEMA_VERSION] * 4
+    assert sorted(v[0] for v in versions) == [0, db.SCHEMA_VERSION, db.SCHEMA_VERSION, db.SCHEMA_VERSION]
+    store = MetadataStore(meta_url)
+    with store.engine.connect() as conn:
+        rows = conn.execute(db.schema_version.select()).all()
+    assert sorted(r.version for r in rows) == list(range(1, db.SCHEMA_VERSION + 1))
+    store.close()
+
+
+def _open_and_report(url: str) -> tuple[int, int]:
+    """(schema version found when this process migrated, version after): one process finds 0."""
+    found: list[int] = []
+    real = MetadataStore.migrate
+
+    def spy(self):
+        found.append(real(self))
+        return found[-1]
+    MetadataStore.migrate = spy
+    store = MetadataStore(url)
+    v = store.version()
+    store.close()
+    return found[0], v

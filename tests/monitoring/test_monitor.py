@@ -19,6 +19,7 @@ from loopstack.monitoring.gather import run_diagnosis
 from loopstack.monitoring.windows import Monitor, append_labels
 from loopstack.project import Project
 from loopstack.serving.prediction_log import SCHEMA
+from tests.meta.helpers import use_metadata
 from tests.registry.helpers import ThresholdModel
 
 SIG = {"inputs": [{"ref": "comment:spam_7d", "version": 1, "column": "spam_7d", "dtype": "float64"},
@@ -80,10 +81,12 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, module_meta_url):
+    """Five registered models and their predictions; metadata on SQLite and on PostgreSQL."""
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     root = tmp_path_factory.mktemp("mon")
+    use_metadata(root, module_meta_url)
     project = Project.init(root, example=False)
     rng = np.random.default_rng(0)
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -212,38 +215,25 @@ def test_cli_commands(setup, tmp_path):
     assert "score-distribution shift? yes" in runner.invoke(app, ["monitor", "diagnose", "scores", "-p", root]).output
 
 
-def test_monitor_on_postgresql(pg_url, tmp_path):
-    import uuid
-
-    import sqlalchemy as sa
-
+def test_monitor_with_a_short_label_delay(meta_url, tmp_path):
     from loopstack.config import parse_config
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = pg_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        Project.init(tmp_path, example=False)
-        cfg = parse_config({"metadata": {"backend": "postgresql", "url": url},
-                            "monitoring": {"label_delay": "1h", "rules": [{"metric": "recall", "op": "<",
-                                                                            "value": 1.01}]}}, env={})
-        project = Project(tmp_path, config=cfg)
-        rng = np.random.default_rng(9)
-        v = _register(project, "spam", rng).version
-        t0 = 1_790_000_000_000_000 - 1_790_000_000_000_000 % HOUR
-        recs = _predictions("spam", v, t0, rng, 200)
-        project.log.create_topic(TopicConfig("predictions", 1, SCHEMA, key_field="model"))
-        project.log.append("predictions", recs)
-        append_labels(project.log, [{"request_id": r["request_id"], "label": 1, "ts": r["ts"]} for r in recs])
-        monitor = Monitor(project)
-        res = monitor.run(now=t0 + 3 * HOUR)
-        assert (res.predictions, res.joined) == (200, 200)
-        (s,) = monitor.summaries("spam", now=t0 + 3 * HOUR)
-        assert s.complete and s.metrics["labelled"] == 200 and s.metrics["recall"] is not None
-        assert [a.metric for a in monitor.check("spam", now=t0 + 3 * HOUR)] == ["recall"]
-        project.meta.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    Project.init(tmp_path, example=False)
+    cfg = parse_config({"metadata": {"backend": "postgresql" if meta_url.startswith("postgresql") else "sqlite",
+                                     "url": meta_url},
+                        "monitoring": {"label_delay": "1h", "rules": [{"metric": "recall", "op": "<",
+                                                                        "value": 1.01}]}}, env={})
+    project = Project(tmp_path, config=cfg)
+    rng = np.random.default_rng(9)
+    v = _register(project, "spam", rng).version
+    t0 = 1_790_000_000_000_000 - 1_790_000_000_000_000 % HOUR
+    recs = _predictions("spam", v, t0, rng, 200)
+    project.log.create_topic(TopicConfig("predictions", 1, SCHEMA, key_field="model"))
+    project.log.append("predictions", recs)
+    append_labels(project.log, [{"request_id": r["request_id"], "label": 1, "ts": r["ts"]} for r in recs])
+    monitor = Monitor(project)
+    res = monitor.run(now=t0 + 3 * HOUR)
+    assert (res.predictions, res.joined) == (200, 200)
+    (s,) = monitor.summaries("spam", now=t0 + 3 * HOUR)
+    assert s.complete and s.metrics["labelled"] == 200 and s.metrics["recall"] is not None
+    assert [a.metric for a in monitor.check("spam", now=t0 + 3 * HOUR)] == ["recall"]
+    project.meta.close()

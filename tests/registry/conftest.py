@@ -20,14 +20,6 @@ def reg(meta_url, tmp_path):
     r.meta.close()
 
 
-@pytest.fixture
-def sreg(tmp_path):
-    """A registry on SQLite only (for behaviour that does not depend on the backend)."""
-    r = make_registry(f"sqlite:///{tmp_path / 'meta.db'}", tmp_path)
-    yield r
-    r.meta.close()
-
-
 PASSING = {"passed": True, "reasons": [["absolute:precision", True, "precision = 0.97, needs >= 0.95"]]}
 
 

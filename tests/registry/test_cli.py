@@ -11,17 +11,20 @@ from typer.testing import CliRunner
 from loopstack.project import Project
 from loopstack.registry import TransitionError
 from loopstack.registry.cli import models_app
+from tests.meta.helpers import use_metadata
 from tests.registry.conftest import PASSING, register
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(tmp_path, monkeypatch, meta_url):
+    """A project with two registered versions, its metadata on SQLite and on PostgreSQL."""
     from rich.console import Console
 
     import loopstack.registry.cli as cli
     monkeypatch.setattr(cli, "console", Console(width=200))   # wide tables: no wrapped cells
+    use_metadata(tmp_path / "proj", meta_url)
     p = Project.init(tmp_path / "proj", example=False)
     register(p.models, "spam", 2)
     yield p

@@ -97,15 +97,15 @@ def test_decision_round_trip_and_rich_table(gate):
     assert "FAILED" in text and "absolute:recall" in text and "FAIL" in text and "slice_gap:recall" in text
 
 
-def test_gate_decision_stored_and_blocks_promotion(sreg, gate):
+def test_gate_decision_stored_and_blocks_promotion(reg, gate):
     from loopstack.registry import TransitionError
     from tests.registry.conftest import register
-    register(sreg, "spam", 1, gate=False)
+    register(reg, "spam", 1, gate=False)
     d = gate.evaluate({**GOOD, "precision": 0.9}, PROD, SLICES)
-    sreg.record_gate("models:/spam/1", d)
-    stored = sreg.get("models:/spam/1")
+    reg.record_gate("models:/spam/1", d)
+    stored = reg.get("models:/spam/1")
     assert stored.gate_passed is False and GateDecision.from_dict(stored.gate).reasons == d.reasons
     with pytest.raises(TransitionError, match="gate failed"):
-        sreg.promote("models:/spam/1", "shadow", reason="x")
-    sreg.record_gate("models:/spam/1", gate.evaluate(GOOD, PROD, SLICES))
-    assert sreg.promote("models:/spam/1", "shadow", reason="gate passed").state == "shadow"
+        reg.promote("models:/spam/1", "shadow", reason="x")
+    reg.record_gate("models:/spam/1", gate.evaluate(GOOD, PROD, SLICES))
+    assert reg.promote("models:/spam/1", "shadow", reason="gate passed").state == "shadow"

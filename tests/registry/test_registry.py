@@ -43,48 +43,48 @@ def test_versions_increment_and_list(reg):
     assert summary["fraud"]["states"] == {"candidate": 1} and summary["spam"]["production"] is None
 
 
-def test_tampered_artifact_is_refused(sreg):
-    mv = sreg.register("spam", ThresholdModel(), signature=SIGNATURE)
-    full = sreg.artifacts._full(mv.artifact_path)
+def test_tampered_artifact_is_refused(reg):
+    mv = reg.register("spam", ThresholdModel(), signature=SIGNATURE)
+    full = reg.artifacts._full(mv.artifact_path)
     with open(full, "r+b") as f:   # flip one byte
         b = f.read(1)
         f.seek(0)
         f.write(bytes([b[0] ^ 1]))
     with pytest.raises(ArtifactIntegrityError, match=r"models:/spam/1 .*modified or corrupted after registration"):
-        sreg.load(mv.ref)
+        reg.load(mv.ref)
 
 
-def test_file_and_folder_artifacts_load_as_verified_paths(sreg, tmp_path):
+def test_file_and_folder_artifacts_load_as_verified_paths(reg, tmp_path):
     f = tmp_path / "model.onnx"
     f.write_bytes(b"\x08\x07onnx-bytes")
     d = tmp_path / "hf_model"
     (d / "sub").mkdir(parents=True)
     (d / "config.json").write_text('{"a": 1}')
     (d / "sub" / "w.bin").write_bytes(b"weights")
-    v1 = sreg.register("onnx", f, signature=SIGNATURE)
-    v2 = sreg.register("onnx", d, signature=SIGNATURE)
-    p1, p2 = sreg.load(v1.ref), sreg.load(v2.ref)
+    v1 = reg.register("onnx", f, signature=SIGNATURE)
+    v2 = reg.register("onnx", d, signature=SIGNATURE)
+    p1, p2 = reg.load(v1.ref), reg.load(v2.ref)
     assert p1.read_bytes() == b"\x08\x07onnx-bytes" and p1.name == "model.onnx"
     assert (p2 / "config.json").read_text() == '{"a": 1}' and (p2 / "sub" / "w.bin").read_bytes() == b"weights"
     (tmp_path / "artifacts" / v1.artifact_path).write_bytes(b"evil")
     with pytest.raises(ArtifactIntegrityError):
-        sreg.load(v1.ref)
+        reg.load(v1.ref)
     with pytest.raises(RegistryError, match="does not exist"):
-        sreg.register("onnx", tmp_path / "missing.bin", signature=SIGNATURE)
+        reg.register("onnx", tmp_path / "missing.bin", signature=SIGNATURE)
 
 
-def test_bad_inputs_are_named(sreg):
+def test_bad_inputs_are_named(reg):
     with pytest.raises(RegistryError, match="signature needs 'inputs'"):
-        sreg.register("spam", ThresholdModel(), signature={})
+        reg.register("spam", ThresholdModel(), signature={})
     with pytest.raises(RegistryError, match="more than once"):
-        sreg.register("spam", ThresholdModel(), signature={"inputs": [("a:x", 1, "int64"), ("a:x", 1, "int64")]})
+        reg.register("spam", ThresholdModel(), signature={"inputs": [("a:x", 1, "int64"), ("a:x", 1, "int64")]})
     with pytest.raises(RegistryError, match="metric 'auc' = 'high' is not a number"):
-        sreg.register("spam", ThresholdModel(), signature=SIGNATURE, metrics={"auc": "high"})
+        reg.register("spam", ThresholdModel(), signature=SIGNATURE, metrics={"auc": "high"})
     with pytest.raises(RegistryError, match="cannot serialize"):
-        sreg.register("spam", lambda x: x, signature=SIGNATURE)
+        reg.register("spam", lambda x: x, signature=SIGNATURE)
     with pytest.raises(ModelReferenceError, match="invalid model name"):
-        sreg.register("bad name", ThresholdModel(), signature=SIGNATURE)
-    assert sreg.list() == []   # nothing half-registered
+        reg.register("bad name", ThresholdModel(), signature=SIGNATURE)
+    assert reg.list() == []   # nothing half-registered
 
 
 def test_unknown_references_say_what_exists(reg):
@@ -154,29 +154,29 @@ def test_gate_required_past_candidate_and_override_is_audited(reg):
     assert reg.get("models:/spam/1").gate["reasons"] == [["absolute:recall", False, "recall 0.80"]]
 
 
-def test_skipping_rungs_needs_override(sreg):
-    register(sreg, "spam", 1)
+def test_skipping_rungs_needs_override(reg):
+    register(reg, "spam", 1)
     with pytest.raises(TransitionError, match="skips shadow, canary, experiment"):
-        sreg.promote("models:/spam/1", "production", reason="yolo")
-    sreg.promote("models:/spam/1", "production", reason="hotfix for incident 9", override=True)
-    assert sreg.get("models:/spam@production").version == 1
-    assert sreg.audit("spam", 1)[-2]["override"] is True   # transition, then the alias move
+        reg.promote("models:/spam/1", "production", reason="yolo")
+    reg.promote("models:/spam/1", "production", reason="hotfix for incident 9", override=True)
+    assert reg.get("models:/spam@production").version == 1
+    assert reg.audit("spam", 1)[-2]["override"] is True   # transition, then the alias move
 
 
-def test_profile_stored_with_version(sreg):
+def test_profile_stored_with_version(reg):
     df = pd.DataFrame({"x": [1.0, 2.0, None, 4.0], "c": ["a", "b", "a", None]})
-    mv = sreg.register("spam", ThresholdModel(), signature=SIGNATURE, profile=df, holdout_scores=[0.1, 0.2, 0.9, 0.4])
-    prof = sreg.profile(mv.ref)
+    mv = reg.register("spam", ThresholdModel(), signature=SIGNATURE, profile=df, holdout_scores=[0.1, 0.2, 0.9, 0.4])
+    prof = reg.profile(mv.ref)
     assert prof == build_profile(df, scores=[0.1, 0.2, 0.9, 0.4])
     assert prof["features"]["x"]["null_rate"] == 0.25 and prof["scores"]["count"] == 4
-    bare = sreg.register("spam", ThresholdModel(), signature=SIGNATURE)
+    bare = reg.register("spam", ThresholdModel(), signature=SIGNATURE)
     with pytest.raises(RegistryError, match="without a reference profile"):
-        sreg.profile(bare.ref)
+        reg.profile(bare.ref)
 
 
-def test_record_gate_needs_decision_shape(sreg):
-    register(sreg, "spam", 1, gate=False)
+def test_record_gate_needs_decision_shape(reg):
+    register(reg, "spam", 1, gate=False)
     with pytest.raises(RegistryError, match="'passed' and 'reasons'"):
-        sreg.record_gate("models:/spam/1", {"ok": True})
-    sreg.record_gate("models:/spam/1", PASSING)
-    assert sreg.get("models:/spam/1").gate_passed is True
+        reg.record_gate("models:/spam/1", {"ok": True})
+    reg.record_gate("models:/spam/1", PASSING)
+    assert reg.get("models:/spam/1").gate_passed is True

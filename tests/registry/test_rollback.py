@@ -33,13 +33,13 @@ def test_rollback_restores_previous_production_and_audits(reg):
     assert reg.get("models:/spam/3").state == "candidate"
 
 
-def test_rollback_needs_a_reason_and_a_production_version(sreg):
-    register(sreg, "spam", 1)
+def test_rollback_needs_a_reason_and_a_production_version(reg):
+    register(reg, "spam", 1)
     with pytest.raises(RegistryError, match="reason is required"):
-        sreg.rollback("spam", reason="")
+        reg.rollback("spam", reason="")
     with pytest.raises(TransitionError, match="no version is in production"):
-        sreg.rollback("spam", reason="x")
-    ladder_to(sreg, "models:/spam/1", "production")
+        reg.rollback("spam", reason="x")
+    ladder_to(reg, "models:/spam/1", "production")
     with pytest.raises(TransitionError, match="first production version"):
-        sreg.rollback("spam", reason="x")
-    assert sreg.get("models:/spam@production").version == 1   # a refused rollback changes nothing
+        reg.rollback("spam", reason="x")
+    assert reg.get("models:/spam@production").version == 1   # a refused rollback changes nothing

@@ -28,8 +28,8 @@ def test_bad_settings_name_the_key(settings, words):
         validate_settings(settings)
 
 
-def test_update_merges_unsets_and_bumps_the_revision(tmp_path):
-    store = PolicyStore(MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}"))
+def test_update_merges_unsets_and_bumps_the_revision(meta_url):
+    store = PolicyStore(MetadataStore(meta_url))
     assert store.get("spam") == {} and store.revision("spam") == 0 and store.revisions() == {}
     assert store.update("spam", {"canary_percent": 10, "baseline": 0.5}) == {"canary_percent": 10.0, "baseline": 0.5}
     assert store.update("spam", {"experiment_weights": "control=1,v2=3"})["experiment_weights"] == {
@@ -42,3 +42,24 @@ def test_update_merges_unsets_and_bumps_the_revision(tmp_path):
     with pytest.raises(ServingConfigError):
         store.update("spam", {"canary_percent": -1})
     assert store.revision("spam") == 4   # a refused change changes nothing
+
+
+def test_concurrent_updates_of_different_keys_lose_none(meta_url):
+    """Read-merge-write under a per-model lock: 4 threads x 30 updates, each setting its own key, end
+    with every thread's last value and one revision per update (a lost update would drop a key)."""
+    from concurrent.futures import ThreadPoolExecutor
+    meta = MetadataStore(meta_url)
+    store = PolicyStore(meta)
+    keys = ["canary_percent", "shadow_sample", "holdback_percent", "fallback"]
+    values = {"canary_percent": lambda i: float(i + 1), "shadow_sample": lambda i: (i + 1) / 100,
+              "holdback_percent": lambda i: (i + 1) / 10, "fallback": lambda i: i + 1}
+
+    def worker(key):
+        for i in range(30):
+            store.update("spam", {key: values[key](i)}, actor=key)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(worker, keys))
+    assert store.get("spam") == {k: values[k](29) for k in keys}
+    assert store.revision("spam") == 120
+    meta.close()

@@ -8,6 +8,7 @@ import pytest
 
 from loopstack import Count, Entity, EventSource, FeatureView, Field, Project, Sum
 from loopstack.demo.data import generate_comments
+from tests.meta.helpers import use_metadata
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 author = Entity("author", join_key="author_id")
@@ -35,7 +36,9 @@ def labels_for(events: list[dict], final_after: timedelta = timedelta(hours=6)) 
 
 
 @pytest.fixture
-def project(tmp_path, comment_events):
+def project(tmp_path, comment_events, meta_url):
+    """The spam project with its comments logged; metadata on SQLite and on PostgreSQL."""
+    use_metadata(tmp_path / "proj", meta_url)
     p = Project.init(tmp_path / "proj", example=False)
     p.apply([author, comments, author_stats])
     res = p.log.append("comments", comment_events)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from loopstack.loop.core import TERMINAL, LoopError, LoopState
 from loopstack.loop.schema import loop_runs as R
 from loopstack.loop.schema import loop_schedules as S
+from loopstack.meta.tx import lock_key, run_transaction
 
 
 def _utc(ts: datetime) -> datetime:
@@ -24,8 +25,11 @@ class LoopStore:
 
     # -- runs --------------------------------------------------------------------------------------
     def create(self, state: LoopState, now: datetime) -> LoopState:
-        """Insert a new run; refuses when the model already has an unfinished run."""
-        with self.engine.begin() as conn:
+        """Insert a new run; refuses when the model already has an unfinished run (checked under a
+        per-model lock, so two processes starting a run at once cannot both pass the check)."""
+
+        def write(conn: sa.engine.Connection) -> None:
+            lock_key(conn, f"loopstack:loop:{state.model}")
             active = conn.execute(sa.select(R.c.run_id, R.c.step).where(
                 R.c.model == state.model, R.c.step.notin_(TERMINAL))).first()
             if active is not None:
@@ -34,15 +38,18 @@ class LoopStore:
             conn.execute(R.insert().values(run_id=state.run_id, model=state.model, step=state.step,
                                            trigger=state.trigger, state=_dumps(state), revision=1,
                                            created_at=now, updated_at=now))
+        run_transaction(self.engine, write)
         return state
 
     def save(self, state: LoopState, now: datetime) -> None:
         """Persist the state of a run (one transaction: a crash leaves the previous or the new state)."""
-        with self.engine.begin() as conn:
-            res = conn.execute(sa.update(R).where(R.c.run_id == state.run_id).values(
-                step=state.step, state=_dumps(state), revision=R.c.revision + 1, updated_at=now))
-            if res.rowcount == 0:
-                raise LoopError(f"no loop run {state.run_id!r} to save; start one with `loopstack loop run`")
+        text = _dumps(state)
+
+        def write(conn: sa.engine.Connection) -> int:
+            return conn.execute(sa.update(R).where(R.c.run_id == state.run_id).values(
+                step=state.step, state=text, revision=R.c.revision + 1, updated_at=now)).rowcount
+        if run_transaction(self.engine, write) == 0:
+            raise LoopError(f"no loop run {state.run_id!r} to save; start one with `loopstack loop run`")
 
     def get(self, run_id: str) -> LoopState:
         with self.engine.connect() as conn:
@@ -89,11 +96,13 @@ class LoopStore:
         values = {"every_seconds": float(every_seconds), "next_run_at": next_run_at, "updated_at": now}
         if last_run_id is not None:
             values["last_run_id"] = last_run_id
-        with self.engine.begin() as conn:
-            res = conn.execute(sa.update(S).where(S.c.model == model).values(**values))
-            if res.rowcount == 0:
+
+        def write(conn: sa.engine.Connection) -> None:
+            lock_key(conn, f"loopstack:schedule:{model}")   # update-or-insert: one writer per model
+            if conn.execute(sa.update(S).where(S.c.model == model).values(**values)).rowcount == 0:
                 conn.execute(S.insert().values(model=model, last_run_id=last_run_id,
                                                **{k: v for k, v in values.items() if k != "last_run_id"}))
+        run_transaction(self.engine, write)
 
 
 def _dumps(state: LoopState) -> str:

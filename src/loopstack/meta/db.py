@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from loopstack.errors import MetadataError
+from loopstack.meta.tx import lock_key, run_transaction
 
 metadata = sa.MetaData()
 
@@ -86,6 +87,11 @@ class MetadataStore:
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+        elif url.startswith("postgresql"):
+            # loopstack's writers serialize on explicit locks (model generation rows, advisory locks) and
+            # re-read after taking them, which is correct under read committed. Pinned, so a server
+            # default of serializable does not turn every wait for a hot model into an abort and retry.
+            kwargs["isolation_level"] = "READ COMMITTED"
         try:
             self.engine: Engine = sa.create_engine(url, **kwargs)
             if url.startswith("sqlite"):
@@ -98,19 +104,29 @@ class MetadataStore:
             ) from exc
 
     def migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION; returns the version found before."""
-        with self.engine.begin() as conn:
-            schema_version.create(conn, checkfirst=True)
-            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-            if current > SCHEMA_VERSION:
-                raise MetadataError(
-                    f"the metadata store {_redact(self.url)} has schema version {current}, newer than this "
-                    f"loopstack understands ({SCHEMA_VERSION}); upgrade loopstack"
-                )
-            for v in range(current + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[v - 1](conn)
-                conn.execute(schema_version.insert().values(version=v, applied_at=_now()))
+        """Bring the schema to SCHEMA_VERSION; returns the version found before.
+
+        One transaction under a lock, so processes opening a fresh database at the same time
+        migrate it once (PostgreSQL DDL is transactional; SQLite holds the write lock)."""
+        return run_transaction(self.engine, self._migrate)
+
+    def _migrate(self, conn: Connection) -> int:
+        lock_key(conn, "loopstack:migrate")
+        schema_version.create(conn, checkfirst=True)
+        current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+        if current > SCHEMA_VERSION:
+            raise MetadataError(
+                f"the metadata store {_redact(self.url)} has schema version {current}, newer than this "
+                f"loopstack understands ({SCHEMA_VERSION}); upgrade loopstack"
+            )
+        for v in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[v - 1](conn)
+            conn.execute(schema_version.insert().values(version=v, applied_at=_now()))
         return current
+
+    def transaction(self, fn: Callable[[Connection], Any], **kwargs: Any) -> Any:
+        """``fn(conn)`` in one write transaction, re-run on deadlocks/serialization failures (meta.tx)."""
+        return run_transaction(self.engine, fn, **kwargs)
 
     def version(self) -> int:
         with self.engine.connect() as conn:
@@ -146,8 +162,12 @@ class MetadataStore:
     def put_definitions(self, changes: list[tuple[str, str, dict | None, str | None]]) -> list[dict]:
         """Store new versions in one transaction: (kind, name, spec, hash) adds; spec None marks removed."""
         d = definitions
-        out = []
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> list[dict]:
+            # one writer at a time: versions stay gap-free and row ids grow in commit order, so
+            # definitions_version() (the newest id) never misses a change committed out of order
+            lock_key(conn, "loopstack:definitions")
+            out = []
             for kind, name, spec, spec_hash in changes:
                 last = conn.execute(sa.select(d).where(d.c.kind == kind, d.c.name == name)
                                     .order_by(d.c.version.desc()).limit(1)).first()
@@ -162,7 +182,8 @@ class MetadataStore:
                        "spec_hash": spec_hash, "created_at": _now(), "removed": spec is None}
                 conn.execute(d.insert().values(**row))
                 out.append(_row(row))
-        return out
+            return out
+        return run_transaction(self.engine, write)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
+from loopstack.meta.tx import lock_key
 from loopstack.monitoring.rules import LAYERS, Firing
 from loopstack.monitoring.schema import alerts as T
 
@@ -65,6 +66,9 @@ def store_new(engine: sa.engine.Engine, model: str, version: int, start_us: int,
     with engine.begin() as conn:
         for f in firings:
             key = _dedupe(model, version, start_us, width_s, f)
+            if conn.execute(sa.select(T.c.id).where(T.c.dedupe == key)).first() is not None:
+                continue
+            lock_key(conn, f"loopstack:alert:{key}")   # two checkers firing the same alert: one stores it
             if conn.execute(sa.select(T.c.id).where(T.c.dedupe == key)).first() is not None:
                 continue
             when = datetime.now(timezone.utc)

@@ -61,7 +61,7 @@ def record_scrape(monitor: Any, url: str | None, *, text: str | None = None, now
     off, consumer = S.offsets, f"{monitor.consumer}:scrape:{url or 'text'}"[:200]
     parsed = parse_server_metrics(text)
     with monitor.engine.begin() as conn:
-        for (model, version), vals in parsed.items():
+        for (model, version), vals in sorted(parsed.items()):   # windows locked in one order
             topic = f"batch:{model}:{version}"[:255]
             prev = {r.partition: r.next_offset for r in conn.execute(
                 sa.select(off.c.partition, off.c.next_offset).where(off.c.consumer == consumer,

@@ -151,7 +151,7 @@ class Monitor:
             groups[(str(v["model"]), int(v.get("version") or 0), self._start(ts))].append((v, ts))
         key_field = self.config.label_key
         with self.engine.begin() as conn:
-            for (model, version, start), items in groups.items():
+            for (model, version, start), items in sorted(groups.items()):   # one lock order: no deadlock
                 ref = self.reference(model, version)
                 cats = [c for c, s in ref.features.items() if s.kind == "categorical"] if ref else []
                 values = [v for v, _ in items]
@@ -208,7 +208,7 @@ class Monitor:
             for row in conn.execute(q):
                 found.add(row.key)
                 by_window[(row.model, row.version, row.start_us, row.width_s)].append((row.key, row.score))
-        for (model, version, start, width), items in by_window.items():
+        for (model, version, start, width), items in sorted(by_window.items()):
             state = self._load(conn, model, version, start, width)
             state.add_labels([s for _, s in items], [labels[k][0] for k, _ in items], self.config.threshold)
             self._store(conn, model, version, start, state, width)
@@ -251,9 +251,11 @@ class Monitor:
     # -- window state ---------------------------------------------------------------------------
     def _load(self, conn: Any, model: str, version: int, start: int, width: int | None = None) -> WindowState:
         W = S.windows
+        # FOR UPDATE (PostgreSQL): a concurrent writer of this window (run, scrape) waits for our commit
         text = conn.execute(sa.select(W.c.state).where(W.c.model == model, W.c.version == version,
                                                        W.c.start_us == start,
-                                                       W.c.width_s == (width or self.width_s))).scalar()
+                                                       W.c.width_s == (width or self.width_s))
+                            .with_for_update()).scalar()
         return WindowState.from_dict(json.loads(text)) if text else WindowState(self.reference(model, version))
 
     def _store(self, conn: Any, model: str, version: int, start: int, state: WindowState,

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from loopstack.meta.artifacts import ArtifactStore
 from loopstack.meta.db import MetadataStore
+from loopstack.meta.tx import insert_ignore, run_transaction
 from loopstack.registry import stages
 from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
@@ -87,7 +88,8 @@ class Registry:
         actor = actor or default_actor()
         now = _now()
         self._ensure_model(name, description)
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> int:
             gen = self._lock(conn, name)
             version = (conn.execute(sa.select(sa.func.max(V.c.version)).where(V.c.name == name)).scalar() or 0) + 1
             conn.execute(V.insert().values(
@@ -101,16 +103,14 @@ class Registry:
                 description=description, created_by=actor, created_at=now, updated_at=now))
             self._audit(conn, name, version, "register", gen, actor, f"registered from run {run_id}",
                         {"sha256": sha, "artifact_uri": f"{self.artifacts.root}/{rel}"}, to_state=stages.CANDIDATE)
+            return version
+        version = run_transaction(self.engine, write)
         return self.get(ModelRef(name, version=version))
 
     def _ensure_model(self, name: str, description: str) -> None:
-        try:
-            with self.engine.begin() as conn:
-                if conn.execute(sa.select(M.c.name).where(M.c.name == name)).first() is None:
-                    conn.execute(M.insert().values(name=name, description=description, generation=0,
-                                                   created_at=_now(), updated_at=_now()))
-        except sa.exc.IntegrityError:  # created concurrently by another registration: fine
-            pass
+        """Create the model's row unless it exists (a concurrent creation of the same name is fine)."""
+        row = dict(name=name, description=description, generation=0, created_at=_now(), updated_at=_now())
+        run_transaction(self.engine, lambda conn: insert_ignore(conn, M, row, ["name"]))
 
     # -- reading -------------------------------------------------------------------------------
     def resolve(self, ref: str | ModelRef, conn: Connection | None = None) -> tuple[str, int]:
@@ -271,7 +271,8 @@ class Registry:
         archives the previous production version and moves the `production` alias, atomically."""
         r = parse_ref(ref)
         actor = actor or default_actor()
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> tuple[str, int]:
             gen = self._lock(conn, validate_name(r.name), expected_generation)
             name, version = self.resolve(r, conn)
             gate_passed = conn.execute(sa.select(V.c.gate_passed).where(V.c.name == name,
@@ -280,6 +281,8 @@ class Registry:
                                          production_version=self._production(conn, name), override=override,
                                          reason=reason)
             self._apply(conn, name, plan, gen, actor, reason, evidence, "transition")
+            return name, version
+        name, version = run_transaction(self.engine, write)
         return self.get(ModelRef(name, version=version))
 
     def rollback(self, name: str, reason: str, actor: str | None = None, *, current_to: str = stages.ARCHIVED,
@@ -289,7 +292,8 @@ class Registry:
         if not reason or not str(reason).strip():
             raise RegistryError("a reason is required for a rollback (it goes in the audit log): pass --reason")
         actor = actor or default_actor()
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> stages.Plan:
             gen = self._lock(conn, validate_name(name), expected_generation)
             events = []
             for e in conn.execute(sa.select(L.c.action, L.c.version, L.c.from_state, L.c.to_state)
@@ -306,6 +310,8 @@ class Registry:
             self._apply(conn, name, plan, gen, actor, reason,
                         {"from_version": plan.transitions[0].version, "to_version": plan.transitions[1].version},
                         "rollback")
+            return plan
+        plan = run_transaction(self.engine, write)
         return self.get(ModelRef(name, version=plan.transitions[1].version))
 
     def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str | None = None, *,
@@ -322,7 +328,8 @@ class Registry:
         if alias == stages.PRODUCTION_ALIAS:
             raise RegistryError("the 'production' alias follows the rollout state: use promote(ref, 'production') "
                                 "or rollback(name) to move it")
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(name), expected)
             if version is not None:
                 self.resolve(ModelRef(name, version=int(version)), conn)
@@ -332,6 +339,7 @@ class Registry:
             self._move_alias(conn, name, alias, version, _now())
             self._audit(conn, name, version, "alias", gen, actor or default_actor(), reason,
                         {"from_version": old, "to_version": version}, alias=alias)
+        run_transaction(self.engine, write)
 
     def record_gate(self, ref: str | ModelRef, decision: Any, actor: str | None = None) -> None:
         """Store a gate decision (GateDecision or its dict) and every reason with the version; audited."""
@@ -339,7 +347,8 @@ class Registry:
         if "passed" not in d or "reasons" not in d:
             raise RegistryError("a gate decision needs 'passed' and 'reasons' (use ModelValidationGate.evaluate)")
         r = parse_ref(ref)
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(r.name))
             name, version = self.resolve(r, conn)
             conn.execute(sa.update(V).where(V.c.name == name, V.c.version == version)
@@ -348,7 +357,7 @@ class Registry:
                       if not (x[1] if isinstance(x, (list, tuple)) else x.get("passed"))]
             self._audit(conn, name, version, "gate", gen, actor or default_actor(),
                         "gate passed" if d["passed"] else f"gate failed: {', '.join(map(str, failed))}", d)
-
+        run_transaction(self.engine, write)
 
     def record_event(self, ref: str | ModelRef, action: str, reason: str, evidence: Mapping | None = None,
                      actor: str | None = None) -> None:
@@ -357,10 +366,12 @@ class Registry:
         if action in ("register", "transition", "replaced", "alias", "gate", "rollback"):
             raise RegistryError(f"action {action!r} is written by the registry itself; use another name")
         r = parse_ref(ref)
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(r.name))
             name, version = self.resolve(r, conn)
             self._audit(conn, name, version, str(action)[:32], gen, actor or default_actor(), reason, evidence)
+        run_transaction(self.engine, write)
 
 
 _CODE_VERSION: list[str | None] = []

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loopstack.meta.tx import lock_key, run_transaction
 from loopstack.serving.errors import ServingConfigError
 from loopstack.serving.router import SETTINGS_KEYS
 from loopstack.serving.router import validate_settings as router_validate
@@ -107,7 +108,9 @@ class PolicyStore:
         if unknown:
             raise ServingConfigError(f"unknown traffic setting(s) {unknown}: use {', '.join(KEYS)}")
         now = datetime.now(timezone.utc)
-        with self.engine.begin() as conn:
+
+        def write(conn: Connection) -> dict[str, Any]:
+            lock_key(conn, f"loopstack:traffic:{name}")  # read-merge-write: concurrent changes never lose a key
             row = conn.execute(sa.select(t.c.settings, t.c.revision).where(t.c.name == name)).first()
             current = {} if row is None or replace else json.loads(row.settings)
             new = {k: v for k, v in {**current, **checked}.items() if k not in removed}
@@ -118,4 +121,5 @@ class PolicyStore:
             else:
                 conn.execute(sa.update(t).where(t.c.name == name).values(
                     settings=text, revision=t.c.revision + 1, updated_by=actor, updated_at=now))
-        return new
+            return new
+        return run_transaction(self.engine, write)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import sqlalchemy as sa
 
 from loopstack.errors import LoopstackError
+from loopstack.meta.tx import run_transaction, upsert
 from loopstack.training.schema import latest_metrics, metrics, params, run_artifacts, run_datasets, runs, tags
 from loopstack.training.search import order_clause, parse_filter, where_clause
 
@@ -80,6 +81,14 @@ def _package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _check_keys(what: str, keys: Iterable[str], limit: int = 255) -> None:
+    """The metadata columns hold 255 characters (PostgreSQL enforces it; SQLite would not): say so first."""
+    long = [k for k in keys if len(k) > limit]
+    if long:
+        raise TrackingError(f"{what} {long[0][:40]!r}... is {len(long[0])} characters long; the limit is {limit}: "
+                            "use a shorter name")
 
 
 def _num(value: Any) -> float | None:
@@ -143,7 +152,9 @@ class Run:
         values = {str(k): str(v) for k, v in values.items()}
         if not values:
             return
-        with self.store.engine.begin() as conn:
+        _check_keys("param", values)
+
+        def write(conn: sa.engine.Connection) -> None:
             old = {r.key: r.value for r in conn.execute(sa.select(params.c.key, params.c.value).where(
                 params.c.run_id == self.run_id, params.c.key.in_(list(values))))}
             changed = {k: (old[k], v) for k, v in values.items() if k in old and old[k] != v}
@@ -154,6 +165,8 @@ class Run:
                    for k, v in values.items() if k not in old]
             if new:
                 conn.execute(params.insert(), new)
+        # a concurrent logger inserted one of the keys first: re-run, which compares with its value
+        run_transaction(self.store.engine, write, retry_on=(sa.exc.IntegrityError,))
 
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})
@@ -168,6 +181,7 @@ class Run:
             v = float(value)
         except (TypeError, ValueError):
             raise TrackingError(f"metric {key!r} = {value!r} is not a number") from None
+        _check_keys("metric", [key])
         with self._lock:
             if step is None:
                 step = self._steps.get(key, -1) + 1
@@ -205,20 +219,18 @@ class Run:
             sha = self.store.artifacts.put_file(f"runs/{self.run_id}/artifacts/{rel}", f)
             rows.append({"run_id": self.run_id, "path": rel, "sha256": sha, "size": f.stat().st_size})
             stored.append(rel)
-        with self.store.engine.begin() as conn:
-            conn.execute(run_artifacts.delete().where(run_artifacts.c.run_id == self.run_id,
-                                                      run_artifacts.c.path.in_(stored)))
-            conn.execute(run_artifacts.insert(), rows)
+        _check_keys("artifact path", stored, limit=1024)
+        run_transaction(self.store.engine,
+                        lambda conn: upsert(conn, run_artifacts, rows, ["run_id", "path"], ["sha256", "size"]))
         return stored
 
     def log_dataset(self, dataset: Any) -> None:
         """Record which dataset snapshot (id, name, version, content hash) this run used."""
         m = dataset.manifest if hasattr(dataset, "manifest") else dataset
-        with self.store.engine.begin() as conn:
-            conn.execute(run_datasets.delete().where(run_datasets.c.run_id == self.run_id,
-                                                     run_datasets.c.dataset_id == m["dataset_id"]))
-            conn.execute(run_datasets.insert().values(run_id=self.run_id, dataset_id=m["dataset_id"], name=m["name"],
-                                                      version=m["version"], content_hash=m["content_hash"]))
+        row = dict(run_id=self.run_id, dataset_id=m["dataset_id"], name=m["name"], version=m["version"],
+                   content_hash=m["content_hash"])
+        run_transaction(self.store.engine, lambda conn: upsert(conn, run_datasets, [row], ["run_id", "dataset_id"],
+                                                               ["name", "version", "content_hash"]))
 
     # -- ending ---------------------------------------------------------------------------------
     def end(self, status: str = FINISHED, error: str | None = None) -> None:
@@ -226,9 +238,9 @@ class Run:
             return
         self.flush()
         self.status = status
-        with self.store.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.run_id == self.run_id).values(
-                status=status, end_time=_ms(), duration_s=time.monotonic() - self._t0, error=error))
+        values = dict(status=status, end_time=_ms(), duration_s=time.monotonic() - self._t0, error=error)
+        run_transaction(self.store.engine,
+                        lambda conn: conn.execute(runs.update().where(runs.c.run_id == self.run_id).values(**values)))
 
     def __enter__(self) -> "Run":
         return self
@@ -255,12 +267,13 @@ class RunStore:
               code_dir: str | Path | None = None, **run_options: Any) -> Run:
         run_id = uuid.uuid4().hex
         name = name or f"run-{run_id[:8]}"
+        _check_keys("run name", [name])
         git = git_info(code_dir)
-        with self.engine.begin() as conn:
-            conn.execute(runs.insert().values(
-                run_id=run_id, name=name, status=RUNNING, start_time=_ms(), git_commit=git["commit"],
-                git_dirty=git["dirty"], git_root=git["root"], packages=json.dumps(package_versions(), sort_keys=True),
-                artifact_uri=f"{self.artifacts.root}/runs/{run_id}/artifacts"))
+        row = dict(run_id=run_id, name=name, status=RUNNING, start_time=_ms(), git_commit=git["commit"],
+                   git_dirty=git["dirty"], git_root=git["root"],
+                   packages=json.dumps(package_versions(), sort_keys=True),
+                   artifact_uri=f"{self.artifacts.root}/runs/{run_id}/artifacts")
+        run_transaction(self.engine, lambda conn: conn.execute(runs.insert().values(**row)))
         run = Run(self, run_id, name, **run_options)
         if tags:
             run.set_tags(tags)
@@ -270,10 +283,9 @@ class RunStore:
 
     def _set_tags(self, run_id: str, values: dict) -> None:
         rows = [{"run_id": run_id, "key": str(k), "value": str(v)} for k, v in values.items()]
+        _check_keys("tag", [r["key"] for r in rows])
         if rows:
-            with self.engine.begin() as conn:
-                conn.execute(tags.delete().where(tags.c.run_id == run_id, tags.c.key.in_([r["key"] for r in rows])))
-                conn.execute(tags.insert(), rows)
+            run_transaction(self.engine, lambda conn: upsert(conn, tags, rows, ["run_id", "key"], ["value"]))
 
     def _write_metrics(self, run_id: str, buf: list[tuple[str, int, float | None, int]]) -> None:
         latest: dict[str, tuple[int, int, float | None]] = {}
@@ -281,18 +293,18 @@ class RunStore:
             cur = latest.get(key)
             if cur is None or (step, ts) >= (cur[0], cur[1]):
                 latest[key] = (step, ts, value)
-        with self.engine.begin() as conn:
+        L = latest_metrics
+
+        def newer(new: Any) -> Any:  # the stored latest point is replaced only by a later (step, timestamp)
+            return sa.or_(new.step > L.c.step, sa.and_(new.step == L.c.step, new.timestamp >= L.c.timestamp))
+
+        def write(conn: sa.engine.Connection) -> None:
             conn.execute(metrics.insert(), [{"run_id": run_id, "key": k, "step": s, "value": v, "timestamp": t}
                                             for k, s, v, t in buf])
-            old = conn.execute(sa.select(latest_metrics).where(latest_metrics.c.run_id == run_id,
-                                                               latest_metrics.c.key.in_(list(latest))))
-            for r in old:
-                if (r.step, r.timestamp) > latest[r.key][:2]:
-                    latest[r.key] = (r.step, r.timestamp, r.value)
-            conn.execute(latest_metrics.delete().where(latest_metrics.c.run_id == run_id,
-                                                       latest_metrics.c.key.in_(list(latest))))
-            conn.execute(latest_metrics.insert(), [{"run_id": run_id, "key": k, "step": s, "timestamp": t, "value": v}
-                                                   for k, (s, t, v) in latest.items()])
+            upsert(conn, L, [{"run_id": run_id, "key": k, "step": s, "timestamp": t, "value": v}
+                             for k, (s, t, v) in latest.items()], ["run_id", "key"], ["step", "timestamp", "value"],
+                   where=newer)
+        run_transaction(self.engine, write)
 
     # -- reading ----------------------------------------------------------------------------------
     def resolve(self, run_id: str) -> str:
