@@ -2,6 +2,10 @@
 native Q4_1 weights), one stream: the requests one after another in arrival order (all arrive at t=0),
 greedy (top_k=1), EOS ignored (exactly n tokens are taken from `generate`).
 
+llama.cpp's AMX weight repacking ("extra buffer types") crashes on this VM (SIGSEGV in
+ggml_backend_amx_mul_mat: the CPU reports AMX, the hypervisor does not let it run), so the model is
+loaded with `use_extra_bufts = False`: llama.cpp's own AVX-512 Q4_1 kernels, no repacking.
+
 Prints one JSON line (b8_common.summarize).
 """
 from __future__ import annotations
@@ -20,6 +24,14 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64)
     a = p.parse_args()
     import llama_cpp
+    import llama_cpp.llama_cpp as lib
+    default_params = lib.llama_model_default_params
+
+    def without_extra_buffers():   # see the module docstring
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+    lib.llama_model_default_params = without_extra_buffers
     t = time.perf_counter()
     llm = llama_cpp.Llama(model_path=str(gguf_path()), n_ctx=1024, n_threads=threads(), n_batch=512,
                           verbose=False)
