@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from json.encoder import encode_basestring_ascii as _escape
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from loopstack.features.online.base import WriteBatch
-from loopstack.features.online.partials import _ENC, VERSION, decode, encode
+from loopstack.features.online.bulk_text import fresh_texts
+from loopstack.features.online.partials import decode, encode
 from loopstack.features.online.state import _INT_DTYPES, LATEST, ViewPlan, _norm, canonical_key, hash_key, meta_key
 from loopstack.timeutil import now_micros
 
@@ -51,32 +51,6 @@ def _entry(d: dict | None) -> list | None:
     return [v[0], v[1:]]
 
 
-_DUMPS = _ENC  # the encoder `encode` uses
-
-
-def _json_column(arr):  # noqa: ANN001 - pyarrow Array -> StringArray
-    """Each value of an Arrow array as the JSON text `partials.encode` gives it inside a list.
-
-    Integers: Arrow's decimal text; floats and booleans: one C-level json.dumps of the column, split
-    at the commas (their texts contain none; Python's float repr, NaN, Infinity); strings: the C
-    escaper per value; UTC timestamps: the ``{"$dt": µs}`` tag; anything else: `encode` per value.
-    Nulls are ``null``.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    t = arr.type
-    if pa.types.is_integer(t):
-        return pc.fill_null(pc.cast(arr, pa.string()), "null")
-    if pa.types.is_floating(t) or pa.types.is_boolean(t):
-        return pa.array(_DUMPS(arr.to_pylist())[1:-1].split(",") if len(arr) else [], pa.string())
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return pa.array(["null" if v is None else _escape(v) for v in arr.to_pylist()], pa.string())
-    if pa.types.is_timestamp(t) and t.unit == "us" and t.tz is not None:
-        txt = pc.binary_join_element_wise('{"$dt":', pc.cast(pc.cast(arr, pa.int64()), pa.string()), "}", "")
-        return pc.fill_null(txt, "null")
-    return pa.array([_DUMPS(_norm(v)) for v in arr.to_pylist()], pa.string())
-
-
 def _filter_sql(flt) -> str:  # noqa: ANN001 - Filter
     from loopstack.features.offline.duckdb import filter_sql
     return filter_sql(dataclasses.replace(flt, column="v_" + flt.column))
@@ -85,7 +59,8 @@ def _filter_sql(flt) -> str:  # noqa: ANN001 - Filter
 class _Query:
     """The per-entity aggregate over the spans, and the exact applied count where it is needed."""
 
-    def __init__(self, plan: ViewPlan, reader: "_Reader", spans: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, plan: ViewPlan, reader: "_Reader", spans: Sequence[tuple[int, int]],
+                 ordered: bool = True) -> None:
         from loopstack.features.offline.duckdb import q
         n = self.n_order = reader.n_order
         self.order = [f"__o{i}" for i in range(n)]
@@ -125,7 +100,8 @@ class _Query:
                                for c in ("__seen", "__min"))
             agg = f"SELECT * REPLACE ({unpack}) FROM ({agg})"
         # entities in hash-key order: SQLite appends to its B-tree instead of inserting at random
-        self.sql = f"{agg} ORDER BY __k::VARCHAR"
+        # (`ordered`; Redis gains nothing from it)
+        self.sql = f"{agg} ORDER BY __k::VARCHAR" if ordered else agg
         self.con = reader.engine.con
         self.plan = plan
 
@@ -180,81 +156,215 @@ def _gt(a: list | None, b: list | None) -> bool:
     return b is None or (a[0], list(a[1])) > (b[0], list(b[1]))
 
 
+@dataclasses.dataclass
+class _Meta:
+    """The view's meta counters, carried from batch to batch in memory (each entity is in exactly one
+    batch, so only the meta hash carries over; it is read once, when the run starts)."""
+
+    max_ts: int | None
+    applied: int
+    too_late: int
+
+
+_COLUMN_BATCH = 25_000  # entities per batch when the store takes column writes (Redis): see `apply_plain_bulk`
+
+
 def apply_plain_bulk(online: "OnlineFeatures", view: str, reader: "_Reader", spans: Sequence[tuple[int, int]],
                      batch_rows: int, marks: Callable[[BulkBatch, bool], dict[str, str]]) -> Iterator[BulkBatch]:
     """Aggregate the spans per entity in DuckDB and merge each entity once with its stored state,
-    about `batch_rows` entities per atomic write (with the progress marks `marks(batch, is_last)`)."""
+    about `batch_rows` entities per atomic write (with the progress marks `marks(batch, is_last)`).
+
+    A store with ``write_columns`` (Redis) gets new entities as Arrow columns, in batches of at most
+    25,000 entities, written by one writer thread (in order, one batch queued) while the next batch
+    is built; a batch is yielded once it is written."""
     plan = online.plan(view)
     if plan.sigs:
         raise ValueError(f"view {view!r} has windowed features: the bulk path is for plain fields only")
-    query = _Query(plan, reader, spans)
-    # Each entity is in exactly one batch of the aggregate; a view without state when the run starts
-    # (no meta hash: state and meta are always written together) has no stored entity to read.
-    query.fresh = meta_key(view) not in online.store.read([meta_key(view)])
-    pending = None
-    for rb in query.batches(batch_rows):
-        if rb.num_rows == 0:
-            continue
+    columns = callable(getattr(online.store, "write_columns", None))
+    query = _Query(plan, reader, spans, ordered=not columns)
+    mk = meta_key(view)
+    meta = online.store.read([mk]).get(mk, {})
+    online._check(plan, meta)
+    # A view without state when the run starts (no meta hash: state and meta are always written
+    # together) has no stored entity to read.
+    query.fresh = not meta
+    state = _Meta(int(meta["max_ts"]) if "max_ts" in meta else None,
+                  int(meta.get("applied", b"0")), int(meta.get("too_late", b"0")))
+    if columns:
+        batch_rows = min(batch_rows, _COLUMN_BATCH)
+    writer = _Writer(online.store) if columns else None
+    try:
+        pending = None
+        for rb in query.batches(batch_rows):
+            if rb.num_rows == 0:
+                continue
+            if pending is not None:
+                yield from _submit(online, _prepare(online, query, pending, marks, False, state), writer)
+            pending = rb
         if pending is not None:
-            yield _write(online, query, pending, marks, False)
-        pending = rb
-    if pending is not None:
-        yield _write(online, query, pending, marks, True)
+            yield from _submit(online, _prepare(online, query, pending, marks, True, state), writer)
+        if writer is not None:
+            yield from writer.drain()
+    finally:
+        if writer is not None:
+            writer.close()
 
 
-def _write(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkBatch, bool], dict[str, str]],  # noqa: ANN001
-           last: bool) -> BulkBatch:
-    plan = query.plan
-    mk = meta_key(plan.name)
-    keys = rb.column("__k").to_pylist()
-    nds = rb.column("__nd").to_pylist()
-    seens = mins = None  # as Python objects only when some entity has stored state
-    ocols = [f"__o{i}" for i in range(query.n_order)]
-    hks: list[str | None] = []
+def _submit(online: "OnlineFeatures", prepared: tuple, writer: "_Writer | None") -> Iterator[BulkBatch]:
+    """Write a prepared batch now (no writer), or hand it to the writer; yields the batches written."""
+    if writer is None:
+        online.store.write(prepared[1])
+        yield prepared[0]
+    else:
+        yield from writer.put(*prepared)
+
+
+class _Writer:
+    """One thread applying the batches' writes in order, at most one waiting: Python builds batch
+    k+1 while the store applies batch k. An error in a write is raised in the caller (at the next
+    `put` or `drain`), and nothing after a failed write is written."""
+
+    def __init__(self, store: Any) -> None:
+        import queue
+        import threading
+        self.store = store
+        self.todo: "queue.Queue" = queue.Queue(maxsize=1)
+        self.done: "queue.Queue" = queue.Queue()
+        self.error: BaseException | None = None
+        self.inflight = 0
+        self.thread = threading.Thread(target=self._run, name="loopstack-bulk-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            res, batch, cols = item
+            if self.error is None:
+                try:
+                    if cols is not None:
+                        self.store.write_columns(batch, *cols)
+                    else:
+                        self.store.write(batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self.error = exc
+            self.done.put(res if self.error is None else None)
+
+    def _collect(self, block: bool) -> Iterator[BulkBatch]:
+        import queue
+        while self.inflight:
+            try:
+                res = self.done.get(block=block)
+            except queue.Empty:
+                return
+            self.inflight -= 1
+            if self.error is not None:
+                raise self.error
+            yield res
+            block = False
+
+    def put(self, res: BulkBatch, batch: WriteBatch, cols: tuple | None) -> Iterator[BulkBatch]:
+        yield from self._collect(block=False)
+        if self.error is not None:
+            raise self.error
+        self.todo.put((res, batch, cols))  # blocks while one batch is already waiting
+        self.inflight += 1
+        yield from self._collect(block=False)
+
+    def drain(self) -> Iterator[BulkBatch]:
+        while self.inflight:
+            yield from self._collect(block=True)
+
+    def close(self) -> None:
+        self.todo.put(None)
+        self.thread.join()
+
+
+def _prepare(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkBatch, bool], dict[str, str]],  # noqa: ANN001
+             last: bool, state: _Meta) -> tuple[BulkBatch, WriteBatch, tuple | None]:
+    """One batch's write: (what it did, the WriteBatch, and for a store with ``write_columns`` the
+    new entities as Arrow columns (keys, field, values), else None with them in the WriteBatch)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
+    plan = query.plan
+    mk = meta_key(plan.name)
+    columns = callable(getattr(online.store, "write_columns", None))
     kcol = rb.column("__k")
     if pa.types.is_integer(kcol.type) and plan.dtype in _INT_DTYPES and not kcol.null_count:
         # canonical_key of an int for an int entity is its decimal text
-        hks = pc.binary_join_element_wise(hash_key(plan.name, ""), pc.cast(kcol, pa.string()), "").to_pylist()
-    for k in keys if not hks else ():
-        try:
-            c = canonical_key(k, plan.dtype)
-        except ValueError:
-            c = None
-        hks.append(None if c is None else hash_key(plan.name, c))
-    data = online.store.read([mk] if query.fresh else [h for h in hks if h is not None] + [mk])
-    meta = data.get(mk, {})
-    online._check(plan, meta)
-    new_max = int(meta["max_ts"]) if "max_ts" in meta else None
+        hk_arr = pc.binary_join_element_wise(hash_key(plan.name, ""), pc.cast(kcol, pa.string()), "")
+        hks: list[str | None] | None = None
+    else:
+        hks = []
+        for k in kcol.to_pylist():
+            try:
+                c = canonical_key(k, plan.dtype)
+            except ValueError:
+                c = None
+            hks.append(None if c is None else hash_key(plan.name, c))
+        hk_arr = pa.array(hks, pa.string())
+    valid = hk_arr.is_valid()
+    data: dict = {}
+    if not query.fresh:
+        if hks is None:
+            hks = hk_arr.to_pylist()
+        data = online.store.read([h for h in hks if h is not None])
+    if data:  # entities with a stored entry are merged in Python; the others take the span's text
+        new_np = np.array([h is not None and (data.get(h) or {}).get(LATEST) is None for h in hks], dtype=bool)
+        new = pa.array(new_np)
+    else:
+        new_np, new = None, valid
+    n_new = pc.sum(pc.cast(new, pa.int64())).as_py() or 0
+    entities = pc.sum(pc.cast(valid, pa.int64())).as_py() or 0
+    seen_t = pc.struct_field(rb.column("__seen"), "t")
+    top = pc.max(pc.filter(seen_t, valid)).as_py() if entities else None
+    new_max = state.max_ts if top is None else top if state.max_ts is None else max(state.max_ts, top)
+    applied = (pc.sum(pc.filter(rb.column("__nd"), new)).as_py() or 0) if n_new else 0
+    texts = fresh_texts(query, rb) if n_new else None
     batch = WriteBatch()
-    applied, entities = 0, 0
+    if new_np is not None and entities > n_new:
+        applied += _merge(query, rb, hks, data, new_np, batch)
+    cols = None
+    if n_new:
+        keys, vals = (hk_arr, texts) if new is valid and not hk_arr.null_count else (
+            pc.filter(hk_arr, new), pc.filter(texts, new))
+        if columns:
+            cols = (keys, LATEST, vals)
+        else:
+            batch.puts.update(zip(keys.to_pylist(), ({LATEST: v} for v in vals.to_pylist())))
+    if entities:
+        state.max_ts, state.applied = new_max, state.applied + applied
+        batch.puts[mk] = {
+            "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
+            "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
+            "applied": str(state.applied).encode(), "too_late": str(state.too_late).encode()}
+    res = BulkBatch(pc.sum(rb.column("__n")).as_py() or 0, applied, entities, new_max)
+    batch.progress = dict(marks(res, last))
+    if not columns:
+        batch.puts = dict(sorted(batch.puts.items()))  # key order: B-tree locality (SQLite)
+    return res, batch, cols
+
+
+def _merge(query: _Query, rb, hks: list, data: dict, new_np, batch: WriteBatch) -> int:  # noqa: ANN001
+    """Merge the batch's entities that have a stored entry with it (puts into `batch` those that
+    change); returns the events among them that changed state, counted as `apply_events` would."""
+    ocols = [f"__o{i}" for i in range(query.n_order)]
+    keys = rb.column("__k").to_pylist()
+    nds = rb.column("__nd").to_pylist()
+    groups = [rb.column(f"__g{gi}").to_pylist() for gi in range(len(query.groups))]
+    seens, mins = rb.column("__seen").to_pylist(), rb.column("__min").to_pylist()
+    applied = 0
     mixed: dict[Any, tuple] = {}
-    texts = _fresh_texts(query, rb)
-    slot_fields = query.slot_fields
-    seen_ts = pc.struct_field(rb.column("__seen"), "t").to_pylist()
-    groups = None
     for i, hk in enumerate(hks):
-        if hk is None:
+        if hk is None or new_np[i]:
             continue
-        entities += 1
-        top_ts = seen_ts[i]
-        new_max = top_ts if new_max is None else max(new_max, top_ts)
-        stored = data.get(hk)
-        blob = stored.get(LATEST) if stored else None
-        if blob is None:  # a new entity: its state is the span's newest events, as JSON text
-            batch.puts[hk] = {LATEST: texts[i]}
-            applied += nds[i]
-            continue
-        if groups is None:
-            groups = [rb.column(f"__g{gi}").to_pylist() for gi in range(len(query.groups))]
-            seens, mins = rb.column("__seen").to_pylist(), rb.column("__min").to_pylist()
-        wins = [g[i] for g in groups]
-        latest = decode(blob)
+        latest = decode(data[hk][LATEST])
         old_seen, old_entries = latest[1], latest[2:]
         changed = False
-        for s, (gi, fld) in enumerate(slot_fields):
-            w = wins[gi]
+        for s, (gi, fld) in enumerate(query.slot_fields):
+            w = groups[gi][i]
             if w is None:
                 continue
             e = latest[2 + s]
@@ -275,40 +385,7 @@ def _write(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkBat
             mixed[keys[i]] = (old_seen, old_entries)  # interleaved with the stored state: count exactly
     if mixed:
         applied += query.exact_applied(mixed)
-    count = {k: int(meta.get(k, b"0")) for k in ("applied", "too_late")}
-    if entities:
-        batch.puts[mk] = {
-            "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
-            "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
-            "applied": str(count["applied"] + applied).encode(), "too_late": str(count["too_late"]).encode()}
-    res = BulkBatch(sum(rb.column("__n").to_pylist()), applied, entities, new_max)
-    batch.progress = dict(marks(res, last))
-    batch.puts = dict(sorted(batch.puts.items()))  # key order: B-tree locality (SQLite), no effect on Redis
-    online.store.write(batch)
-    return res
-
-
-def _fresh_texts(query: _Query, rb) -> list[bytes]:  # noqa: ANN001 - RecordBatch
-    """Per entity of the batch, the JSON of its ``latest`` entry built from the span alone (the
-    bytes `encode` gives for ``[VERSION, [ts, order], [ts, order, value] per slot]``), built
-    column-wise in Arrow."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    join = pc.binary_join_element_wise
-
-    def head(struct, ts: str, prefix: str) -> Any:  # "[ts,[o0,o1]"
-        parts = [_json_column(pc.struct_field(struct, ts))]
-        for i in range(query.n_order):
-            parts += [",", _json_column(pc.struct_field(struct, f"{prefix}{i}"))]
-        return join("[", parts[0], ",[", *parts[2:], "]", "")
-
-    heads = [head(rb.column(f"__g{gi}"), "__ts", "__o") for gi in range(len(query.groups))]
-    items: list = [join(head(rb.column("__seen"), "t", "o"), "]", "")]
-    for gi, fld in query.slot_fields:
-        g = rb.column(f"__g{gi}")
-        entry = join(heads[gi], ",", _json_column(pc.struct_field(g, fld)), "]", "")
-        items.append(pc.if_else(g.is_valid(), entry, pa.scalar("null")) if g.null_count else entry)
-    return pc.cast(join(f"[{VERSION},", join(*items, ","), "]", ""), pa.binary()).to_pylist()
+    return applied
 
 
 def materialize_view(online: "OnlineFeatures", view: Any, reader: "_Reader", res: Any,

@@ -175,8 +175,45 @@ class RedisOnlineStore(OnlineStore):
         if len(batch) < _RAW_MIN:
             self._write_pipeline(batch)
             return
+        self._transaction([_MULTI, *self._commands(batch), _EXEC])
+
+    def write_columns(self, batch: WriteBatch, keys, field: str, values) -> None:  # noqa: ANN001 - Arrow arrays
+        """`batch` and then ``HSET keys[i] field values[i]`` for every i, in one MULTI/EXEC (atomic, like
+        `write`). `keys`: Arrow string array, `values`: Arrow binary/string array, same length, no
+        nulls. Those commands are packed by Arrow, without a Python object per hash (bulk materialization)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        check_batch(batch)
+        if len(keys) != len(values) or keys.null_count or values.null_count:
+            raise ValueError(f"write_columns: keys and values must be equal-length arrays without nulls "
+                             f"(got {len(keys)} keys with {keys.null_count} nulls, {len(values)} values with "
+                             f"{values.null_count} nulls)")
+        if not len(keys):
+            self.write(batch)
+            return
+        lb = pa.large_binary()
+
+        def lit(b: bytes) -> pa.Scalar:
+            return pa.scalar(b, lb)
+        k, v = pc.cast(keys, lb), pc.cast(values, lb)
+        h, fb = self._h.encode(), field.encode()
+        klen = pc.cast(pc.cast(pc.add(pc.binary_length(k), len(h)), pa.string()), lb)
+        vlen = pc.cast(pc.cast(pc.binary_length(v), pa.string()), lb)
+        packed = pc.binary_join_element_wise(
+            lit(b"*4\r\n$4\r\nHSET\r\n$"), klen, lit(b"\r\n" + h), k,
+            lit(b"\r\n$%d\r\n%b\r\n$" % (len(fb), fb)), vlen, lit(b"\r\n"), v, lit(b"\r\n"), lit(b""))
+        if isinstance(packed, pa.ChunkedArray):
+            packed = packed.combine_chunks()
+        import numpy as np
+        bufs = packed.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int64)[packed.offset:packed.offset + len(packed) + 1]
+        body = memoryview(bufs[2])[int(offs[0]):int(offs[-1])]
+        self._transaction([_MULTI, *self._commands(batch)], body, len(packed), [_EXEC])
+
+    def _commands(self, batch: WriteBatch) -> list[bytes]:
+        """The batch's commands in the Redis protocol (without MULTI/EXEC)."""
         h = self._h.encode()
-        cmds: list[bytes] = [_MULTI]
+        cmds: list[bytes] = []
         for k in batch.drop:
             cmds.append(_pack([b"DEL", h + k.encode()]))
         for k, fs in batch.deletes.items():
@@ -198,8 +235,7 @@ class RedisOnlineStore(OnlineStore):
             for f, v in batch.progress.items():
                 args += (f.encode(), v.encode())
             cmds.append(_pack(args))
-        cmds.append(_EXEC)
-        self._transaction(cmds)
+        return cmds
 
     def _write_pipeline(self, batch: WriteBatch) -> None:
         h = self._h
@@ -216,8 +252,10 @@ class RedisOnlineStore(OnlineStore):
             pipe.hset(self._p, mapping=dict(batch.progress))
         pipe.execute()
 
-    def _transaction(self, cmds: list[bytes]) -> None:
-        """Send MULTI, the packed commands and EXEC in one write; read the replies. A command that
+    def _transaction(self, cmds: list[bytes], body: bytes | memoryview = b"", n_body: int = 0,
+                     tail: list[bytes] | tuple = ()) -> None:
+        """Send MULTI, the packed commands (`cmds`, then `n_body` commands already packed in `body`,
+        then `tail`, ending with EXEC) in one write; read the replies. A command that
         fails to queue makes EXEC fail (EXECABORT): nothing is applied, and the error is raised.
 
         Packing the protocol here (rather than one redis-py pipeline call per command) is what
@@ -226,11 +264,13 @@ class RedisOnlineStore(OnlineStore):
         pool = self.r.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command([b"".join(cmds)], check_health=False)
-            replies = _read_replies(conn, len(cmds))
+            n = len(cmds) + n_body + len(tail)
+            conn.send_packed_command([b"".join(cmds), body, b"".join(tail)] if n_body else [b"".join(cmds)],
+                                     check_health=False)
+            replies = _read_replies(conn, n)
             if replies is None:  # no hiredis: redis-py's parser, one reply at a time
                 replies = []
-                for _ in range(len(cmds)):
+                for _ in range(n):
                     try:
                         replies.append(conn.read_response())
                     except redis.ResponseError as exc:
