@@ -186,11 +186,19 @@ class EventLog(ABC):
                 off = recs[-1].offset + 1
 
     # -- consumer groups -----------------------------------------------------------------------
-    @abstractmethod
     def consumer(self, topic: str, group: str, partitions: Sequence[int] | None = None,
                  start: str = "earliest") -> Consumer:
         """A consumer of `group` assigned `partitions` (default: all). `start` = earliest|latest applies
-        to partitions the group never committed."""
+        to partitions the group never committed. A `PollingConsumer` over this backend's commit store."""
+        from loopstack.log.validate import check_topic_name
+        check_topic_name(group)
+        self.topic(topic)
+        return PollingConsumer(self, topic, group, partitions, start,
+                               lambda offs: self._store_commit(topic, group, offs))
+
+    @abstractmethod
+    def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        """Record the group's next-offsets for these partitions, atomically."""
 
     @abstractmethod
     def committed(self, topic: str, group: str) -> dict[int, int]:

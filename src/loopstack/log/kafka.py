@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from loopstack.errors import LogError
 from loopstack.timeutil import now_micros
 
-from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, PollingConsumer, Record, TopicConfig
+from .base import DLQ_SUFFIX, AppendResult, EventLog, Record, TopicConfig
 from .kafka_client import TS_HEADER, Reader, Writer, client_config, decode, parse_kafka_url
 from .validate import check_new_topic, check_recreate, check_topic_name, dlq_config, encode_value, prepare_batch
 
@@ -244,14 +244,6 @@ class KafkaLog(EventLog):
         return lo
 
     # -- consumer groups -----------------------------------------------------------------------
-    def consumer(self, topic: str, group: str, partitions: Sequence[int] | None = None,
-                 start: str = "earliest") -> Consumer:
-        """A consumer of `group` on `partitions` (default all); commits go to the Kafka group coordinator."""
-        check_topic_name(group)
-        self.topic(topic)
-        return PollingConsumer(self, topic, group, partitions, start,
-                               lambda offs: self._store_commit(topic, group, offs))
-
     def _group_request(self, call: str, group: str, tps: list) -> list:
         from confluent_kafka import ConsumerGroupTopicPartitions
         futs = getattr(self._admin, call)([ConsumerGroupTopicPartitions(group, tps)], request_timeout=self.timeout)

@@ -26,9 +26,9 @@ from typing import Any, Iterable, Iterator, Sequence
 from loopstack.errors import LogError
 from loopstack.timeutil import now_micros
 
-from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, PollingConsumer, Record, TopicConfig
+from .base import DLQ_SUFFIX, AppendResult, EventLog, Record, TopicConfig
 from .segments import Partition, _fsync_dir
-from .validate import check_new_topic, check_recreate, check_topic_name, dlq_config, encode_value, prepare_batch
+from .validate import check_new_topic, check_recreate, dlq_config, encode_value, prepare_batch
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_INDEX_INTERVAL = 4096
@@ -223,14 +223,6 @@ class LocalLog(EventLog):
         return out
 
     # -- consumer groups -----------------------------------------------------------------------
-    def consumer(self, topic: str, group: str, partitions: Sequence[int] | None = None,
-                 start: str = "earliest") -> Consumer:
-        """A consumer of `group` on `partitions` (default all); see `PollingConsumer`."""
-        check_topic_name(group)
-        self.topic(topic)
-        return PollingConsumer(self, topic, group, partitions, start,
-                               lambda offs: self._store_commit(topic, group, offs))
-
     def _group_file(self, topic: str, group: str) -> Path:
         return self.root / "_groups" / group / f"{topic}.json"
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from loopstack.errors import LogError
 from loopstack.timeutil import now_micros
 
-from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, PollingConsumer, Record, TopicConfig
+from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, Record, TopicConfig
 from .validate import check_new_topic, check_recreate, check_topic_name, dlq_config, encode_value, prepare_batch
 
 _APPEND = """
@@ -223,8 +223,7 @@ class RedisLog(EventLog):
             except Exception as exc:  # BUSYGROUP: it exists already
                 if "BUSYGROUP" not in str(exc):
                     raise
-        return PollingConsumer(self, topic, group, partitions, start,
-                               lambda offs: self._store_commit(topic, group, offs))
+        return super().consumer(topic, group, partitions, start)
 
     def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         pipe = self.r.pipeline(transaction=True)
