@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import time
-import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -28,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from loopstack.asgi import AccessMiddleware
 from loopstack.features.online.service import OnlineFeatures
 from loopstack.features.online.state import meta_key
 from loopstack.features.server_models import (ErrorResponse, FreshnessResponse, GetOnlineFeaturesRequest,
@@ -38,9 +37,7 @@ from loopstack.features.server_reads import dumps as _dumps
 if TYPE_CHECKING:
     from loopstack.project import Project
 
-ACCESS_LOG = logging.getLogger("loopstack.access")
 log = logging.getLogger(__name__)
-_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PATHS = ("/get-online-features", "/health", "/freshness", "/metrics", "/reload", "/openapi.json", "/docs")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -155,49 +152,29 @@ def _with_request_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-class _AccessMiddleware:
-    """Request id in and out, one JSON access-log line and the metrics of every HTTP request."""
+class _AccessMiddleware(AccessMiddleware):
+    """Request id in and out, one JSON access-log line and the metrics of every HTTP request; the
+    online-read route skips FastAPI's routing."""
+
+    ACCESS_FIELDS = ("error", "rows", "features")
 
     def __init__(self, app: Any, state: ServerState, reads: FeatureReads) -> None:
-        self.app, self.state, self.reads = app, state, reads
+        super().__init__(app)
+        self.state, self.reads = state, reads
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["path"] == "/get-online-features" and scope["method"] == "POST":
+            await self.reads.asgi(scope, receive, send)   # the hot path skips FastAPI's routing
+        else:
             await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        if not _RID.match(rid):
-            rid = uuid.uuid4().hex
-        st = scope.setdefault("state", {})
-        st["request_id"] = rid
-        status = 500
 
-        async def send_with_id(msg: dict) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-                msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", rid.encode())]
-            await send(msg)
+    def record(self, scope: dict, status: int, seconds: float) -> None:
+        path = scope["path"] if scope["path"] in _PATHS else "other"
+        err = scope["state"].get("error") or ("internal" if status >= 500 else None)
+        self.state.metrics.observe(path, scope["method"], status, seconds, err)
 
-        try:
-            if scope["path"] == "/get-online-features" and scope["method"] == "POST":
-                await self.reads.asgi(scope, receive, send_with_id)   # the hot path skips FastAPI's routing
-            else:
-                await self.app(scope, receive, send_with_id)
-        finally:
-            dt = time.perf_counter() - t0
-            path = scope["path"] if scope["path"] in _PATHS else "other"
-            err = st.get("error") or ("internal" if status >= 500 else None)
-            self.state.metrics.observe(path, scope["method"], status, dt, err)
-            if ACCESS_LOG.isEnabledFor(logging.INFO):
-                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": rid, "method": scope["method"],
-                       "path": scope["path"], "status": status, "duration_ms": round(dt * 1000, 3),
-                       "client": (scope.get("client") or ("", 0))[0]}
-                for k in ("error", "rows", "features"):
-                    if k in st:
-                        rec[k] = st[k]
-                ACCESS_LOG.info(_dumps(rec).decode())
+    def access_extra(self, scope: dict) -> dict:
+        return {"client": (scope.get("client") or ("", 0))[0]}
 
 
 # -- the app ----------------------------------------------------------------------------------------

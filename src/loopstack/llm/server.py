@@ -12,15 +12,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import time
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from loopstack.asgi import AccessMiddleware
 from loopstack.llm.engine.params import QueueFullError, SamplingParams
 from loopstack.llm.openai_schema import (ApiError, ChatCompletionRequest, CompletionRequest, Prepared, chat_body,
                                          chat_chunk, check_model, completion_body, format_logprobs, parse,
@@ -29,8 +28,6 @@ from loopstack.llm.server_metrics import LLMServerMetrics
 from loopstack.llm.streaming import ACCEPTED, EngineFailed, EngineWorker, SSEResponse
 
 log = logging.getLogger("loopstack.llm.server")
-ACCESS_LOG = logging.getLogger("loopstack.access")
-_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -66,42 +63,22 @@ def _kv_tokens(engine: Any, ctx: int) -> int:
     return min(ctx, int(bm.num_blocks) * int(bm.block_size))
 
 
-class _RequestIdMiddleware:
-    """x-request-id in and out (pure ASGI: it must not buffer SSE or hide disconnects) and HTTP counts."""
+class _RequestIdMiddleware(AccessMiddleware):
+    """x-request-id in and out (pure ASGI: it must not buffer SSE or hide disconnects), HTTP counts
+    and the access log (with the request's token counts and finish reason)."""
 
     ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/metrics", "/healthz")
 
     def __init__(self, app: Any, metrics: LLMServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
+        super().__init__(app)
+        self.metrics = metrics
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = rid if _RID.match(rid) else f"{random.getrandbits(96):024x}"
-        scope.setdefault("state", {})["request_id"] = rid
-        status = 500
+    def record(self, scope: dict, status: int, seconds: float) -> None:
+        route = scope["path"] if scope["path"] in self.ROUTES else "other"
+        self.metrics.child(self.metrics.http, route, str(status)).inc()
 
-        async def send_with_id(msg: dict) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-                msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", rid.encode())]
-            await send(msg)
-
-        t0 = scope["state"]["t0"] = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            route = scope["path"] if scope["path"] in self.ROUTES else "other"
-            self.metrics.child(self.metrics.http, route, str(status)).inc()
-            if ACCESS_LOG.isEnabledFor(logging.INFO):
-                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": rid, "method": scope["method"],
-                       "path": scope["path"], "status": status,
-                       "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}
-                rec.update(scope["state"].get("llm", {}))
-                ACCESS_LOG.info(orjson.dumps(rec).decode())
+    def access_extra(self, scope: dict) -> dict:
+        return scope["state"].get("llm", {})
 
 
 class _Stream:

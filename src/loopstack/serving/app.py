@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import re
 import time
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import orjson
@@ -26,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loopstack.asgi import AccessMiddleware
 from loopstack.serving.batcher import BatcherClosed, QueueFull
 from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import NoRoute, ServingError
@@ -42,9 +41,7 @@ from loopstack.serving.vector import FeatureUnavailable, InputError
 if TYPE_CHECKING:
     from loopstack.project import Project
 
-ACCESS_LOG = logging.getLogger("loopstack.access")
 log = logging.getLogger("loopstack.serving")
-_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
 # (error class, HTTP status, code); first match wins
 _ERRORS: list[tuple[type, int, str]] = [
@@ -68,51 +65,30 @@ def _error(request: Request, status: int, code: str, detail: str, headers: dict 
     return _json(body, status, headers)
 
 
-class _AccessMiddleware:
+class _AccessMiddleware(AccessMiddleware):
     """Request id in and out, HTTP metrics, and one JSON access-log line per request.
 
     ``fast(scope, body)`` may answer a prediction request itself (a Response) or decline (None): then
     the body is replayed to FastAPI, which validates it with pydantic and answers as documented."""
 
+    ACCESS_FIELDS = ("model", "version", "variant", "rung", "instances", "error")
+
     def __init__(self, app: Any, metrics: ServingMetrics, fast: Any = None) -> None:
-        self.app, self.metrics, self.fast = app, metrics, fast
+        super().__init__(app)
+        self.metrics, self.fast = metrics, fast
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        st = scope.setdefault("state", {})
-        st["request_id"] = rid if rid and _RID.match(rid) else f"{random.getrandbits(128):032x}"
-        status = 500
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.fast is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
+            receive = await self._fast(scope, receive, send)
+            if receive is None:
+                return
+        await self.app(scope, receive, send)
 
-        async def send_with_id(msg: dict) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-                msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", st["request_id"].encode())]
-            await send(msg)
-
-        try:
-            if self.fast is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
-                receive = await self._fast(scope, receive, send_with_id)
-                if receive is None:
-                    return
-            await self.app(scope, receive, send_with_id)
-        finally:
-            dt = time.perf_counter() - t0
-            path = scope["path"]
-            route = path.rsplit(":", 1)[-1] if path.startswith("/v1/models/") and ":" in path else path
-            route = route if route in ("predict", "predict_batch", "/metrics", "/healthz", "/readyz") else "other"
-            self.metrics.child(self.metrics.http, route, str(status)).inc()
-            if ACCESS_LOG.isEnabledFor(logging.INFO):
-                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": st["request_id"],
-                       "method": scope["method"], "path": path, "status": status, "duration_ms": round(dt * 1000, 3)}
-                for k in ("model", "version", "variant", "rung", "instances", "error"):
-                    if k in st:
-                        rec[k] = st[k]
-                ACCESS_LOG.info(orjson.dumps(rec).decode())
+    def record(self, scope: dict, status: int, seconds: float) -> None:
+        path = scope["path"]
+        route = path.rsplit(":", 1)[-1] if path.startswith("/v1/models/") and ":" in path else path
+        route = route if route in ("predict", "predict_batch", "/metrics", "/healthz", "/readyz") else "other"
+        self.metrics.child(self.metrics.http, route, str(status)).inc()
 
     async def _fast(self, scope: dict, receive: Any, send: Any) -> Any:
         """Read the body and let `fast` answer; None when it did, else a `receive` that replays the body."""
