@@ -64,3 +64,15 @@ def test_speculative_runs_match_single_sequence_runs(real_model, single_runs, me
     n = 2 if method == "self" else len(ids)  # the layer-skipping drafter is slow on CPU: two prompts suffice
     assert run(eng, ids[:n]) == alone[:n]
     assert eng.metrics()["spec_proposed_tokens"] > 0
+
+
+def test_runs_that_preempt_match_single_sequence_runs(real_model, single_runs):
+    """A KV budget too small for all four at once: sequences are preempted, recomputed, and still give
+    exactly the tokens they give alone."""
+    model, tok = real_model
+    ids, alone = single_runs
+    need = max(-(-(len(p) + GREEDY.max_tokens) // 16) for p in ids)
+    eng = LLMEngine(model, tok, EngineConfig(num_kv_blocks=need * 2 + 1, max_num_seqs=4, max_num_batched_tokens=512,
+                                             enable_prefix_caching=False))
+    assert run(eng, ids) == alone
+    assert eng.metrics()["preemptions"] > 0
