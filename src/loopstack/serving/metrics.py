@@ -29,7 +29,8 @@ class ServingMetrics:
         self.requests = Counter(f"{P}requests", "Predictions answered, by model, version, variant, rung and status.",
                                 ["model", "version", "variant", "rung", "status"], registry=r)
         self.latency = Histogram(f"{P}request_duration_seconds", "Time from request to answer, per model and "
-                                 "variant.", ["model", "variant"], buckets=LATENCY_BUCKETS, registry=r)
+                                 "variant (one observation per call: a batch request counts once).",
+                                 ["model", "variant"], buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter(f"{P}errors", "Requests answered with an error, by model and error code.",
                               ["model", "error"], registry=r)
         self.rungs = Counter(f"{P}rung_used", "Answers per ladder rung (model, fallback, baseline).",

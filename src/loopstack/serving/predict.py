@@ -161,8 +161,12 @@ class PredictService:
         out: list[Any] = [None] * len(requests)   # Answer | failure of the model rung (str) | None
         groups: dict[int, list[int]] = {}          # id(loaded version) -> instances: one queue block each
         if self.cache is None and left > 0:
+            closed: dict[int, bool] = {}
             for i, (_a, lv) in enumerate(routed):
-                if lv.breaker.state == "closed":
+                ok = closed.get(id(lv))
+                if ok is None:
+                    ok = closed[id(lv)] = lv.breaker.state == "closed"
+                if ok:
                     groups.setdefault(id(lv), []).append(i)
         blocks, futs, timers = [], [], []
         try:
@@ -336,9 +340,8 @@ class PredictService:
         for (version, variant, rung), n in counts.items():
             m.child(m.requests, name, str(version), variant, rung, "ok").inc(n)
             m.child(m.rungs, name, rung).inc(n)
-            hist = m.child(m.latency, name, variant)
-            for _ in range(n):
-                hist.observe(latency)
+        for variant in {variant for _, variant, _ in counts}:   # one observation per call and variant
+            m.child(m.latency, name, variant).observe(latency)
         return recs
 
     def _spawn(self, coro: Any) -> None:
