@@ -161,3 +161,42 @@ def test_config_validation_and_kv_budget():
     assert EngineConfig().cache_dir.is_absolute()
     with pytest.raises(ValueError, match="block_size"):
         EngineConfig(block_size=0)
+
+
+@pytest.mark.parametrize("qlen", [1, 3])
+def test_gather_chunks_match_dense(tiny_model, monkeypatch, qlen):
+    """A group gathered in several byte-limited chunks (longest first) gives the dense results for
+    decode (1 query) and verification-sized queries (GQA heads folded into query rows)."""
+    from loopstack.llm.models import attention
+
+    block_bytes = 4 * tiny_model.config.num_kv_heads * tiny_model.config.head_dim * 4
+    monkeypatch.setattr(attention, "GATHER_CHUNK_BYTES", 12 * block_bytes)
+    plans = []
+    real_build = attention._build_plan
+    monkeypatch.setattr(attention, "_build_plan", lambda m: plans.append(real_build(m)) or plans[-1])
+    lens = [9, 14, 5, 11, 16, 7, 13]
+    seqs = [_tokens(n + qlen, 80 + i) for i, n in enumerate(lens)]
+    runner = PagedRunner(tiny_model, num_blocks=128, shuffle_seed=6)
+    runner.step([(str(i), s[:n]) for i, (s, n) in enumerate(zip(seqs, lens))], last_only=True)
+    outs = runner.step([(str(i), s[n:n + qlen]) for i, (s, n) in enumerate(zip(seqs, lens))])
+    for i, (s, n) in enumerate(zip(seqs, lens)):
+        torch.testing.assert_close(outs[i], _dense(tiny_model, s[: n + qlen])[n:], atol=ATOL, rtol=0)
+    groups = plans[-1].groups
+    assert len(groups) > 1 and sum(g.num_seqs for g in groups) == len(lens)
+    assert all(g.block_ids.numel() <= 12 or g.num_seqs == 1 for g in groups)  # each chunk within the byte limit
+
+
+def test_packed_weights_match_dense_and_notice_in_place_changes():
+    """MKL pre-packed projections give the dense results, and a weight changed after packing is not served stale."""
+    model = build_tiny_model(seed=3)
+    model.pack_weights()
+    assert model._packs and (not torch.backends.mkl.is_available()
+                             or all(p.packed is not None for p in model._packs.values()))
+    toks = _tokens(40, 90)  # 40 rows >= PACKED_MIN_ROWS: the packed path
+    (out,) = PagedRunner(model).step([("a", toks)])
+    torch.testing.assert_close(out, _dense(model, toks), atol=ATOL, rtol=0)
+    with torch.no_grad():
+        model.layers[0].gate_up_proj.weight.mul_(1.5)
+    (out2,) = PagedRunner(model).step([("a", toks)])
+    torch.testing.assert_close(out2, _dense(model, toks), atol=ATOL, rtol=0)
+    assert not torch.allclose(out, out2, atol=1e-3)

@@ -41,6 +41,8 @@ class LLMEngine:
         config.max_model_len = self.max_model_len
         self.config = config
         self.model = model.eval()
+        if hasattr(model, "pack_weights") and not model.__dict__.get("_packs"):
+            model.pack_weights()  # MKL pre-packed projections: faster batched decode, same results
         self.tokenizer = tokenizer
         num_blocks = config.resolve_num_blocks(mcfg)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)

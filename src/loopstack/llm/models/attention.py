@@ -13,6 +13,9 @@ from loopstack.llm.config import LlamaConfig
 # covers decode (1) and speculative verification (k+1). Longer prefill chunks are processed one by one.
 BATCHED_MAX_QUERY_LEN = 16
 MIN_BUCKET = 4  # fewest sequences worth a separate gather + SDPA when splitting a group by length
+# A group's gathered K (and V) is split into chunks of about this many bytes, so each chunk's copy stays in the
+# CPU cache while SDPA reads it back (one big gather per layer streams tens of MB through DRAM twice).
+GATHER_CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -68,6 +71,7 @@ class _Group:
     block_ids: torch.Tensor  # int64 [S * nb], flattened block tables truncated to nb blocks
     num_keys: int  # nb * block_size
     mask: torch.Tensor  # float [S, 1, q, num_keys]: 0 where the query may attend, -inf elsewhere
+    row_mask: torch.Tensor | None = None  # mask repeated per GQA head group (query_len > 1), built on first use
 
 
 @dataclass
@@ -97,6 +101,7 @@ class AttnMetadata:
     slot_mapping: torch.Tensor
     block_size: int
     _plan: _Plan | None = field(default=None, init=False, repr=False, compare=False)
+    _block_bytes: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -120,12 +125,16 @@ class AttnMetadata:
             if -(-c // self.block_size) > self.block_tables.shape[1]:
                 raise ValueError(f"AttnMetadata: context_len {c} needs more blocks than block_tables has columns")
 
-    def plan(self) -> _Plan:
-        """Per-step attention plan, computed once and shared by every layer."""
+    def plan(self, block_bytes: int = 0) -> _Plan:
+        """Per-step attention plan, computed once and shared by every layer.
+
+        block_bytes (one layer's K block in bytes) lets big decode groups be gathered in cache-sized chunks.
+        """
         if self._plan is None:
             self.validate()
             self.block_tables = self.block_tables.long()
             self.slot_mapping = self.slot_mapping.long()
+            self._block_bytes = block_bytes
             self._plan = _build_plan(self)
         return self._plan
 
@@ -153,6 +162,8 @@ def _build_plan(meta: AttnMetadata) -> _Plan:
     groups: list[_Group] = []
     total = meta.num_tokens
     buckets = [b for q, seqs in by_qlen.items() for b in _length_buckets(seqs, meta.context_lens, bs)]
+    if meta._block_bytes:
+        buckets = [c for b in buckets for c in _byte_chunks(b, meta.context_lens, bs, meta._block_bytes)]
     for seqs in buckets:
         q = meta.query_lens[seqs[0]]
         nb = -(-max(meta.context_lens[s] for s in seqs) // bs)
@@ -185,6 +196,24 @@ def _length_buckets(seqs: list[int], context_lens: list[int], block_size: int) -
         else:
             cur.append(s)
     return out if len(out) > 1 else [seqs]
+
+
+def _byte_chunks(seqs: list[int], context_lens: list[int], block_size: int, block_bytes: int) -> list[list[int]]:
+    """Split a bucket, longest first, into chunks whose gathered K stays near GATHER_CHUNK_BYTES (each chunk is
+    padded only to its own longest sequence)."""
+    nblocks = {s: -(-context_lens[s] // block_size) for s in seqs}
+    total = sum(nblocks[s] for s in seqs) * block_bytes
+    if total <= GATHER_CHUNK_BYTES:
+        return [seqs]
+    order = sorted(seqs, key=lambda s: -nblocks[s])
+    out: list[list[int]] = [[]]
+    for s in order:
+        cur = out[-1]
+        if cur and (len(cur) + 1) * nblocks[cur[0]] * block_bytes > GATHER_CHUNK_BYTES:
+            out.append([s])
+        else:
+            cur.append(s)
+    return out
 
 
 def _additive(allowed: torch.Tensor) -> torch.Tensor:
@@ -231,10 +260,20 @@ def paged_attention(
 
 
 def _group_attention(q: torch.Tensor, kv: KVCache, layer: int, g: _Group, kvh: int) -> torch.Tensor:
-    """One gather of the group's blocks and one SDPA; q [S*ql, H, D] -> [S*ql, H, D]."""
+    """One gather of the group's blocks and one SDPA; q [S*ql, H, D] -> [S*ql, H, D].
+
+    GQA without expanding K/V: the H/kvh query heads that share a KV head become extra query rows of that head.
+    """
     _, h, d = q.shape
-    ks = kv.gather("k", layer, g.block_ids).view(g.num_seqs, g.num_keys, kvh, d).transpose(1, 2)
-    vs = kv.gather("v", layer, g.block_ids).view(g.num_seqs, g.num_keys, kvh, d).transpose(1, 2)
-    qs = q.view(g.num_seqs, g.query_len, h, d).transpose(1, 2)
-    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=g.mask, enable_gqa=h != kvh)
-    return o.transpose(1, 2).reshape(g.num_seqs * g.query_len, h, d)
+    grp = h // kvh
+    s, ql = g.num_seqs, g.query_len
+    ks = kv.gather("k", layer, g.block_ids).view(s, g.num_keys, kvh, d).transpose(1, 2)
+    vs = kv.gather("v", layer, g.block_ids).view(s, g.num_keys, kvh, d).transpose(1, 2)
+    if ql == 1:
+        o = F.scaled_dot_product_attention(q.view(s, kvh, grp, d), ks, vs, attn_mask=g.mask)
+        return o.reshape(s, h, d)
+    if g.row_mask is None:
+        g.row_mask = g.mask.repeat_interleave(grp, dim=2)  # [S, 1, ql*grp, keys], row t*grp + j = query t
+    qs = q.view(s, ql, kvh, grp, d).permute(0, 2, 1, 3, 4).reshape(s, kvh, ql * grp, d)
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=g.row_mask)
+    return o.view(s, kvh, ql, grp, d).permute(0, 2, 1, 3, 4).reshape(s * ql, h, d)

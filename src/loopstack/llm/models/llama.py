@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+# MKL's packed-weight sgemm skips re-packing the weight on every call: 20-40% faster at decode batch sizes on
+# CPU, and bit-identical to F.linear from this many rows on (below it MKL takes a differently-rounding path).
+PACKED_MIN_ROWS = 16
+
+
+class PackedLinear:
+    """F.linear through MKL's pre-packed weight when available; falls back to F.linear (small batches, no MKL,
+    or a weight modified in place since packing)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self.version = weight._version
+        self.packed: torch.Tensor | None = None
+        if torch.backends.mkl.is_available() and weight.dtype == torch.float32 and weight.device.type == "cpu":
+            try:
+                self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), 64)
+            except (RuntimeError, AttributeError):
+                self.packed = None
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [M, in] @ weight.T; `weight` must be the tensor this was packed from (else plain F.linear)."""
+        m = x.shape[0]
+        if (self.packed is None or m < PACKED_MIN_ROWS or x.dim() != 2 or weight is not self.weight
+                or weight._version != self.version):
+            return F.linear(x, weight)
+        return torch.ops.mkl._mkl_linear(x, self.packed, weight, None, m)
+
+
 class DecoderLayer(nn.Module):
     """One transformer block with fused QKV and fused gate/up projections."""
 
@@ -37,10 +67,10 @@ class DecoderLayer(nn.Module):
         self.gate_up_proj = nn.Linear(h, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, h, bias=False)
 
-    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp(self, x: torch.Tensor, linear: Any = F.linear) -> torch.Tensor:
         """SwiGLU: down(silu(gate(x)) * up(x)); F.linear directly to skip nn.Module call overhead per layer."""
-        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
-        return F.linear(F.silu(gate).mul_(up), self.down_proj.weight)
+        gate, up = linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        return linear(F.silu(gate).mul_(up), self.down_proj.weight)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -60,9 +90,23 @@ class LlamaForCausalLM(nn.Module):
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, self.config.rms_eps)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, linear: Any = F.linear) -> torch.Tensor:
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(self._rms(x, self.norm), w)
+        return linear(self._rms(x, self.norm), w)
+
+    def pack_weights(self) -> None:
+        """Pre-pack every projection and the LM head for MKL (about doubles weight memory; paged forward only)."""
+        packs: dict[int, PackedLinear] = {}
+        ws = [w for layer in self.layers for w in (layer.qkv_proj.weight, layer.o_proj.weight,
+                                                   layer.gate_up_proj.weight, layer.down_proj.weight)]
+        ws.append(self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight)
+        for w in ws:
+            packs[id(w)] = PackedLinear(w)
+        self._packs = packs
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        pack = self.__dict__.get("_packs", {}).get(id(w))
+        return F.linear(x, w) if pack is None else pack(x, w)
 
     def _check_positions(self, positions: torch.Tensor) -> None:
         if positions.numel() and int(positions.max()) >= self.config.max_position:
@@ -88,22 +132,23 @@ class LlamaForCausalLM(nn.Module):
         nh, nkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, D/2]
         sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
-        meta.plan()  # validates and normalises index dtypes once for all layers
+        meta.plan(kv.k[0, 0].nbytes)  # validates and normalises index dtypes once for all layers
         slots = meta.slot_mapping
+        linear = self._linear if self.__dict__.get("_packs") else F.linear
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
             if i in skip_layers:
                 continue
-            qkv = F.linear(self._rms(x, layer.input_norm), layer.qkv_proj.weight)
+            qkv = linear(self._rms(x, layer.input_norm), layer.qkv_proj.weight)
             qk = apply_rope(qkv[:, : (nh + nkv) * d].view(t, nh + nkv, d), cos, sin)
             q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, (nh + nkv) * d:].view(t, nkv, d)
             write_kv(kv, i, k, v, slots)
-            x = x + F.linear(paged_attention(q, k, v, kv, i, meta), layer.o_proj.weight)
-            x = x + layer.mlp(self._rms(x, layer.post_norm))
+            x = x + linear(paged_attention(q, k, v, kv, i, meta), layer.o_proj.weight)
+            x = x + layer.mlp(self._rms(x, layer.post_norm), linear)
         if logits_indices is not None:
             x = x.index_select(0, logits_indices)
-        return self._logits(x)
+        return self._logits(x, linear)
 
     @torch.inference_mode()
     def forward_dense(self, input_ids: torch.Tensor, skip_layers: frozenset[int] = frozenset()) -> torch.Tensor:
