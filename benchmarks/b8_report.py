@@ -6,7 +6,7 @@ from pathlib import Path
 ORDER = ["hf-single", "hf-static-8", "hf-static-16", "hf-static-32", "hf-static-64", "llamacpp", "loopstack-32",
          "loopstack"]
 LABEL = {"hf-single": "(a) transformers `generate`, one request at a time",
-         "llamacpp": "(c) llama-cpp-python, one stream (Q4_1 weights)",
+         "llamacpp": "(c) llama-cpp-python, one stream (Q4_1 weights; AMX repacking off: it crashes on this VM)",
          "loopstack-32": "(d) loopstack, continuous batching, ≤ 32 running",
          "loopstack": "(d) loopstack, continuous batching, ≤ 64 running"}
 
