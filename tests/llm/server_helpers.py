@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import uvicorn
 
+from loopstack.llm.engine.output import hold_back
 from loopstack.llm.engine.params import CompletionOutput, QueueFullError, RequestOutput, SamplingParams
 
 
@@ -141,7 +142,7 @@ class FakeEngine:
                 finish = "stop"
             elif len(r["out"]) >= p.max_tokens:
                 finish = "length"
-            text = r["text"] if finish else _hold_back(r["text"], p.stop)
+            text = r["text"] if finish else hold_back(r["text"], p.stop)
             comp = CompletionOutput(text, list(r["out"]), finish, list(r["lp"]) if "lp" in r else None)
             outs.append(RequestOutput(rid, r["prompt"], [comp], finish is not None))
             if finish is not None:
@@ -154,14 +155,3 @@ class FakeEngine:
         return {"num_waiting": len(self.waiting), "num_running": len(self.running), "kv_blocks_used": used,
                 "kv_blocks_free": self.num_blocks - used, "prefix_cache_hit_rate": 0.25, "preemptions": 0,
                 "ttft_history": [0.1, 0.2]}
-
-
-def _hold_back(text: str, stops: tuple[str, ...]) -> str:
-    """Text without a tail that could still grow into a stop string (so streamed text never shrinks)."""
-    cut = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                cut = max(cut, k)
-                break
-    return text[:len(text) - cut]

@@ -238,39 +238,34 @@ def create_app(engine: Any, tokenizer: Any, model_name: str = "smollm2-135m", *,
             return None
         return task.result()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        """OpenAI text completion (one prompt, n=1); SSE chunks with stream=true."""
-        req = await read(request, CompletionRequest)
-        prep = prepare_completion(req, tokenizer, ctx, vocab)
-        s = await run(request, "completions", prep, "cmpl")
+    async def answer(request: Request, prep: Any, endpoint: str, prefix: str, events: Any, body: Any,
+                     chat: bool) -> Response:
+        """Run one prepared request: SSE events when it streams, else the whole body (499 if the client left)."""
+        s = await run(request, endpoint, prep, prefix)
         if prep.stream:
-            return SSEResponse(_completion_events(s, prep, model_name, tokenizer), s.close)
+            return SSEResponse(events(s, prep, model_name, tokenizer), s.close)
         out = await collect(request, s)
         if out is None:
             return Response(status_code=499)
         c = out.outputs[0]
         lp = None if prep.logprobs is None else format_logprobs(tokenizer, c.logprobs, c.token_ids, prep.logprobs,
-                                                                   False, 0)
-        return _json(completion_body(s.rid, int(time.time()), model_name, c.text, c.finish_reason, lp,
-                                     usage(len(out.prompt_token_ids), len(c.token_ids))))
+                                                                   chat, 0)
+        return _json(body(s.rid, int(time.time()), model_name, c.text, c.finish_reason, lp,
+                          usage(len(out.prompt_token_ids), len(c.token_ids))))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """OpenAI text completion (one prompt, n=1); SSE chunks with stream=true."""
+        req = await read(request, CompletionRequest)
+        prep = prepare_completion(req, tokenizer, ctx, vocab)
+        return await answer(request, prep, "completions", "cmpl", _completion_events, completion_body, False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completion: messages rendered with the model's ChatML template; SSE with stream=true."""
         req = await read(request, ChatCompletionRequest)
         prep = prepare_chat(req, tokenizer, ctx, vocab, fits)
-        s = await run(request, "chat", prep, "chatcmpl")
-        if prep.stream:
-            return SSEResponse(_chat_events(s, prep, model_name, tokenizer), s.close)
-        out = await collect(request, s)
-        if out is None:
-            return Response(status_code=499)
-        c = out.outputs[0]
-        lp = None if prep.logprobs is None else format_logprobs(tokenizer, c.logprobs, c.token_ids, prep.logprobs,
-                                                                   True, 0)
-        return _json(chat_body(s.rid, int(time.time()), model_name, c.text, c.finish_reason, lp,
-                               usage(len(out.prompt_token_ids), len(c.token_ids))))
+        return await answer(request, prep, "chat", "chatcmpl", _chat_events, chat_body, True)
 
     def model_card() -> dict:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "loopstack",
