@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import pyarrow as pa
 
 from loopstack.errors import DefinitionError, RetrievalError
+from loopstack.features.offline.base import check_source_columns
 from loopstack.features.definitions import FeatureView
 from loopstack.timeutil import to_us, us_to_iso
 
@@ -162,11 +163,7 @@ class _Reader:
     def _base(self, src_sql: str, types: dict[str, str]) -> str:
         from loopstack.features.offline.duckdb import _ts_expr, q
         key, ts = self.view.entity.join_key, self.data.timestamp
-        missing = [c for c in [key, ts, *self.value_cols] if c not in types]
-        if missing:
-            raise RetrievalError(
-                f"source {self.data.name!r} of feature view {self.view.name!r} has no column(s) {missing}; "
-                f"its files have {sorted(types)}")
+        check_source_columns(self.data.name, self.view.name, [key, ts, *self.value_cols], types)
         order = []
         for c in self.data.order_by:
             if c not in types:

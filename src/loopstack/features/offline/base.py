@@ -18,6 +18,7 @@ Semantics every engine must give (the reference implementation in tests/ is the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -75,3 +76,26 @@ class OfflineEngine(ABC):
 
     def close(self) -> None:
         return None
+
+
+def check_source_columns(source: str, view: str, needed: Iterable[str], available: Iterable[str],
+                         files: str = "its files", hide_internal: bool = False) -> None:
+    """RetrievalError naming the columns of `needed` (in its order) a view's source lacks, and what it has
+    (`hide_internal`: without the engine's own `__` columns); shared by both engines and the
+    materialization readers so the message is the same everywhere."""
+    have = set(available)
+    missing = [c for c in dict.fromkeys(needed) if c not in have]
+    if missing:
+        from loopstack.errors import RetrievalError
+        raise RetrievalError(f"source {source!r} of feature view {view!r} has no column(s) {missing}; "
+                             f"{files} have {sorted(c for c in have if not (hide_internal and c.startswith('__')))}")
+
+
+def entity_join_key(view: FeatureView, columns: Sequence[str]) -> str:
+    """The view's join key, or a RetrievalError if the entity table (`columns`) lacks it."""
+    key = view.entity.join_key
+    if key not in columns:
+        from loopstack.errors import RetrievalError
+        raise RetrievalError(f"feature view {view.name!r} joins on {key!r}, which the entity table lacks; "
+                             f"it has {list(columns)}")
+    return key

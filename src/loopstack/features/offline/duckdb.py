@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 
 from loopstack.errors import RetrievalError
 from loopstack.features.definitions import Filter
-from loopstack.features.offline.base import OfflineEngine, RetrievalStats, SourceData, ViewRequest
+from loopstack.features.offline.base import (OfflineEngine, RetrievalStats, SourceData, ViewRequest,
+                                              check_source_columns, entity_join_key)
 from loopstack.features.offline.duckdb_index import plain_from_index
 from loopstack.features.offline.sorted_index import IndexStore
 from loopstack.features.offline.duckdb_sql import (  # noqa: F401 - some are re-exported
@@ -132,12 +133,7 @@ class DuckDBEngine(OfflineEngine):
         out = entity_table
         for req in requests:
             t0 = time.perf_counter()
-            key = req.view.entity.join_key
-            if key not in entity_table.column_names:
-                raise RetrievalError(
-                    f"feature view {req.view.name!r} joins on {key!r}, which the entity table lacks; "
-                    f"it has {entity_table.column_names}"
-                )
+            key = entity_join_key(req.view, entity_table.column_names)
             ent = pa.table({"__rid": rid, "__k": entity_table[key], "__ts": ts_us})
             cols = self._view(ent, req)
             for _, name in req.features:
@@ -160,12 +156,8 @@ class DuckDBEngine(OfflineEngine):
             feat_cols: set[str] = set()
             for agg, _ in req.features:
                 feat_cols.update(c for c in (agg.column, agg.filter.column if agg.filter else None) if c)
-            missing = sorted(c for c in feat_cols | {key, req.data.timestamp} if c not in types)
-            if missing:
-                raise RetrievalError(
-                    f"source {req.data.name!r} of feature view {req.view.name!r} has no column(s) {missing}; "
-                    f"its files {list(req.data.paths)} have {sorted(types)}"
-                )
+            check_source_columns(req.data.name, req.view.name, sorted(feat_cols | {key, req.data.timestamp}), types,
+                                 f"its files {list(req.data.paths)}")
             value_cols = sorted(feat_cols)
             ts_expr = _ts_expr(q(req.data.timestamp), types[req.data.timestamp])
             seq_expr = self._seq_expr(req.data, types)

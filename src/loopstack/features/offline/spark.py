@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopstack.errors import RetrievalError
-from loopstack.features.offline.base import OfflineEngine, RetrievalStats, ViewRequest
+from loopstack.features.offline.base import (OfflineEngine, RetrievalStats, ViewRequest, check_source_columns,
+                                              entity_join_key)
 from loopstack.features.offline.duckdb_sql import _PRUNE_KEYS_RATIO, _empty_value, _finish, _source_rows, \
     entity_micros
 from loopstack.features.offline.spark_sql import (col, filter_col, is_offset_type, raw_ts_range, read_source,
@@ -95,12 +96,7 @@ class SparkEngine(OfflineEngine):
         out = entity_table
         for req in requests:
             t0 = time.perf_counter()
-            key = req.view.entity.join_key
-            if key not in entity_table.column_names:
-                raise RetrievalError(
-                    f"feature view {req.view.name!r} joins on {key!r}, which the entity table lacks; "
-                    f"it has {entity_table.column_names}"
-                )
+            key = entity_join_key(req.view, entity_table.column_names)
             cols = self._view(entity_table[key], ts_us, req)
             for _, name in req.features:
                 out = out.append_column(name, cols[name])
@@ -140,12 +136,8 @@ class SparkEngine(OfflineEngine):
             for c in (agg.column, agg.filter.column if agg.filter else None):
                 if c and c not in value_cols:
                     value_cols.append(c)
-        missing = sorted(c for c in set(value_cols) | {key, tcol} if c not in types)
-        if missing:
-            raise RetrievalError(
-                f"source {req.data.name!r} of feature view {req.view.name!r} has no column(s) {missing}; "
-                f"its files {list(req.data.paths)} have {sorted(c for c in types if not c.startswith('__'))}"
-            )
+        check_source_columns(req.data.name, req.view.name, sorted(set(value_cols) | {key, tcol}),
+                             types, f"its files {list(req.data.paths)}", hide_internal=True)
         ord_fields, offset_col = self._order(req, types)
         valid = pc.and_(pc.is_valid(keys), pc.is_valid(ts_us))
         rid = pa.array(np.arange(n, dtype=np.int64))

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from loopstack.errors import RetrievalError
 from loopstack.features.definitions import FeatureView
+from loopstack.features.offline.base import check_source_columns
 from loopstack.features.offline.spark_sql import col, read_source, spark_session, ts_micros, value_col
 
 if TYPE_CHECKING:
@@ -47,11 +48,8 @@ class SparkReader:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
         key, ts = self.view.entity.join_key, self.data.timestamp
-        missing = [c for c in [key, ts, *self.value_cols] if c not in types]
-        if missing:
-            raise RetrievalError(
-                f"source {self.data.name!r} of feature view {self.view.name!r} has no column(s) {missing}; "
-                f"its files have {sorted(c for c in types if not c.startswith('__'))}")
+        check_source_columns(self.data.name, self.view.name, [key, ts, *self.value_cols],
+                             types, hide_internal=True)
         order = []
         for c in self.data.order_by:
             if c not in types:
