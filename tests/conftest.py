@@ -54,13 +54,20 @@ def _pg_database(request):
         admin.dispose()
 
 
+@contextmanager
+def _meta_database(request, folder):
+    """A fresh metadata database URL for `request.param`: a SQLite file in `folder`, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{folder / 'meta.db'}"
+        return
+    with _pg_database(request) as url:
+        yield url
+
+
 @pytest.fixture(params=META_BACKENDS)
 def meta_url(request, tmp_path):
     """A fresh, empty metadata database URL: a SQLite file, or a new database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'meta.db'}"
-        return
-    with _pg_database(request) as url:
+    with _meta_database(request, tmp_path) as url:
         yield url
 
 
@@ -74,10 +81,7 @@ def pg_meta_url(request):
 @pytest.fixture(scope="module", params=META_BACKENDS)
 def module_meta_url(request, tmp_path_factory):
     """`meta_url` for module-scoped fixtures (one database shared by the tests of a module)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('meta') / 'meta.db'}"
-        return
-    with _pg_database(request) as url:
+    with _meta_database(request, tmp_path_factory.mktemp("meta")) as url:
         yield url
 
 
