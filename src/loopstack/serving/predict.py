@@ -24,6 +24,7 @@ from loopstack.serving.ladder import Rung, plan_rungs
 from loopstack.serving.models import LoadedVersion, ModelFleet, ModelHandle, Snapshot
 from loopstack.serving.prediction_log import sampled
 from loopstack.serving.router import Assignment, route
+from loopstack.serving.shadow import send_shadow
 
 log = logging.getLogger("loopstack.serving")
 
@@ -105,7 +106,7 @@ class PredictService:
             raise errors[0]
         for r, ans in zip(requests, answers):
             if ans.assignment is not None and ans.assignment.shadow_version is not None and ans.rung == "model":
-                self._spawn(self._shadow(handle, snap, r, ans))
+                self._spawn(send_shadow(self, handle, snap, r, ans))
         return answers  # type: ignore[return-value]
 
     def _route(self, handle: ModelHandle, requests: Sequence[Request], held: list[LoadedVersion]
@@ -354,53 +355,7 @@ class PredictService:
         if not task.cancelled() and task.exception() is not None:
             log.error("shadow request failed: %r", task.exception())
 
-    async def _shadow(self, handle: ModelHandle, snap: Snapshot, req: Request, ans: Answer) -> None:
-        """Send the request to the shadow version after the user got the answer; log both outputs."""
-        version = ans.assignment.shadow_version
-        sv = snap.versions.get(version)
-        if sv is None or not sv.acquire():
-            self.metrics.shadow.labels(handle.name, str(version), "dropped").inc()
-            return
-        t = time.monotonic()
-        error = None
-        value: Any = None
-        try:
-            vec = ans.vector
-            if sv.builder.signature != snap.versions[ans.version].builder.signature:
-                vec = sv.builder.build(self.fleet.project.online, [(req.entities, req.fields)])[0]
-            budget = self.cfg.model_budget_ms / 1000
-            value = await sv.batcher.submit_async(vec, deadline=t + budget, timeout=budget)
-        except QueueFull:
-            self.metrics.shadow.labels(handle.name, str(version), "dropped").inc()
-            return
-        except Exception as exc:  # noqa: BLE001 - a failing shadow never affects users; it is logged
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            sv.release()
-        disagree = error is None and _disagree(ans.prediction, value, self.cfg.disagreement)
-        outcome = "error" if error else "disagree" if disagree else "ok"
-        self.metrics.shadow.labels(handle.name, str(version), outcome).inc()
-        if self.plog is None:
-            return
-        rec = {"kind": "shadow", "request_id": ans.request_id, "ts": int(time.time() * 1e6), "model": handle.name,
-               "version": version, "variant": "shadow", "rung": "model", "status": "error" if error else "ok",
-               "latency_ms": round((time.monotonic() - t) * 1000, 3), "output": value,
-               "production_version": ans.version, "production_output": ans.prediction, "disagree": disagree,
-               "user_id": None if req.user_id is None else str(req.user_id)}
-        if error is not None:
-            rec["error"] = error
-        if error is not None or disagree:
-            rec["features"] = dict(zip(sv.builder.columns, vec if error is None or vec else []))
-        await self.plog.put_async(rec)
-
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for shadow copies still running (graceful shutdown)."""
         if self.background:
             await asyncio.wait(list(self.background), timeout=timeout)
-
-
-def _disagree(a: Any, b: Any, tol: float) -> bool:
-    num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
-        return abs(float(a) - float(b)) > tol
-    return a != b
