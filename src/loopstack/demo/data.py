@@ -15,10 +15,12 @@ SPAM_WORDS = "free offer click win prize cheap deal buy now limited crypto bonus
 
 
 def demo_start() -> datetime:
-    """Where `loopstack demo`'s two weeks of comments begin: 15 days before today (UTC midnight), so they
-    end yesterday and the online store's 7-day windows are current when the server reads them now."""
+    """Where `loopstack demo`'s two weeks of comments begin: 16 days before today (UTC midnight), so they
+    end 48-72 hours before now and the online store's 7-day windows are current when the server reads
+    them. (With 15 days the gap fell to 24 h just after midnight UTC, and the loop's shadow step then
+    failed its score-PSI check against the offline scores: the demo depended on the time of day.)"""
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - timedelta(days=15)
+    return today - timedelta(days=16)
 
 
 def generate_comments(n: int = 5000, n_authors: int = 300, days: int = 14, spam_rate: float = 0.02,

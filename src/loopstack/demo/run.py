@@ -39,7 +39,7 @@ def run_demo(directory: Path, fresh: bool = True, console: Console | None = None
     diff = project.apply(project.load_definitions(), prune=True)
     console.print("[bold]1. apply[/] " + "; ".join(diff.lines()))
 
-    comments = generate_comments(start=demo_start())   # content fixed by the seed; dates end yesterday
+    comments = generate_comments(start=demo_start())   # content fixed by the seed; dates end 2-3 days ago
     raw = directory / "comments.jsonl"
     rows = [_jsonable(c) for c in comments]
     rows[100:100] = bad_records()
