@@ -12,6 +12,19 @@ from tests.llm.conftest import PagedRunner, build_tiny_model
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, params=["kernel", "torch"])
+def attention_path(request, monkeypatch):
+    """Every test runs on the native paged-attention kernel and on the pure-torch gather + SDPA path."""
+    from loopstack.llm import kernels
+
+    monkeypatch.setenv(kernels.ENV_SWITCH, "1" if request.param == "kernel" else "0")
+    kernels.reset()
+    if request.param == "kernel":
+        assert kernels.library() is not None, "the paged-attention kernel did not build (is a C compiler installed?)"
+    yield request.param
+    kernels.reset()
+
+
 def _tokens(n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 128, (n,), generator=g).tolist()
@@ -87,13 +100,13 @@ def test_batched_decode_with_shuffled_block_tables(tiny_model):
     assert any(t != sorted(t) for t in tables), "block tables should be non-contiguous for this test"
 
 
-def test_decode_batch_split_by_length_matches_dense(tiny_model, monkeypatch):
+def test_decode_batch_split_by_length_matches_dense(tiny_model, monkeypatch, attention_path):
     """Long and short sequences decode in separate length buckets (less padding) with identical results."""
     from loopstack.llm.models import attention
 
     plans = []
     real_build = attention._build_plan
-    monkeypatch.setattr(attention, "_build_plan", lambda m: plans.append(real_build(m)) or plans[-1])
+    monkeypatch.setattr(attention, "_build_plan", lambda m, *a: plans.append(real_build(m, *a)) or plans[-1])
     lens = [60, 5, 55, 6, 50, 7, 48, 8, 9, 3]
     seqs = [_tokens(n + 2, 60 + i) for i, n in enumerate(lens)]
     runner = PagedRunner(tiny_model, num_blocks=128, shuffle_seed=5)
@@ -102,7 +115,10 @@ def test_decode_batch_split_by_length_matches_dense(tiny_model, monkeypatch):
         outs = runner.step([(str(i), [s[n + k]]) for i, (s, n) in enumerate(zip(seqs, lens))])
         for i, (s, n) in enumerate(zip(seqs, lens)):
             torch.testing.assert_close(outs[i][0], _dense(tiny_model, s[: n + k + 1])[-1], atol=ATOL, rtol=0)
-    assert len(plans[-1].groups) == 2 and sorted(g.num_seqs for g in plans[-1].groups) == [4, 6]
+    if attention_path == "kernel":  # every short query goes to the kernel, no gather groups
+        assert not plans[-1].groups and plans[-1].kernel.q_lens.numel() == len(lens)
+    else:
+        assert len(plans[-1].groups) == 2 and sorted(g.num_seqs for g in plans[-1].groups) == [4, 6]
 
 
 def test_logits_indices_select_rows(tiny_model):
@@ -164,7 +180,7 @@ def test_config_validation_and_kv_budget():
 
 
 @pytest.mark.parametrize("qlen", [1, 3])
-def test_gather_chunks_match_dense(tiny_model, monkeypatch, qlen):
+def test_gather_chunks_match_dense(tiny_model, monkeypatch, qlen, attention_path):
     """A group gathered in several byte-limited chunks (longest first) gives the dense results for
     decode (1 query) and verification-sized queries (GQA heads folded into query rows)."""
     from loopstack.llm.models import attention
@@ -173,7 +189,7 @@ def test_gather_chunks_match_dense(tiny_model, monkeypatch, qlen):
     monkeypatch.setattr(attention, "GATHER_CHUNK_BYTES", 12 * block_bytes)
     plans = []
     real_build = attention._build_plan
-    monkeypatch.setattr(attention, "_build_plan", lambda m: plans.append(real_build(m)) or plans[-1])
+    monkeypatch.setattr(attention, "_build_plan", lambda m, *a: plans.append(real_build(m, *a)) or plans[-1])
     lens = [9, 14, 5, 11, 16, 7, 13]
     seqs = [_tokens(n + qlen, 80 + i) for i, n in enumerate(lens)]
     runner = PagedRunner(tiny_model, num_blocks=128, shuffle_seed=6)
@@ -182,6 +198,9 @@ def test_gather_chunks_match_dense(tiny_model, monkeypatch, qlen):
     for i, (s, n) in enumerate(zip(seqs, lens)):
         torch.testing.assert_close(outs[i], _dense(tiny_model, s[: n + qlen])[n:], atol=ATOL, rtol=0)
     groups = plans[-1].groups
+    if attention_path == "kernel":
+        assert not groups and sorted(plans[-1].kernel.ctx_lens.tolist()) == sorted(n + qlen for n in lens)
+        return
     assert len(groups) > 1 and sum(g.num_seqs for g in groups) == len(lens)
     assert all(g.block_ids.numel() <= 12 or g.num_seqs == 1 for g in groups)  # each chunk within the byte limit
 
@@ -200,3 +219,19 @@ def test_packed_weights_match_dense_and_notice_in_place_changes():
     (out2,) = PagedRunner(model).step([("a", toks)])
     torch.testing.assert_close(out2, _dense(model, toks), atol=ATOL, rtol=0)
     assert not torch.allclose(out, out2, atol=1e-3)
+
+
+def test_decode_across_two_threads_matches_dense(tiny_model, attention_path):
+    """With 2 torch threads (the kernel shares torch's OpenMP threads) the results stay the dense ones."""
+    lens = [40, 3, 33, 17, 5, 29]
+    seqs = [_tokens(n + 1, 120 + i) for i, n in enumerate(lens)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner = PagedRunner(tiny_model, num_blocks=128, shuffle_seed=9)
+        runner.step([(str(i), s[:n]) for i, (s, n) in enumerate(zip(seqs, lens))], last_only=True)
+        outs = runner.step([(str(i), [s[n]]) for i, (s, n) in enumerate(zip(seqs, lens))])
+    finally:
+        torch.set_num_threads(before)
+    for i, (s, n) in enumerate(zip(seqs, lens)):
+        torch.testing.assert_close(outs[i][0], _dense(tiny_model, s[: n + 1])[-1], atol=ATOL, rtol=0)

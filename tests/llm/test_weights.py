@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from loopstack.llm import config
 from loopstack.llm.models import weights
 from loopstack.llm.models.llama import LlamaForCausalLM
 from loopstack.llm.models.tokenizer import bytes_to_unicode
@@ -103,10 +104,10 @@ def test_cache_is_written_once_and_reused(tiny_gguf, tmp_path, monkeypatch):
 
 
 def test_default_cache_dir_is_outside_the_repo(monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.CACHE_ENV, raising=False)
-    assert weights.default_cache_dir() == Path("~/.cache/loopstack/llm").expanduser()
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
-    assert weights.default_cache_dir() == tmp_path
+    monkeypatch.delenv(config.CACHE_ENV, raising=False)
+    assert config.default_cache_dir() == Path("~/.cache/loopstack/llm").expanduser()
+    monkeypatch.setenv(config.CACHE_ENV, str(tmp_path))
+    assert config.default_cache_dir() == tmp_path
 
 
 def test_missing_file_and_wrong_architecture_give_clear_errors(tmp_path):

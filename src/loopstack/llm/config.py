@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path("~/.cache/loopstack/llm")
+CACHE_ENV = "LOOPSTACK_LLM_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Cache folder for converted weights and built kernels: $LOOPSTACK_LLM_CACHE_DIR, else ~/.cache/loopstack/llm."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from loopstack.llm import kernels
 from loopstack.llm.config import LlamaConfig
 
 # Sequences whose query length is at most this are batched together (one gather + one SDPA per group);
@@ -86,9 +87,20 @@ class _Single:
 
 
 @dataclass
+class _KernelBatch:
+    """Short-query sequences attended by the native kernel straight from their block tables (no gather)."""
+
+    block_tables: torch.Tensor  # int64 [S', max_blocks]
+    q_starts: torch.Tensor  # int64 [S'] first row of each sequence's queries in T
+    q_lens: torch.Tensor
+    ctx_lens: torch.Tensor
+
+
+@dataclass
 class _Plan:
     groups: list[_Group]
     singles: list[_Single]
+    kernel: _KernelBatch | None = None
 
 
 @dataclass
@@ -125,21 +137,22 @@ class AttnMetadata:
             if -(-c // self.block_size) > self.block_tables.shape[1]:
                 raise ValueError(f"AttnMetadata: context_len {c} needs more blocks than block_tables has columns")
 
-    def plan(self, block_bytes: int = 0) -> _Plan:
+    def plan(self, block_bytes: int = 0, kv_heads: int = 0) -> _Plan:
         """Per-step attention plan, computed once and shared by every layer.
 
-        block_bytes (one layer's K block in bytes) lets big decode groups be gathered in cache-sized chunks.
+        block_bytes (one layer's K block in bytes) lets big decode groups be gathered in cache-sized chunks;
+        kv_heads > 0 hands short queries to the native kernel (callers pass it when the cache is float32).
         """
         if self._plan is None:
             self.validate()
             self.block_tables = self.block_tables.long()
             self.slot_mapping = self.slot_mapping.long()
             self._block_bytes = block_bytes
-            self._plan = _build_plan(self)
+            self._plan = _build_plan(self, kv_heads if kernels.library() is not None else 0)
         return self._plan
 
 
-def _build_plan(meta: AttnMetadata) -> _Plan:
+def _build_plan(meta: AttnMetadata, kernel_kv_heads: int = 0) -> _Plan:
     bs = meta.block_size
     starts: list[int] = []
     pos = 0
@@ -148,8 +161,11 @@ def _build_plan(meta: AttnMetadata) -> _Plan:
         pos += q
     by_qlen: dict[int, list[int]] = {}
     singles: list[_Single] = []
+    short: list[int] = []
     for s, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens)):
-        if q <= BATCHED_MAX_QUERY_LEN:
+        if q <= BATCHED_MAX_QUERY_LEN and kernel_kv_heads:
+            short.append(s)
+        elif q <= BATCHED_MAX_QUERY_LEN:
             by_qlen.setdefault(q, []).append(s)
         elif q == c:
             singles.append(_Single(starts[s], starts[s] + q, c, None, None))
@@ -177,7 +193,17 @@ def _build_plan(meta: AttnMetadata) -> _Plan:
         else:
             rows = torch.cat([torch.arange(starts[s], starts[s] + q) for s in seqs])
         groups.append(_Group(rows, len(seqs), q, block_ids, nb * bs, mask))
-    return _Plan(groups, singles)
+    return _Plan(groups, singles, _kernel_batch(meta, short, starts) if short else None)
+
+
+def _kernel_batch(meta: AttnMetadata, seqs: list[int], starts: list[int]) -> _KernelBatch:
+    # longest first, so the kernel's dynamic schedule does not end with one thread on a long sequence
+    seqs = sorted(seqs, key=lambda s: -meta.query_lens[s] * meta.context_lens[s])
+    idx = torch.tensor(seqs, dtype=torch.long)
+    q_lens = torch.tensor([meta.query_lens[s] for s in seqs], dtype=torch.long)
+    ctx = torch.tensor([meta.context_lens[s] for s in seqs], dtype=torch.long)
+    tables = meta.block_tables.index_select(0, idx)
+    return _KernelBatch(tables, torch.tensor([starts[s] for s in seqs], dtype=torch.long), q_lens, ctx)
 
 
 def _length_buckets(seqs: list[int], context_lens: list[int], block_size: int) -> list[list[int]]:
@@ -238,6 +264,10 @@ def paged_attention(
     if len(plan.groups) == 1 and not plan.singles and plan.groups[0].rows is None:
         return _group_attention(q, kv, layer, plan.groups[0], kvh).reshape(t, h * d)
     out = torch.empty(t, h, d, dtype=q.dtype)
+    if plan.kernel is not None:
+        kb = plan.kernel
+        kernels.paged_attention_short(q, kv.k[layer], kv.v[layer], kb.block_tables, kb.q_starts, kb.q_lens,
+                                      kb.ctx_lens, out)
     for g in plan.groups:
         qg = q if g.rows is None else q.index_select(0, g.rows)
         res = _group_attention(qg, kv, layer, g, kvh)

