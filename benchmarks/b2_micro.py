@@ -13,7 +13,9 @@ back in one run, so that two runs on a busy machine can be compared as ratios:
   asyncio keep-alive connections) at a fixed concurrency for a few seconds per case; besides
   latency and throughput, the server process's CPU time per request (user + system), which a
   busy machine disturbs much less than latency;
-- ``--profile``: cProfile of the ASGI loop for 100 × 10 (top functions by own time).
+- ``--profile``: cProfile of the ASGI loop for 100 × 10 (``--profile-batch``; top functions by own time);
+- ``--cold``: drop the SQLite online store file from the OS page cache first (``posix_fadvise``), so
+  the first case reads from disk, as the first case of a fresh B2 read process may.
 
 ``--backend redis --redis-url URL`` copies the project's SQLite online state into that Redis
 (prefix ``b2micro``) and runs the same cases against it.
@@ -150,7 +152,7 @@ def run_asgi(project, a) -> dict:
         res[name] = r = timed(call, bodies, n // 10)
         print(fmt("asgi " + name, r), flush=True)
     if a.profile:
-        bodies = [body(a.views[0], req) for req in keys(a.n, 300, 100)]
+        bodies = [body(a.views[0], req) for req in keys(a.n, 3000 // a.profile_batch, a.profile_batch)]
         prof = cProfile.Profile()
         prof.enable()
         for b in bodies:
@@ -259,6 +261,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="HTTP: seconds per case and concurrency")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     p.add_argument("--profile", type=int, default=0, help="asgi: print this many profile lines (100x10)")
+    p.add_argument("--profile-batch", type=int, default=100, help="asgi --profile: entities per request")
+    p.add_argument("--cold", action="store_true", help="evict the SQLite store file from the page cache first")
     p.add_argument("--backend", choices=["sqlite", "redis"], default="sqlite")
     p.add_argument("--redis-url")
     p.add_argument("--json", help="write the results here")
@@ -276,6 +280,10 @@ def main() -> None:
                           LOOPSTACK_ONLINE__PREFIX="b2micro")
         env["LOOPSTACK_ONLINE__PREFIX"] = "b2micro"
         project = Project(a.project)
+    if a.cold and a.backend == "sqlite":
+        fd = os.open(project.online_store.path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
     print(f"backend {project.online_store!r}; load {os.getloadavg()[0]:.1f}", flush=True)
     res: dict = {}
     if "inproc" in a.modes:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from loopstack.features.server import create_app, tune_gc
-from loopstack.features.server_models import GetOnlineFeaturesRequest, ReadRequest, plain_request
+from loopstack.features.server_models import GetOnlineFeaturesRequest, ReadRequest, plain_request, us_to_iso
 from loopstack.features.server_reads import parse_body
 from tests.features.test_server import PLAIN, WINS, as_columns, client, post, served_project  # noqa: F401
 
@@ -98,3 +98,41 @@ def test_tune_gc_freezes_the_startup_heap_and_raises_the_threshold(served_projec
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_us_to_iso_is_datetime_isoformat():
+    """The hand-made formatter writes what ``datetime.isoformat`` writes (fraction only when non-zero)."""
+    import random
+    from datetime import datetime, timedelta, timezone
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    rng = random.Random(7)
+    times = [rng.randrange(-62135596800000000, 253402300800000000) for _ in range(3000)]
+    times += [t // 1_000_000 * 1_000_000 for t in times[:200]]   # whole seconds: no fraction written
+    times += [0, -1, 1, 999_999, 86_399_999_999, 1_718_000_000_000_000]
+    for us in times:
+        assert us_to_iso(us) == (epoch + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z"), us
+    assert us_to_iso(None) is None
+    with pytest.raises(OverflowError):
+        us_to_iso(253402300800000000)   # past year 9999, as datetime refuses it
+
+
+def test_online_reads_skip_fastapi_and_other_errors_keep_the_request_id(served_project):  # noqa: F811
+    """``POST /get-online-features`` is answered before FastAPI's stack is even built; a route that
+    fails inside FastAPI still answers 500 with the request id, and is counted and logged."""
+    app = create_app(served_project, reload_interval=0)
+    c = TestClient(app, raise_server_exceptions=False)
+    r = post(c, {"features": ["wins:cnt_1h"], "entities": {"author_id": [1]}}, headers={"x-request-id": "hot-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "hot-1"
+    assert app.middleware_stack is None   # FastAPI/Starlette never ran
+
+    def broken() -> dict:
+        raise RuntimeError("store gone")
+    online = app.state.server.online
+    online.freshness, works = broken, online.freshness
+    r = c.get("/freshness", headers={"x-request-id": "cold-1"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "cold-1"
+    online.freshness = works
+    text = c.get("/metrics").text
+    assert 'requests_total{path="/freshness",method="GET",status="500"} 1' in text
+    assert 'errors_total{path="/freshness",error="internal"} 1' in text
+    assert 'requests_total{path="/get-online-features",method="POST",status="200"} 1' in text

@@ -14,6 +14,7 @@ request is one JSON line on the ``loopstack.access`` logger.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import logging
@@ -58,8 +59,10 @@ class Metrics:
         self.requests[(path, method, status)] += 1
         if error:
             self.errors[(path, error)] += 1
-        h = self.hist.setdefault(path, [0] * (len(_BUCKETS) + 1))
-        h[next((i for i, b in enumerate(_BUCKETS) if seconds <= b), len(_BUCKETS))] += 1
+        h = self.hist.get(path)
+        if h is None:
+            h = self.hist[path] = [0] * (len(_BUCKETS) + 1)
+        h[bisect.bisect_left(_BUCKETS, seconds)] += 1   # the first bucket with seconds <= le
         self.sums[path] += seconds
 
     def count_rows(self, n: int) -> None:
@@ -154,7 +157,7 @@ def _with_request_schema(app: FastAPI) -> None:
 
 class _AccessMiddleware(AccessMiddleware):
     """Request id in and out, one JSON access-log line and the metrics of every HTTP request; the
-    online-read route skips FastAPI's routing."""
+    online-read route skips FastAPI (`FeatureServerApp` calls this layer first, outside FastAPI's stack)."""
 
     ACCESS_FIELDS = ("error", "rows", "features")
 
@@ -178,6 +181,23 @@ class _AccessMiddleware(AccessMiddleware):
 
 
 # -- the app ----------------------------------------------------------------------------------------
+class FeatureServerApp(FastAPI):
+    """The FastAPI app (OpenAPI, docs, every route) whose HTTP requests enter through the access layer
+    first: ``POST /get-online-features`` is answered there by `FeatureReads.asgi`, before FastAPI's
+    per-request work (its telemetry checks, error middleware, routing); everything else goes on to FastAPI."""
+
+    access: _AccessMiddleware | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.access is not None and scope["type"] == "http":
+            await self.access(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _fastapi(self, scope: dict, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def tune_gc(gen0_threshold: int = 20_000) -> None:
     """Garbage-collector settings for a feature-server process (called once at startup).
 
@@ -222,11 +242,12 @@ def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: in
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="loopstack feature server", version="1", lifespan=lifespan,
-                  description="Online features over HTTP. Request shape follows Feast's `/get-online-features`.")
+    app = FeatureServerApp(title="loopstack feature server", version="1", lifespan=lifespan,
+                           description="Online features over HTTP. Request shape follows Feast's "
+                                       "`/get-online-features`.")
     app.state.server = state
     reads = FeatureReads(lambda: state.online, max_rows, state.metrics.count_rows)
-    app.add_middleware(_AccessMiddleware, state=state, reads=reads)
+    app.access = _AccessMiddleware(app._fastapi, state=state, reads=reads)
     _with_request_schema(app)
     errors = {c: {"model": ErrorResponse} for c in (404, 422, 500, 503)}
 

@@ -138,11 +138,14 @@ def columns_body(entities: dict[str, list], cols: OnlineColumns) -> dict:
     present, nulls = ["PRESENT"] * n, [None] * n
     results = [{"values": entities[k], "statuses": present, "event_timestamps": nulls} for k in keys]
     found = cols.found
+    all_found = all(found)
     for vals, stamps in zip(cols.values, cols.event_timestamps):
-        results.append({"values": vals,
-                        "statuses": ["NOT_FOUND" if not f else "PRESENT" if v is not None else "NULL_VALUE"
-                                     for v, f in zip(vals, found)],
-                        "event_timestamps": list(map(us_to_iso, stamps))})
+        if all_found:   # the usual case: one test per value
+            statuses = ["PRESENT" if v is not None else "NULL_VALUE" for v in vals]
+        else:
+            statuses = ["NOT_FOUND" if not f else "PRESENT" if v is not None else "NULL_VALUE"
+                        for v, f in zip(vals, found)]
+        results.append({"values": vals, "statuses": statuses, "event_timestamps": list(map(us_to_iso, stamps))})
     return {"metadata": {"feature_names": keys + cols.features}, "results": results, "found": found}
 
 

@@ -21,6 +21,7 @@ SRC = EventSource("src", "ts", [Field("user_id", "int64"), Field("x", "float64",
                                 Field("n", "int64", required=False), Field("s", "string", required=False),
                                 Field("when", "timestamp", required=False)])
 FEATURES = {"plain": ["plain:x", "plain:n", "plain:s", "plain:big_n", "plain:when"],
+            "latest": ["latest:x", "latest:n", "latest:s", "latest:big_n", "latest:when"],   # no ttl
             "wins": ["wins:cnt_1h", "wins:max_x_2h", "wins:last_s"],
             "mixed": ["plain:x", "wins:cnt_1h", "plain:s", "wins:max_x_2h", "plain:big_n"]}
 
@@ -28,6 +29,9 @@ FEATURES = {"plain": ["plain:x", "plain:n", "plain:s", "plain:big_n", "plain:whe
 def views() -> dict[str, FeatureView]:
     return {
         "plain": FeatureView("plain", entity=USER, source=SRC, ttl="2h", features=[
+            Last("x", name="x"), Last("n", name="n"), Last("s", name="s"),
+            Last("n", filter="n > 50", name="big_n"), Last("when", name="when")]),
+        "latest": FeatureView("latest", entity=USER, source=SRC, features=[   # no ttl: the fast column read
             Last("x", name="x"), Last("n", name="n"), Last("s", name="s"),
             Last("n", filter="n > 50", name="big_n"), Last("when", name="when")]),
         "wins": FeatureView("wins", entity=USER, source=SRC, features=[
@@ -44,7 +48,7 @@ def online(store):
     for i, (u, x, n, s, w) in enumerate(rows):
         ts = T0 + i * 10 * 60 * S if u != 4 else T0 - 3 * H   # user 4: only old events (ttl, windows)
         vals = {"x": x, "n": n, "s": s, "when": w}
-        for v in ("plain", "wins"):
+        for v in ("plain", "latest", "wins"):
             of.apply_events(v, [Event(u, ts, (i,), vals)])
     return of
 
@@ -78,22 +82,26 @@ def test_columns_equal_rows(online, kind, as_of):
     assert_same_answer(online, FEATURES[kind], [], as_of)
 
 
-def test_columns_against_read_entity_one_by_one(online, store):
-    """The batched plain decode gives what the per-entity `read_entity` gives, value by value."""
-    plan = online.plan("plain")
-    wanted = tuple(range(len(plan.features)))
-    t = T0 + H
-    hashes = store.read([f"plain|{u}" for u in range(1, 7)])
-    present = [u for u in range(1, 7) if f"plain|{u}" in hashes]
-    docs = dict(zip(present, decode_many([hashes[f"plain|{u}"]["latest"] for u in present])))
+@pytest.mark.parametrize("view", ["plain", "latest"])
+@pytest.mark.parametrize("t", [T0 + H, T0 + 30 * 60 * S, T0 + 20 * 60 * S, T0])
+@pytest.mark.parametrize("wanted", [None, (1,), (4, 0)])
+def test_columns_against_read_entity_one_by_one(online, store, view, t, wanted):
+    """The batched plain decode gives what the per-entity `read_entity` gives, value by value (with and
+    without ttl, as of times after every entity's newest event and between events)."""
+    plan = online.plan(view)
+    wanted = wanted or tuple(range(len(plan.features)))
+    hashes = store.read([f"{view}|{u}" for u in range(1, 7)])
+    present = [u for u in range(1, 7) if f"{view}|{u}" in hashes]
+    docs = dict(zip(present, decode_many([hashes[f"{view}|{u}"]["latest"] for u in present])))
     latest = [docs.get(u) for u in range(1, 7)]
     vals, stamps = read_plain_columns(plan, latest, t, wanted)
     for i, u in enumerate(range(1, 7)):
-        fields = hashes.get(f"plain|{u}")
+        fields = hashes.get(f"{view}|{u}")
         want = read_entity(plan, fields, t, wanted) if fields else ([None] * len(wanted), [None] * len(wanted))
         assert same([c[i] for c in vals], want[0]) and [c[i] for c in stamps] == want[1]
-    assert vals[4][1] == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)   # datetimes survive the batch decode
-    assert vals[1][1] == 2**70                                              # so do integers beyond 64 bits
+    if t == T0 + H and len(wanted) == 5:
+        assert vals[4][1] == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)   # datetimes survive the batch decode
+        assert vals[1][1] == 2**70                                              # so do integers beyond 64 bits
 
 
 def test_values_that_need_the_standard_parser(online):
@@ -144,4 +152,18 @@ def test_decode_many_equals_decode():
 
 def test_has_long_int():
     assert has_long_int(b"[1234567890123456789]") and has_long_int(b"-99999999999999999999")
+    assert has_long_int(b'[0.5,{"a":[12345678901234567890]}]')
     assert not has_long_int(b"[123456789012345678, 1.2345678901234567e+300, 1718000000000000]")
+    # fraction digits are no integer: small floats are written with 19+ digits after the point
+    assert not has_long_int(b"[0.00017241441922047758,-0.0008222677293702708,12345678901234567890.5,1e-7]")
+
+
+def test_a_small_float_keeps_the_batch_decode_in_one_call(monkeypatch):
+    """One value like 0.00017241441922047758 must not send the whole batch to the per-blob parser."""
+    from loopstack.features.online import partials
+    calls = []
+    real = partials._orjson_loads
+    monkeypatch.setattr(partials, "_orjson_loads", lambda b: calls.append(b) or real(b))
+    docs = [[VERSION, [T0, [0, i]], [T0, [0, i], 0.00017241441922047758 * i]] for i in range(5)]
+    assert decode_many([encode(d) for d in docs]) == docs
+    assert len(calls) == 1

@@ -138,7 +138,7 @@ READER = textwrap.dedent("""
     torn = reads = 0
     deadline = time.time() + 20
     while time.time() < deadline:
-        got = store.read(["pair|a", "pair|b"])
+        got = (store.read if reads % 2 else store.lookup)(["pair|a", "pair|b"])   # both read paths
         if got:
             reads += 1
             a, b = got.get("pair|a", {}), got.get("pair|b", {})
@@ -166,3 +166,45 @@ def test_concurrent_reader_in_another_process_never_sees_half_a_batch(store, sto
     result = json.loads(out)
     assert result["reads"] > 0
     assert result["torn"] == 0
+
+
+def test_a_forked_child_reads_on_its_own_connection(store):
+    """A child process must not share the parent's connection or socket (SQLite file locks and a Redis
+    reply stream are per process): it opens its own, and both keep reading correctly."""
+    import os
+    store.write(batch({"fork|a": {"v": b"1"}}))
+    assert store.read(["fork|a"]) == {"fork|a": {"v": b"1"}}   # the parent's per-thread connection exists
+    assert store.lookup(["fork|a"]) == {"fork|a": {"v": b"1"}}
+    parent = store._con() if hasattr(store, "_con") else store._raw_conn()
+    pid = os.fork()
+    if pid == 0:   # child: exit code 0 only if it read the value on a connection of its own
+        try:
+            ok = store.read(["fork|a"]) == store.lookup(["fork|a"]) == {"fork|a": {"v": b"1"}}
+            mine = store._con() if hasattr(store, "_con") else store._raw_conn()
+            os._exit(0 if ok and mine is not parent else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.read(["fork|a"]) == {"fork|a": {"v": b"1"}}
+    assert (store._con() if hasattr(store, "_con") else store._raw_conn()) is parent
+
+
+def test_sqlite_serving_reads_map_the_file_and_batch_reads_do_not(tmp_path):
+    """`lookup` (the online read path) reads through a memory-mapped connection; `read` (batch jobs) and
+    writes through a plain one, so a job scanning a big store does not count the file in its RSS."""
+    from loopstack.features.online.sqlite import SQLiteOnlineStore
+    store, unmapped = SQLiteOnlineStore(tmp_path / "a.db"), SQLiteOnlineStore(tmp_path / "b.db", mmap=0)
+    try:
+        store.write(batch({"m|1": {"v": b"x" * 5000, "w": b"1"}}))
+        assert store.lookup(["m|1", "m|2"]) == store.read(["m|1", "m|2"]) == {"m|1": {"v": b"x" * 5000, "w": b"1"}}
+        assert store._con(mapped=True).execute("PRAGMA mmap_size").fetchone()[0] > 1 << 28
+        assert store._con().execute("PRAGMA mmap_size").fetchone()[0] == 0
+        store.write(batch({"m|1": {"v": b"y"}}))   # a write on the plain connection is seen by the next lookup
+        assert store.lookup(["m|1"]) == {"m|1": {"v": b"y", "w": b"1"}}
+        unmapped.write(batch({"m|1": {"v": b"z"}}))
+        assert unmapped.lookup(["m|1"]) == {"m|1": {"v": b"z"}}
+        assert unmapped._con().execute("PRAGMA mmap_size").fetchone()[0] == 0
+    finally:
+        store.close()
+        unmapped.close()

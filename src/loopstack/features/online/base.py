@@ -12,9 +12,13 @@ and materialization idempotent: a batch re-applied after a crash is recognised a
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
+
+FORKS = [0]   # forks of this process so far: a backend's per-thread connection is reopened in a forked child
+os.register_at_fork(after_in_child=lambda: FORKS.__setitem__(0, FORKS[0] + 1))   # (os.getpid per read: a syscall)
 
 
 @dataclass
@@ -44,6 +48,11 @@ class OnlineStore(ABC):
     @abstractmethod
     def read(self, hash_keys: Iterable[str], fields: Iterable[str] | None = None) -> dict[str, dict[str, bytes]]:
         """The fields of each hash (all fields if `fields` is None); missing hashes are absent from the result."""
+
+    def lookup(self, hash_keys: Iterable[str]) -> dict[str, dict[str, bytes]]:
+        """`read` of whole hashes for a serving read (the online read path); a backend may tune it for
+        latency (SQLite memory-maps the file). Same answer as ``read(hash_keys)``."""
+        return self.read(hash_keys)
 
     @abstractmethod
     def write(self, batch: WriteBatch) -> None:

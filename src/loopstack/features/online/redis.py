@@ -10,12 +10,11 @@ batch is on disk (the test server runs so); with ``everysec`` up to a second can
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Iterable
 
 from loopstack.errors import ConfigError
-from loopstack.features.online.base import OnlineStore, WriteBatch, check_batch
+from loopstack.features.online.base import FORKS, OnlineStore, WriteBatch, check_batch
 
 
 def _pack(args: list[bytes]) -> bytes:
@@ -24,6 +23,7 @@ def _pack(args: list[bytes]) -> bytes:
 
 
 _MULTI, _EXEC = _pack([b"MULTI"]), _pack([b"EXEC"])
+_HGETALL = b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n"   # one HGETALL <key>, packed by one %-format
 try:
     import hiredis  # noqa: F401 - the C reply parser of `_read_replies`
     _HAS_HIREDIS = True
@@ -118,9 +118,9 @@ class RedisOnlineStore(OnlineStore):
         and giving it back on every read costs more than the read at one key)."""
         loc = self._local
         conn = getattr(loc, "conn", None)
-        if conn is None or loc.pid != os.getpid():
+        if conn is None or loc.forks != FORKS[0]:
             conn = loc.conn = self.r.connection_pool.get_connection()
-            loc.pid = os.getpid()
+            loc.forks = FORKS[0]
         elif getattr(conn, "_sock", None) is None:
             conn.connect()
         return conn
@@ -132,7 +132,7 @@ class RedisOnlineStore(OnlineStore):
         plain socket is not available (then the pipeline path reads)."""
         import redis
         h = self._h.encode()
-        gets = [_pack([b"HGETALL", h + k.encode()]) for k in keys]
+        gets = [_HGETALL % (len(hk), hk) for hk in [h + k.encode() for k in keys]]   # = _pack([b"HGETALL", hk])
         cmds = gets if len(keys) == 1 else [_MULTI, *gets, _EXEC]
         for attempt in (0, 1):   # a read is idempotent: retry once on a new connection (e.g. idle timeout)
             conn = self._raw_conn()

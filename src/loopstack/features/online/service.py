@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import difflib
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -262,7 +263,7 @@ class OnlineFeatures:
         `view__feature` with full_feature_names).
         """
         names, reads = self._read_plan(tuple(features), full_feature_names)
-        t = now_micros() if as_of is None else _micros(as_of)
+        t = time.time_ns() // 1000 if as_of is None else _micros(as_of)   # = now_micros(), 10x cheaper
         blank = dict.fromkeys(names)
         for r in entity_rows:
             clash = blank.keys() & r.keys()
@@ -280,7 +281,7 @@ class OnlineFeatures:
         """`get_online_features` for columnar entities (join key -> values, one per row): the same
         values, timestamps, found flags and errors, without building a dict per row."""
         names, reads = self._read_plan(tuple(features), full_feature_names)
-        t = now_micros() if as_of is None else _micros(as_of)
+        t = time.time_ns() // 1000 if as_of is None else _micros(as_of)   # = now_micros(), 10x cheaper
         lengths = {k: len(v) for k, v in entities.items()}
         if len(set(lengths.values())) > 1:
             raise RetrievalError(f"every entity column must have the same length; got {lengths}")
@@ -300,7 +301,7 @@ class OnlineFeatures:
         for vr in reads:
             keys = self._hash_keys(vr, column(vr.join_key), row_keys)
             mk = meta_key(vr.view)
-            data = self.store.read([k for k in dict.fromkeys(keys) if k is not None] + [mk])
+            data = self.store.lookup([k for k in dict.fromkeys(keys) if k is not None] + [mk])
             self._check(vr.plan, data.get(mk))
             hashes = [data.get(hk) if hk is not None else None for hk in keys]
             for i, fields in enumerate(hashes):

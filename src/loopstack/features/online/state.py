@@ -323,6 +323,17 @@ def read_plain_columns(plan: ViewPlan, latest: Sequence[list | None], t: int, wa
     idxs = [2 + plan.features[fi].slot for fi in wanted]
     if not latest:
         return [[] for _ in idxs], [[] for _ in idxs]
+    if ttl is None and all(d is None or (d[1] is not None and d[1][0] < t) for d in latest):
+        # the usual read (as of now, no ttl): every entry is older than the entity's newest event (``seen``),
+        # so before t: visible iff it exists. Entries picked in C; then by column, or by row if fewer rows
+        ntup = (None,) * len(idxs)
+        get = operator.itemgetter(*idxs) if len(idxs) > 1 else (lambda d, i=idxs[0]: (d[i],))
+        ents = [get(d) if d is not None else ntup for d in latest]
+        by_row = len(ents) < len(idxs)
+        cols = ents if by_row else list(zip(*ents))
+        vals = [[e[2] if e is not None else None for e in c] for c in cols]
+        stamps = [[e[0] if e is not None else None for e in c] for c in cols]
+        return ([list(c) for c in zip(*vals)], [list(c) for c in zip(*stamps)]) if by_row else (vals, stamps)
     nones = [None] * len(idxs)
     row_values, row_stamps = [], []
     for doc in latest:   # row by row, then transposed in C: faster than a pass per feature
