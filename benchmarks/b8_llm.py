@@ -7,7 +7,7 @@ Each system runs in its own process, one after another (never two at once); tran
 .bench/hf and llama-cpp-python in .bench/llamacpp (created here when missing; llama.cpp is optional:
 if its build fails the row says so).
 
-Usage: python benchmarks/b8_llm.py [--systems ceiling,loopstack,loopstack-32,llamacpp,hf-static,hf-single]
+Usage: python benchmarks/b8_llm.py [--systems ceiling,loopstack,loopstack-f16,loopstack-32,llamacpp,hf-static,hf-single]
        [--static-batches 8,16,32,64] [--requests 64] [--write-docs]
 Raw results: .bench/results/b8.json.
 """
@@ -63,6 +63,20 @@ def run(py: Path | str, script: str, *args: str, timeout: float = 7200) -> dict:
     return res
 
 
+def token_agreement(a: Path, b: Path) -> dict | None:
+    """How far two runs' greedy outputs agree: identical requests, and the mean share of tokens before they part."""
+    if not a.exists() or not b.exists():
+        return None
+    x, y = json.loads(a.read_text()), json.loads(b.read_text())
+    same, shares = 0, []
+    for rid, ta in x.items():
+        tb = y.get(rid, [])
+        k = next((i for i, (u, v) in enumerate(zip(ta, tb)) if u != v), min(len(ta), len(tb)))
+        same += ta == tb
+        shares.append(k / max(len(ta), 1))
+    return {"identical": same, "requests": len(x), "mean_prefix_share": sum(shares) / max(len(shares), 1)}
+
+
 def gguf() -> Path:
     sys.path.insert(0, str(HERE))
     from b8_common import gguf_path
@@ -71,7 +85,7 @@ def gguf() -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="ceiling,loopstack,loopstack-32,llamacpp,hf-static,hf-single")
+    p.add_argument("--systems", default="ceiling,loopstack,loopstack-f16,loopstack-32,llamacpp,hf-static,hf-single")
     p.add_argument("--static-batches", default="8,16,32,64")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--write-docs", action="store_true")
@@ -85,7 +99,14 @@ def main() -> None:
             if system == "ceiling":
                 results["ceiling"] = run(sys.executable, "b8_ceiling.py")
             elif system == "loopstack":
-                results["loopstack"] = run(sys.executable, "b8_loopstack.py", "--requests", n)
+                results["loopstack"] = run(sys.executable, "b8_loopstack.py", "--requests", n,
+                                           "--save-tokens", str(RESULTS.parent / "b8_tokens_f32.json"))
+            elif system == "loopstack-f16":
+                results["loopstack-f16"] = run(sys.executable, "b8_loopstack.py", "--requests", n,
+                                               "--kv-cache-dtype", "float16",
+                                               "--save-tokens", str(RESULTS.parent / "b8_tokens_f16.json"))
+                results["loopstack-f16"]["agreement"] = token_agreement(RESULTS.parent / "b8_tokens_f32.json",
+                                                                        RESULTS.parent / "b8_tokens_f16.json")
             elif system == "loopstack-32":
                 results["loopstack-32"] = run(sys.executable, "b8_loopstack.py", "--requests", n, "--max-num-seqs", "32")
             elif system == "llamacpp":

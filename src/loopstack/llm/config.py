@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path("~/.cache/loopstack/llm")
 CACHE_ENV = "LOOPSTACK_LLM_CACHE_DIR"
+KV_CACHE_DTYPES = ("float32", "float16")
 
 
 def default_cache_dir() -> Path:
@@ -84,6 +85,9 @@ class EngineConfig:
     prompt_lookup_min: int = 1
     prompt_lookup_max: int = 4
     spec_skip_layers: tuple[int, ...] | None = None  # self drafter: layers to skip (None = a default set)
+    # KV cache element type: float32 (exact) or float16 (half the memory and memory traffic per decode step;
+    # K/V rounded to 11 significant bits, so greedy outputs can differ from float32's on near-ties)
+    kv_cache_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -100,16 +104,20 @@ class EngineConfig:
         if self.speculative_method not in (None, "ngram", "self"):
             raise ValueError(f"EngineConfig.speculative_method must be None, 'ngram' or 'self', "
                              f"got {self.speculative_method!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"EngineConfig.kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
         if self.num_speculative_tokens < 1:
             raise ValueError(f"EngineConfig.num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("EngineConfig needs 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                              f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
 
-    def resolve_num_blocks(self, model: LlamaConfig, dtype_bytes: int = 4) -> int:
+    def resolve_num_blocks(self, model: LlamaConfig, dtype_bytes: int | None = None) -> int:
         """Number of KV blocks: num_kv_blocks if set, else as many as fit in kv_cache_mb for this model."""
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
+        dtype_bytes = dtype_bytes or (2 if self.kv_cache_dtype == "float16" else 4)
         per_block = 2 * model.num_layers * self.block_size * model.num_kv_heads * model.head_dim * dtype_bytes
         n = int(self.kv_cache_mb * 1024 * 1024 // per_block)
         if n < 1:

@@ -46,7 +46,7 @@ class LLMEngine:
         self.tokenizer = tokenizer
         num_blocks = config.resolve_num_blocks(mcfg)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.kv = KVCache.allocate(mcfg, num_blocks, config.block_size)
+        self.kv = KVCache.allocate(mcfg, num_blocks, config.block_size, getattr(torch, config.kv_cache_dtype))
         self.runner = ModelRunner(model, self.kv, self.block_manager)
         spec = config.speculative_method
         self.scheduler = Scheduler(

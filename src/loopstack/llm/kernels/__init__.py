@@ -82,11 +82,11 @@ def library() -> ctypes.CDLL | None:
             detail = getattr(e, "stderr", "") or str(e)
             log.warning("building the paged-attention kernel failed (%s): using the pure-torch path", detail[-500:])
             return None
-        fn = lib.loopstack_paged_attention_f32
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float,
-                       i64, i64]
-        fn.restype = ctypes.c_int
+        for fn in (lib.loopstack_paged_attention_f32, lib.loopstack_paged_attention_f16):
+            fn.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float,
+                           i64, i64]
+            fn.restype = ctypes.c_int
         _lib = lib
         return _lib
 
@@ -104,8 +104,9 @@ def paged_attention_short(
 ) -> None:
     """Attention of short queries (rows q_starts[s] .. +q_lens[s] of q [T, H, D]) over paged K/V, into out.
 
-    k_layer / v_layer are one layer's [num_blocks, block_size, kvh, D] cache; block_tables [S, *] int64. The
-    sequences are spread over torch's own OpenMP threads (torch.get_num_threads()); the GIL is released.
+    k_layer / v_layer are one layer's [num_blocks, block_size, kvh, D] float32 or float16 cache (q and out are
+    float32); block_tables [S, *] int64. The sequences are spread over torch's own OpenMP threads
+    (torch.get_num_threads()); the GIL is released during the call.
     """
     lib = library()
     if lib is None:
@@ -117,5 +118,10 @@ def paged_attention_short(
     args = (q.data_ptr(), q.stride(0), k_layer.data_ptr(), v_layer.data_ptr(), block_tables.data_ptr(),
             block_tables.stride(0), q_starts.data_ptr(), q_lens.data_ptr(), ctx_lens.data_ptr(), out.data_ptr(),
             out.stride(0), h, kvh, d, bs, d ** -0.5)
-    if lib.loopstack_paged_attention_f32(*args, q_starts.numel(), torch.get_num_threads()):
+    fn = {torch.float32: lib.loopstack_paged_attention_f32, torch.float16: lib.loopstack_paged_attention_f16}.get(
+        k_layer.dtype)
+    if fn is None or q.dtype != torch.float32 or out.dtype != torch.float32 or v_layer.dtype != k_layer.dtype:
+        raise ValueError(f"paged_attention_short: K/V must both be float32 or float16 and q/out float32, got "
+                         f"{k_layer.dtype}/{v_layer.dtype} and {q.dtype}/{out.dtype}")
+    if fn(*args, q_starts.numel(), torch.get_num_threads()):
         raise MemoryError("paged-attention kernel could not allocate its scratch buffers")

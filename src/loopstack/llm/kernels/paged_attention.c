@@ -18,14 +18,20 @@
 
 /* Ask for the same token row of the next block while this block is being read: blocks are scattered, so the
  * hardware prefetcher would otherwise restart cold at every block boundary. */
-static inline void prefetch_row(const float *p, int64_t n)
+static inline void prefetch_row(const void *p, int64_t bytes)
 {
-    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
 }
+
+/* Element i of a K/V row that is float32 (half == 0) or _Float16 (half == 1); half is a constant at every
+ * inlined call site, so the branch folds away and the float16 loads vectorize as widening conversions. */
+#define KV_AT(base, half, i) ((half) ? (float)((const _Float16 *)(base))[i] : ((const float *)(base))[i])
+#define KV_PTR(base, half, off) ((half) ? (const void *)((const _Float16 *)(base) + (off)) \
+                                        : (const void *)((const float *)(base) + (off)))
 
 /* One sequence. Always inlined so the d == 64 call site gets constant trip counts. */
 static inline __attribute__((always_inline)) void attend_seq(
-    const float *q, int64_t q_row_stride, const float *k_cache, const float *v_cache, const int64_t *bt,
+    const float *q, int64_t q_row_stride, const void *k_cache, const void *v_cache, const int half, const int64_t *bt,
     int64_t q_start, int64_t ql, int64_t c, float *out, int64_t out_row_stride, int64_t heads, int64_t grp,
     const int64_t d, int64_t kvh, int64_t block_size, float scale, float *scores, int64_t max_ctx, float *acc,
     float *qv)
@@ -39,18 +45,20 @@ static inline __attribute__((always_inline)) void attend_seq(
             float *dst = qv + (t * heads + h) * d;
             for (int64_t i = 0; i < d; i += 1) dst[i] = src[i] * scale;
         }
+    const int64_t esz = half ? 2 : 4;
     for (int64_t b = 0; b < nblocks; b += 1) {
-        const float *kb = k_cache + bt[b] * blk_stride;
-        const float *kn = k_cache + bt[b + 1 < nblocks ? b + 1 : b] * blk_stride;
+        const void *kb = KV_PTR(k_cache, half, bt[b] * blk_stride);
+        const void *kn = KV_PTR(k_cache, half, bt[b + 1 < nblocks ? b + 1 : b] * blk_stride);
         const int64_t n = (b + 1) * block_size <= c ? block_size : c - b * block_size;
         for (int64_t o = 0; o < n; o += 1) {
-            const float *kt = kb + o * tok_stride;
-            prefetch_row(kn + o * tok_stride, tok_stride);
+            const void *kt = KV_PTR(kb, half, o * tok_stride);
+            prefetch_row(KV_PTR(kn, half, o * tok_stride), tok_stride * esz);
             for (int64_t r = 0; r < nr; r += 1) {
-                const float *qr = qv + r * d, *kp = kt + ((r % heads) / grp) * d;
+                const float *qr = qv + r * d;
+                const void *kp = KV_PTR(kt, half, ((r % heads) / grp) * d);
                 float dot = 0.0f;
 #pragma omp simd reduction(+:dot)
-                for (int64_t i = 0; i < d; i += 1) dot += qr[i] * kp[i];
+                for (int64_t i = 0; i < d; i += 1) dot += qr[i] * KV_AT(kp, half, i);
                 scores[r * max_ctx + b * block_size + o] = dot;
             }
         }
@@ -69,17 +77,18 @@ static inline __attribute__((always_inline)) void attend_seq(
     }
     memset(acc, 0, sizeof(float) * (size_t)(nr * d));
     for (int64_t b = 0; b < nblocks; b += 1) {
-        const float *vb = v_cache + bt[b] * blk_stride;
-        const float *vn = v_cache + bt[b + 1 < nblocks ? b + 1 : b] * blk_stride;
+        const void *vb = KV_PTR(v_cache, half, bt[b] * blk_stride);
+        const void *vn = KV_PTR(v_cache, half, bt[b + 1 < nblocks ? b + 1 : b] * blk_stride);
         const int64_t n = (b + 1) * block_size <= c ? block_size : c - b * block_size;
         for (int64_t o = 0; o < n; o += 1) {
-            const float *vt = vb + o * tok_stride;
-            prefetch_row(vn + o * tok_stride, tok_stride);
+            const void *vt = KV_PTR(vb, half, o * tok_stride);
+            prefetch_row(KV_PTR(vn, half, o * tok_stride), tok_stride * esz);
             for (int64_t r = 0; r < nr; r += 1) {
-                const float p = scores[r * max_ctx + b * block_size + o], *vp = vt + ((r % heads) / grp) * d;
+                const float p = scores[r * max_ctx + b * block_size + o];
+                const void *vp = KV_PTR(vt, half, ((r % heads) / grp) * d);
                 float *a = acc + r * d;
 #pragma omp simd
-                for (int64_t i = 0; i < d; i += 1) a[i] += p * vp[i];
+                for (int64_t i = 0; i < d; i += 1) a[i] += p * KV_AT(vp, half, i);
             }
         }
     }
@@ -87,9 +96,9 @@ static inline __attribute__((always_inline)) void attend_seq(
         memcpy(out + (q_start + r / heads) * out_row_stride + (r % heads) * d, acc + r * d, sizeof(float) * (size_t)d);
 }
 
-int loopstack_paged_attention_f32(
+static inline __attribute__((always_inline)) int paged_attention(const int half,
     const float *q, int64_t q_row_stride,      /* query token rows; head h at q + row*q_row_stride + h*d */
-    const float *k_cache, const float *v_cache, /* one layer: [num_blocks, block_size, kvh, d] */
+    const void *k_cache, const void *v_cache, /* one layer: [num_blocks, block_size, kvh, d] */
     const int64_t *block_tables, int64_t bt_stride, /* [S, bt_stride] block ids */
     const int64_t *q_starts, const int64_t *q_lens, const int64_t *ctx_lens, /* [S] */
     float *out, int64_t out_row_stride,        /* head h of row r at out + r*out_row_stride + h*d */
@@ -117,15 +126,43 @@ int loopstack_paged_attention_f32(
 #pragma omp for schedule(dynamic, 1)
             for (int64_t s = 0; s < num_seqs; s += 1) {
                 const int64_t *bt = block_tables + s * bt_stride;
-                if (d == 64)
-                    attend_seq(q, q_row_stride, k_cache, v_cache, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
+                if (d == 64 && half)
+                    attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
                                out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv);
+                else if (d == 64)
+                    attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
+                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv);
+                else if (half)
+                    attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
+                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv);
                 else
-                    attend_seq(q, q_row_stride, k_cache, v_cache, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
+                    attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
                                out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv);
             }
         }
         free(scores); free(acc); free(qv);
     }
     return failed ? -1 : 0;
+}
+
+/* float32 K/V cache */
+int loopstack_paged_attention_f32(
+    const float *q, int64_t q_row_stride, const void *k_cache, const void *v_cache, const int64_t *block_tables,
+    int64_t bt_stride, const int64_t *q_starts, const int64_t *q_lens, const int64_t *ctx_lens, float *out,
+    int64_t out_row_stride, int64_t heads, int64_t kvh, int64_t d, int64_t block_size, float scale, int64_t num_seqs,
+    int64_t num_threads)
+{
+    return paged_attention(0, q, q_row_stride, k_cache, v_cache, block_tables, bt_stride, q_starts, q_lens, ctx_lens, out,
+                           out_row_stride, heads, kvh, d, block_size, scale, num_seqs, num_threads);
+}
+
+/* float16 K/V cache (widened to float32 as it is read; all arithmetic in float32) */
+int loopstack_paged_attention_f16(
+    const float *q, int64_t q_row_stride, const void *k_cache, const void *v_cache, const int64_t *block_tables,
+    int64_t bt_stride, const int64_t *q_starts, const int64_t *q_lens, const int64_t *ctx_lens, float *out,
+    int64_t out_row_stride, int64_t heads, int64_t kvh, int64_t d, int64_t block_size, float scale, int64_t num_seqs,
+    int64_t num_threads)
+{
+    return paged_attention(1, q, q_row_stride, k_cache, v_cache, block_tables, bt_stride, q_starts, q_lens, ctx_lens, out,
+                           out_row_stride, heads, kvh, d, block_size, scale, num_seqs, num_threads);
 }

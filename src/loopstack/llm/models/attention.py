@@ -29,9 +29,10 @@ class KVCache:
     _scratch: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def gather(self, which: str, layer: int, block_ids: torch.Tensor) -> torch.Tensor:
-        """Blocks block_ids of one layer's K or V as [len(block_ids), block_size, kv_heads, head_dim].
+        """Blocks block_ids of one layer's K or V as float32 [len(block_ids), block_size, kv_heads, head_dim].
 
-        The result lives in a scratch buffer that the next gather of the same kind overwrites.
+        The result lives in a scratch buffer that the next gather of the same kind overwrites (a float16 cache
+        is widened into a float32 one).
         """
         src = (self.k if which == "k" else self.v)[layer]
         n = block_ids.numel()
@@ -39,7 +40,14 @@ class KVCache:
         if buf is None or buf.shape[0] < n:
             buf = torch.empty((max(n, 64),) + tuple(src.shape[1:]), dtype=src.dtype)
             self._scratch[which] = buf
-        return torch.index_select(src, 0, block_ids, out=buf[:n])
+        got = torch.index_select(src, 0, block_ids, out=buf[:n])
+        if got.dtype == torch.float32:
+            return got
+        wide = self._scratch.get(which + "32")
+        if wide is None or wide.shape[0] < n:
+            wide = torch.empty(buf.shape, dtype=torch.float32)
+            self._scratch[which + "32"] = wide
+        return wide[:n].copy_(got)
 
     @classmethod
     def allocate(
@@ -250,8 +258,8 @@ def _additive(allowed: torch.Tensor) -> torch.Tensor:
 def write_kv(kv: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Store the new tokens' K/V ([T, kv_heads, head_dim]) at their flat slots in this layer's cache."""
     _, nblocks, bsize, kvh, d = kv.k.shape
-    kv.k[layer].view(nblocks * bsize, kvh, d).index_copy_(0, slot_mapping, k)
-    kv.v[layer].view(nblocks * bsize, kvh, d).index_copy_(0, slot_mapping, v)
+    kv.k[layer].view(nblocks * bsize, kvh, d).index_copy_(0, slot_mapping, k.to(kv.k.dtype))
+    kv.v[layer].view(nblocks * bsize, kvh, d).index_copy_(0, slot_mapping, v.to(kv.v.dtype))
 
 
 def paged_attention(

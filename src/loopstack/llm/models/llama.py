@@ -132,8 +132,8 @@ class LlamaForCausalLM(nn.Module):
         nh, nkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, D/2]
         sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
-        # validates and normalises index dtypes once for all layers; float32 caches use the native kernel
-        meta.plan(kv.k[0, 0].nbytes, nkv if kv.k.dtype == torch.float32 else 0)
+        # validates and normalises index dtypes once for all layers; short queries go to the native kernel
+        meta.plan(kv.k[0, 0].nbytes, nkv)
         slots = meta.slot_mapping
         linear = self._linear if self.__dict__.get("_packs") else F.linear
         x = self.embed_tokens(input_ids)
