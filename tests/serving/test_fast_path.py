@@ -44,11 +44,39 @@ def test_anything_unusual_is_left_to_pydantic(body):
 
 def test_fast_batch_validation():
     body = {"instances": [{"fields": {"a": 1.0}}, {"entities": {"k": 1}, "user_id": "u"}], "user_id": 3}
-    instances, user_id, deadline = fast_predict_batch(body)
+    instances, user_id, deadline, floats = fast_predict_batch(body)
     ref = PredictBatchRequest.model_validate(body)
     assert [(i.entities, i.fields, i.user_id) for i in ref.instances] == instances and user_id == 3 and deadline is None
+    assert floats is True    # every field value is a float: the vector builder need not check again
     for bad in ({"instances": []}, {"instances": [{"deadline_ms": 5}]}, {"instances": [1]}, {"x": 1}):
         assert fast_predict_batch(bad) is None
+
+
+INSTANCES_GOOD = [{}, {"entities": {"author_id": 42, "k": "x"}, "fields": {"a": 1.5, "b": 2, "c": "s", "d": True,
+                                                                         "e": None}}, {"user_id": 7}, {"user_id": "u"}]
+INSTANCES_BAD = [[1], "x", {"colour": "red"}, {"deadline_ms": 5}, {"entities": {"author_id": [1]}},
+                 {"entities": {"author_id": True}}, {"entities": {"a": 1.5}}, {"entities": {"a": None}},
+                 {"entities": None}, {"fields": None}, {"fields": {"a": [1]}}, {"fields": {"a": {"b": 1}}},
+                 {"fields": []}, {"user_id": True}, {"user_id": 1.5}]
+
+
+@pytest.mark.parametrize("bad", INSTANCES_BAD)
+def test_a_bad_instance_anywhere_in_a_batch_is_left_to_pydantic(bad):
+    """Column-wise checks must still see every value of every instance: one bad one sends the whole body to
+    pydantic (which rejects it, or coerces it into something else than the body said)."""
+    for at in (0, 5, 31):
+        items = [{"fields": {"a": float(i), "b": 1.0}} for i in range(32)]
+        items[at] = bad
+        assert fast_predict_batch({"instances": items}) is None
+
+
+def test_fast_batch_equals_pydantic_and_says_when_every_field_is_a_float():
+    items = [{"entities": {"author_id": i}, "fields": {"a": float(i), "b": 0.5}} for i in range(31)]
+    for extra in INSTANCES_GOOD:
+        got = fast_predict_batch({"instances": [*items, extra], "deadline_ms": 50})
+        ref = PredictBatchRequest.model_validate({"instances": [*items, extra], "deadline_ms": 50})
+        assert got[0] == [(i.entities, i.fields, i.user_id) for i in ref.instances] and got[2] == 50
+        assert got[3] is all(type(v) is float for e in got[0] for v in e[1].values())
 
 
 def _sig(cols: dict) -> Signature:

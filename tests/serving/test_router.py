@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from loopstack.serving import NoRoute, ServingConfigError, ServingError, TrafficPolicy, policy_from_states, route
+from loopstack.serving.router import route_many
 
 USERS = [f"user-{i}" for i in range(20_000)]
 
@@ -153,3 +154,25 @@ def test_policy_from_states_after_rollback_and_without_history():
 def test_bad_settings_name_the_value(settings, fragment):
     with pytest.raises(ServingConfigError, match=fragment):
         policy_from_states("spam", STATES, [3], settings)
+
+
+@pytest.mark.parametrize("policy", [
+    TrafficPolicy("spam", production=2),
+    TrafficPolicy("spam", production=2, canary=3, canary_percent=30),
+    TrafficPolicy("spam", production=2, canary=3, canary_percent=30, holdback=1, holdback_percent=20),
+    TrafficPolicy("spam", production=2, experiment={"v4": 4}, experiment_percent=50),
+    TrafficPolicy("spam", production=2, shadow=5),                        # every production request shadowed
+    TrafficPolicy("spam", production=2, shadow=5, shadow_sample=0.3),     # sampled per request id
+    TrafficPolicy("spam", production=None, canary=3)])
+def test_route_many_assigns_exactly_as_route_does_one_by_one(policy):
+    """A batch request routes each distinct user once: the result must equal routing every instance on its
+    own (sticky by user; shadow sampling per request id), for batches of one user, none, and many."""
+    batches = [["u-1"] * 32, [None] * 32, [f"user-{i % 7}" for i in range(64)],
+               [None, "u-1", "", 5, "5", None, "u-2"] * 5]
+    for users in batches:
+        rids = [f"req:{i}" for i in range(len(users))]
+        want = [route(policy, u, r) for u, r in zip(users, rids)]
+        assert route_many(policy, users, rids) == want
+    if policy.shadow is not None and policy.shadow_sample < 1:   # the per-request-id sample really varies
+        shadowed = [a.shadow_version for a in route_many(policy, ["u"] * 200, [f"r{i}" for i in range(200)])]
+        assert 0 < shadowed.count(5) < 200

@@ -105,3 +105,23 @@ def test_score_rows_uses_the_positive_class_probability():
             assert list(X.columns) == ["a", "b"]
             return np.column_stack([1 - X.a.to_numpy() / 10, X.a.to_numpy() / 10])
     assert score_rows(M(), sig({"a": "float64", "b": "float64"}), [[1, 0], [5, None]]) == pytest.approx([0.1, 0.5])
+
+
+def test_all_float_field_vectors_are_built_for_the_batch_at_once_with_the_same_values_and_errors():
+    """The batch fast path (every input a float field) gives what the per-value path gives, and falls back
+    to it, with the same messages naming the instance, whenever a value needs converting or checking."""
+    from loopstack.serving.predict import _Where
+    b = VectorBuilder(sig({"a": "float64", "b": "float64", "c": "float64"}), {}, {})
+    rows = [({}, {"c": 0.5 * i, "a": float(i), "b": -1.0, "unused": "x"}) for i in range(32)]
+    fast = b.build(None, rows, _Where(range(32)))
+    assert [list(v) for v in fast] == [[float(i), -1.0, 0.5 * i] for i in range(32)]
+    assert b.build(None, rows, _Where(range(32)), floats=True) == fast
+    mixed = [*rows[:5], ({}, {"a": 3, "b": True, "c": None})]    # an int, a bool, a null: converted one by one
+    assert [list(v) for v in b.build(None, mixed, _Where(range(6)))][5] == [3.0, 1.0, None]
+    with pytest.raises(InputError, match=r"^instance 2: field 'b' must be a number .*got '1'"):
+        b.build(None, [*rows[:2], ({}, {"a": 1.0, "b": "1", "c": 2.0})], _Where(range(3)))
+    with pytest.raises(InputError, match=r"^instance 4: missing request field 'c' \(model input 'c'"):
+        b.build(None, [*rows[:4], ({}, {"a": 1.0, "b": 2.0})], _Where(range(5)), floats=True)
+    one = VectorBuilder(sig({"a": "float64"}), {}, {})       # one input: still one value per vector
+    assert [list(v) for v in one.build(None, [({}, {"a": 2.5}), ({}, {"a": 1.0})])] == [[2.5], [1.0]]
+    assert _Where([3, 7])[1] == "instance 7: " and list(_Where([0])) == ["instance 0: "]

@@ -216,7 +216,8 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
                       "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
     async def answer_batch(name: str, st: dict, instances: list[tuple[dict, dict, Any]], user_id: Any,
-                           deadline_ms: float | None) -> Response:
+                           deadline_ms: float | None, floats: bool = False) -> Response:
+        """`floats`: every field value of every instance is known to be a float (checked by the caller)."""
         st["model"], st["instances"] = name, len(instances)
         fleet.get(name)
         if len(instances) > cfg.max_instances:
@@ -224,9 +225,10 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
                              "split the request")
         t0 = time.monotonic()
         rid = st["request_id"]
-        inputs = [PredictInput(e, f, _uid(u if u is not None else user_id), f"{rid}:{n}")
+        uid = _uid(user_id)
+        inputs = [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
                   for n, (e, f, u) in enumerate(instances)]
-        answers = await service.predict(name, inputs, deadline_ms)
+        answers = await service.predict(name, inputs, deadline_ms, floats)
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
                   "request_id": a.request_id, "cached": a.cached} for a in answers]
         return _json({"model": name, "predictions": items, "request_id": rid,

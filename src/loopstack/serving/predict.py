@@ -22,11 +22,26 @@ from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import ServingError
 from loopstack.serving.ladder import Rung, plan_rungs
 from loopstack.serving.models import LoadedVersion, ModelFleet, ModelHandle, Snapshot
-from loopstack.serving.prediction_log import sampled
-from loopstack.serving.router import Assignment, route
+from loopstack.serving.records import records
+from loopstack.serving.router import Assignment, route_many
 from loopstack.serving.shadow import send_shadow
 
 log = logging.getLogger("loopstack.serving")
+
+
+class _Where(Sequence[str]):
+    """The "instance N: " prefixes of error messages, made only when an error needs one."""
+
+    def __init__(self, idxs: Sequence[int]) -> None:
+        self.idxs = idxs
+
+    def __len__(self) -> int:
+        return len(self.idxs)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [f"instance {i}: " for i in self.idxs[k]]
+        return f"instance {self.idxs[k]}: "
 
 
 class NotReady(ServingError):
@@ -41,7 +56,7 @@ class DeadlineError(ServingError):
     """The request's deadline passed before any rung answered and there is no baseline (HTTP 504)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     prediction: Any
     version: int | None
@@ -55,7 +70,7 @@ class Answer:
     columns: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     entities: dict
     fields: dict
@@ -77,15 +92,17 @@ class PredictService:
                        for f in (False, True) for b in (False, True)}
 
     # -- entry point -------------------------------------------------------------------------
-    async def predict(self, name: str, requests: Sequence[Request], deadline_ms: float | None) -> list[Answer]:
-        """Answers for `requests` (one model); raises a ServingError subclass for the HTTP error."""
+    async def predict(self, name: str, requests: Sequence[Request], deadline_ms: float | None,
+                      floats: bool = False) -> list[Answer]:
+        """Answers for `requests` (one model); raises a ServingError subclass for the HTTP error. `floats`:
+        the caller checked that every field value is a float (the vector builder need not again)."""
         handle = self.fleet.get(name)
         t0 = time.monotonic()
         deadline = t0 + (deadline_ms or self.cfg.default_deadline_ms) / 1000
         held: list[LoadedVersion] = []
         try:
             snap, routed = self._route(handle, requests, held)
-            vectors = self._vectors(snap, routed, requests)
+            vectors = self._vectors(snap, routed, requests, floats)
             if len(requests) == 1:   # the common case: no task per request
                 try:
                     answers: list = [await self._ladder(handle, snap, *routed[0], vectors[0], requests[0], deadline,
@@ -98,15 +115,16 @@ class PredictService:
             for lv in held:
                 lv.release()
         latency = time.monotonic() - t0
-        recs = self._records(name, requests, answers, latency)
+        recs = records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
         if recs and self.plog is not None:
             await self.plog.put_many_async(recs)
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
-        for r, ans in zip(requests, answers):
-            if ans.assignment is not None and ans.assignment.shadow_version is not None and ans.rung == "model":
-                self._spawn(send_shadow(self, handle, snap, r, ans))
+        if snap.policy.shadow is not None:
+            for r, ans in zip(requests, answers):
+                if ans.assignment is not None and ans.assignment.shadow_version is not None and ans.rung == "model":
+                    self._spawn(send_shadow(self, handle, snap, r, ans))
         return answers  # type: ignore[return-value]
 
     def _route(self, handle: ModelHandle, requests: Sequence[Request], held: list[LoadedVersion]
@@ -116,14 +134,16 @@ class PredictService:
             if snap.policy is None or not snap.versions:
                 raise NotReady(f"model {handle.name!r} has no loaded version yet"
                                + (f" ({handle.error})" if handle.error else "") + "; retry shortly (see /readyz)")
-            routed = []
-            for r in requests:
-                a = route(snap.policy, r.user_id, r.request_id)
+            assigned = route_many(snap.policy, [r.user_id for r in requests], [r.request_id for r in requests])
+            pairs: dict[int, tuple[Assignment, LoadedVersion]] = {}   # one (assignment, version) per distinct one
+            for a in {id(a): a for a in assigned}.values():   # in order: the first failing instance raises
                 if a.version not in snap.versions:
                     raise NotReady(f"model {handle.name!r} version {a.version} is not loaded; retry shortly")
-                routed.append((a, snap.versions[a.version]))
+                pairs[id(a)] = (a, snap.versions[a.version])
+            routed = [next(iter(pairs.values()))] * len(assigned) if len(pairs) == 1 else \
+                [pairs[id(a)] for a in assigned]
             got = []
-            for lv in {id(lv): lv for _, lv in routed}.values():
+            for lv in {id(lv): lv for _, lv in pairs.values()}.values():
                 if not lv.acquire():
                     break
                 got.append(lv)
@@ -135,17 +155,24 @@ class PredictService:
             time.sleep(0.001)
         raise NotReady(f"model {handle.name!r} is switching versions; retry")
 
-    def _vectors(self, snap: Snapshot, routed: list, requests: Sequence[Request]) -> list[list]:
-        by_version: dict[int, list[int]] = {}
-        for i, (a, _) in enumerate(routed):
-            by_version.setdefault(a.version, []).append(i)
-        out: list[list] = [[] for _ in requests]
+    def _vectors(self, snap: Snapshot, routed: list, requests: Sequence[Request], floats: bool = False
+                 ) -> list[Sequence]:
+        first = routed[0][0].version
+        if all(a.version == first for a, _ in routed):   # the common case: one version for all (no regrouping)
+            by_version: dict[int, Sequence[int]] = {first: range(len(requests))}
+        else:
+            by_version = {}
+            for i, (a, _) in enumerate(routed):
+                by_version.setdefault(a.version, []).append(i)   # type: ignore[union-attr]
+        out: list[Sequence] = [()] * len(requests)
         many = len(requests) > 1
         for v, idxs in by_version.items():
             builder = snap.versions[v].builder
             online = self.fleet.project.online if builder.view_refs else None   # no store read without features
             vecs = builder.build(online, [(requests[i].entities, requests[i].fields) for i in idxs],
-                                 [f"instance {i}: " if many else "" for i in idxs])
+                                 _Where(idxs) if many else None, floats=floats)
+            if len(by_version) == 1:
+                return vecs
             for i, vec in zip(idxs, vecs):
                 out[i] = vec
         return out
@@ -161,7 +188,11 @@ class PredictService:
         left = deadline - t
         out: list[Any] = [None] * len(requests)   # Answer | failure of the model rung (str) | None
         groups: dict[int, list[int]] = {}          # id(loaded version) -> instances: one queue block each
-        if self.cache is None and left > 0:
+        one = routed[0][1]
+        if self.cache is None and left > 0 and all(lv is one for _, lv in routed):   # the common case
+            if one.breaker.state == "closed":
+                groups[id(one)] = list(range(len(requests)))
+        elif self.cache is None and left > 0:
             closed: dict[int, bool] = {}
             for i, (_a, lv) in enumerate(routed):
                 ok = closed.get(id(lv))
@@ -175,7 +206,8 @@ class PredictService:
                 a, lv = routed[idxs[0]]
                 fb = policy.fallback not in (None, a.version) and policy.fallback in snap.versions
                 budget = left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
-                fut = lv.batcher.submit_block([vectors[i] for i in idxs], deadline=t + budget)
+                rows = vectors if len(idxs) == len(vectors) else [vectors[i] for i in idxs]
+                fut = lv.batcher.submit_block(rows, deadline=t + budget)
                 blocks.append((idxs, lv, budget))
                 futs.append(fut)
                 timers.append(loop.call_later(budget, time_out, fut))
@@ -184,7 +216,15 @@ class PredictService:
                 timer.cancel()
                 fut.cancel()
             raise
-        results = await asyncio.gather(*futs, return_exceptions=True)
+        if len(futs) == 1:   # as gather(return_exceptions=True), without its extra task and loop iteration
+            try:
+                results: list = [await futs[0]]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model rung failed: handled below
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futs, return_exceptions=True)
         for timer in timers:
             timer.cancel()
         elapsed = time.monotonic() - t
@@ -194,6 +234,10 @@ class PredictService:
             lv.breaker.record(not isinstance(res, BaseException), elapsed)
             if not isinstance(res, BaseException):
                 cols, version = lv.builder.columns, lv.version
+                if len(idxs) == len(out):   # the whole request in one block: no indexing per instance
+                    out[:] = [Answer(value, version, a.variant, "model", req.request_id, False, vec, a, [], cols)
+                              for value, (a, _), req, vec in zip(res, routed, requests, vectors)]
+                    continue
                 for i, value in zip(idxs, res):
                     a = routed[i][0]
                     out[i] = Answer(value, version, a.variant, "model", requests[i].request_id, False, vectors[i],
@@ -306,45 +350,6 @@ class PredictService:
         return value, False
 
     # -- after the answer --------------------------------------------------------------------
-    def _records(self, name: str, requests: Sequence[Request], answers: list, latency: float) -> list[dict]:
-        """Metrics for the answers of one call (counted per label set, not per instance), and their
-        prediction-log records (errors: with the feature vector)."""
-        counts: dict[tuple, int] = {}
-        recs = []
-        ts = int(time.time() * 1e6)
-        lat_ms = round(latency * 1000, 3)
-        rate = self.cfg.feature_sample
-        for req, ans in zip(requests, answers):
-            if isinstance(ans, BaseException):
-                ans = getattr(ans, "answer", None) if isinstance(ans, (Unavailable, DeadlineError)) else None
-                if ans is None:
-                    continue
-                status, error = "error", "; ".join(ans.failures)
-            else:
-                status, error = "ok", None
-                key = (ans.version, ans.variant, ans.rung)
-                counts[key] = counts.get(key, 0) + 1
-            a = ans.assignment
-            rec = {"kind": "prediction", "request_id": ans.request_id, "ts": ts, "model": name,
-                   "version": ans.version, "variant": ans.variant, "rung": ans.rung, "status": status,
-                   "latency_ms": lat_ms, "output": ans.prediction,
-                   "user_id": None if req.user_id is None else str(req.user_id), "bucket": a.bucket if a else None,
-                   "shadow_version": a.shadow_version if a else None, "cached": ans.cached}
-            if ans.failures:
-                rec["failures"] = ans.failures
-            if error is not None:
-                rec["error"] = error
-            if error is not None or ans.rung != "model" or sampled(ans.request_id, rate):
-                rec["features"] = dict(zip(ans.columns, ans.vector or []))
-            recs.append(rec)
-        m = self.metrics
-        for (version, variant, rung), n in counts.items():
-            m.child(m.requests, name, str(version), variant, rung, "ok").inc(n)
-            m.child(m.rungs, name, rung).inc(n)
-        for variant in {variant for _, variant, _ in counts}:   # one observation per call and variant
-            m.child(m.latency, name, variant).observe(latency)
-        return recs
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)

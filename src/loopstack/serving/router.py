@@ -183,6 +183,26 @@ def route(policy: TrafficPolicy, user_id: str | None, request_id: str) -> Assign
     return Assignment(variant, version, shadow, b)
 
 
+def route_many(policy: TrafficPolicy, user_ids: Sequence[str | None], request_ids: Sequence[str]
+               ) -> list[Assignment]:
+    """``[route(policy, u, r) for u, r in zip(user_ids, request_ids)]``, computing each distinct user's
+    assignment once (the instances of a batch request mostly share one user, or have none). Assignment
+    depends on the user id alone unless shadow copies are sampled (0 < shadow_sample < 1: sampled per
+    request id); then every request is routed on its own."""
+    if policy.shadow is not None and 0 < policy.shadow_sample < 1:
+        return [route(policy, u, r) for u, r in zip(user_ids, request_ids)]
+    if len(set(user_ids)) == 1:
+        return [route(policy, user_ids[0], request_ids[0])] * len(user_ids)
+    memo: dict[Any, Assignment] = {}
+    out = []
+    for u, r in zip(user_ids, request_ids):
+        a = memo.get(u)
+        if a is None:
+            a = memo[u] = route(policy, u, r)
+        out.append(a)
+    return out
+
+
 def _route_user(policy: TrafficPolicy, uid: str, default: tuple[str, int]) -> tuple[str, int, int]:
     if policy.holdback is not None and policy.holdback_percent > 0:
         b = bucket(uid, f"{policy.model}:holdback")

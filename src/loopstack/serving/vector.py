@@ -14,6 +14,8 @@ import math
 import warnings
 import weakref
 from datetime import datetime, timezone
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +27,7 @@ from loopstack.features.retrieval import compute_on_demand
 from loopstack.serving.errors import ServingError
 from loopstack.signature import Signature
 
+_FLOAT = frozenset((float,))
 TIMESTAMP_COLUMN = "event_timestamp"   # what training's entity frames call the row time (on-demand may read it)
 
 
@@ -103,6 +106,11 @@ class VectorBuilder:
                       for (kind, name), dtype in zip(self.kinds, self.dtypes)]
         self._fields_only = [name for _, name, _, _ in self._plan] \
             if not view_refs and not self.odfvs and all(k == "field" for k, *_ in self._plan) else None
+        names = self._fields_only
+        self._all_float = bool(names) and all(is_float for *_, is_float in self._plan)
+        # one name: itemgetter would return the value itself, not a 1-tuple
+        self._getter = (itemgetter(*names) if len(names) > 1 else lambda d, n=names[0]: (d[n],)) \
+            if self._all_float else None
         self.full_names = full   # training named view features 'view__feature' (full_feature_names=True)
         self.join_keys: dict[str, list[str]] = {}
         for ref in view_refs:
@@ -113,10 +121,20 @@ class VectorBuilder:
             self.join_keys.setdefault(view.entity.join_key, []).append(view.name)
 
     def _build_fields(self, instances: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
-                      where: Sequence[str]) -> list[list[Any]]:
-        """`build` when every input is a request field (no store read, no on-demand feature): a list
-        comprehension per vector; a missing field or a value needing conversion takes the general checks."""
+                      where: Sequence[str], floats: bool = False) -> list[Sequence[Any]]:
+        """`build` when every input is a request field (no store read, no on-demand feature). The common
+        case — every input a float, every value a JSON float — is done for the whole batch at once: the
+        rows by one C-level `itemgetter` call each and one type check over all values (tuples come back).
+        Anything else (a missing field, a value needing conversion) takes the per-value checks."""
         names, plan = self._fields_only, self._plan
+        if self._all_float:
+            get = self._getter
+            try:
+                rows = [get(flds) for _, flds in instances]
+            except KeyError:
+                rows = None
+            if rows is not None and (floats or _FLOAT.issuperset(map(type, chain.from_iterable(rows)))):
+                return rows
         vectors = []
         for (ents, flds), w in zip(instances, where):
             try:
@@ -144,11 +162,13 @@ class VectorBuilder:
                 raise InputError(f"{where}missing request field {name!r} ({why}); give it in \"fields\"")
 
     def build(self, online: Any, instances: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
-              where: Sequence[str] | None = None) -> list[list[Any]]:
-        """One vector per (entities, fields) pair; one online read for all of them."""
-        where = list(where or [""] * len(instances))
+              where: Sequence[str] | None = None, floats: bool = False) -> list[Sequence[Any]]:
+        """One vector per (entities, fields) pair (a list, or a tuple from the all-float fast path); one
+        online read for all of them. `floats`: every field value is known to be a float (not checked again)."""
+        if where is None:
+            where = [""] * len(instances)
         if self._fields_only is not None:
-            return self._build_fields(instances, where)
+            return self._build_fields(instances, where, floats)
         for (ents, flds), w in zip(instances, where):
             self.check(ents, flds, w)
         values: list[dict[str, Any]] = [{} for _ in instances]

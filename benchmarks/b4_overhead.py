@@ -1,0 +1,127 @@
+"""B4 server overhead only: loopstack's p50 at concurrency 1 minus the direct model call's p50, at batch 1
+(`:predict`, batching off) and for 32-row `:predict_batch` requests (batching on), as in b4_serving.py.
+
+A short check for work on the request path (the full comparison with the peers is b4_serving.py). The
+direct call runs on the server core (1); `loopstack serve` runs per model and batching mode
+(b4_servers.Server: pinned to core 1, the closed-loop client b4_client.py pinned to core 0). Each cell is
+measured `--repeat` times, each time right after its own direct call; medians are reported with the
+1-minute load average and the server's CPU time per request (all its threads: steadier than latency on
+a shared machine). With `--before SRC`, a second server runs the code under SRC (e.g. an exported older
+commit's src/) and the two are measured alternately, so both see the same load.
+
+    python benchmarks/b4_overhead.py                                  # lgbm + mlp, rows 1 and 32, 3 repeats
+    python benchmarks/b4_overhead.py --models lgbm --rows 32 --seconds 3 --repeat 5
+    git archive HEAD src | tar -x -C /tmp/base && python benchmarks/b4_overhead.py --before /tmp/base/src
+    python benchmarks/b4_overhead.py --loopstack-args '--no-log-predictions'
+
+Uses .bench/b4 (models and the project; made by b4_models.py / b4_servers.make_loopstack_project when
+missing). Appends each run to .bench/results/b4_overhead.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import b4_models
+import b4_servers as S
+from b4_serving import direct_baseline
+
+OUT = S.BENCH / "results" / "b4_overhead.jsonl"
+
+
+def project() -> Path:
+    root = S.WORK / "project"
+    if not (root / "loopstack.yaml").exists():
+        print("making the B4 project", flush=True)
+        b4_models.build()
+        S.make_loopstack_project(root)
+    return root
+
+
+def start(model: str, rows: int, extra: tuple[str, ...], src: str | None) -> S.Server:
+    """`loopstack serve` for `model` (batching off for 1-row requests, on for 32), from `src` if given."""
+    command = S.command
+    if src:
+        def from_src(*args, **kwargs):
+            cmd, env = command(*args, **kwargs)
+            return cmd, {**env, "PYTHONPATH": f"{src}{os.pathsep}{env['PYTHONPATH']}"}
+        S.command = from_src
+    try:
+        srv = S.Server("loopstack", model, rows != 1, S.Settings(loopstack_args=extra), project())
+    finally:
+        S.command = command
+    srv.wait_ready(S.first_body("loopstack", model), S.predict_path("loopstack", model, 1))
+    return srv
+
+
+def measure(models: list[str], rows: list[int], seconds: float, warmup: float, repeat: int,
+            extra: tuple[str, ...], before: str | None) -> dict:
+    """{variant: {"model/rows": {"direct": [...], "server": [...], "load": [...], "requests": [...],
+    "server_cpu_ms": [...]}}} with variant "after" (the installed code) and "before" (`before`, if given)."""
+    variants = {"after": None, **({"before": str(Path(before).resolve())} if before else {})}
+    out: dict = {v: {} for v in variants}
+    for m in models:
+        for r in rows:
+            servers = {v: start(m, r, extra, src) for v, src in variants.items()}
+            try:
+                for _ in range(repeat):
+                    for v, srv in servers.items():
+                        d = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]
+                        la = os.getloadavg()[0]
+                        res = S.run_client(srv, r, 1, seconds, warmup, stats=False)
+                        # the CPU figure covers warm-up + window, the count only the window: scaled
+                        cpu = res["server_cpu_seconds"] * 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)
+                        cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
+                                                              "server_cpu_ms": []})
+                        for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
+                                     ("server_cpu_ms", cpu)):
+                            cell[k].append(x)
+                        print(f"  {v:6s} {m} rows={r}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
+                              f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
+                              f"cpu {cpu:.3f} ms/request (load {la:.2f})", flush=True)
+            finally:
+                for srv in servers.values():
+                    srv.stop()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(b4_models.MODELS))
+    p.add_argument("--rows", default="1,32", help="rows per request: 1 (:predict) and/or 32 (:predict_batch)")
+    p.add_argument("--seconds", type=float, default=4.0, help="measured window per repeat")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--loopstack-args", default="", help="extra `loopstack serve` flags")
+    p.add_argument("--before", default="", help="also serve the code under this src/ directory, alternately")
+    p.add_argument("--label", default="", help="a name for this run in the results file")
+    a = p.parse_args()
+    b4_models.single_thread()
+    models, rows = a.models.split(","), [int(r) for r in a.rows.split(",")]
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    res = measure(models, rows, a.seconds, a.warmup, a.repeat, tuple(a.loopstack_args.split()), a.before or None)
+    print(f"\n{'code':6s} {'cell':8s} {'direct p50':>10s} {'server p50':>10s} {'overhead':>9s} {'min':>7s} "
+          f"{'cpu/req':>8s}  (ms; medians of {a.repeat}, min overhead; load)")
+    summary: dict = {}
+    for v, cells in res.items():
+        for key, c in cells.items():
+            overs = [s - d for d, s in zip(c["direct"], c["server"])]
+            row = {**c, "direct_p50_ms": statistics.median(c["direct"]),
+                   "server_p50_ms": statistics.median(c["server"]), "overhead_ms": statistics.median(overs),
+                   "min_overhead_ms": min(overs), "server_cpu_ms_median": statistics.median(c["server_cpu_ms"])}
+            summary.setdefault(v, {})[key] = row
+            print(f"{v:6s} {key:8s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
+                  f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f}  "
+                  f"(load {min(c['load']):.1f}-{max(c['load']):.1f})")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with OUT.open("a") as f:
+        f.write(json.dumps({"started": started, "label": a.label, "loopstack_args": a.loopstack_args,
+                            "before": a.before, "seconds": a.seconds, "repeat": a.repeat, "cells": summary}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
