@@ -9,9 +9,10 @@ Parquet file for ``materialize``.
 
 ``load``: ``store.materialize(start, end)``. ``read``: a warm-up, then ``--requests`` sequential
 ``store.get_online_features(features, entity_rows).to_dict()`` calls with random entity ids
-(fixed seed; the same ids as loopstack's), each timed. Prints one JSON line.
+(``--seed``; the driver passes the seed of loopstack's ``plain``/``service`` case, so both systems
+read the same ids in that case), each timed. Prints one JSON line.
 
-Usage: b2_feast.py load|read --repo DIR --data DIR --online sqlite|redis [--redis HOST:PORT,db=1]
+Usage: b2_feast.py load|read --repo DIR --data DIR --online sqlite|redis [--redis HOST:PORT,db=1] [--seed S]
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main() -> None:
     p.add_argument("--redis", default=None, help="Feast connection string, e.g. 127.0.0.1:6379,db=1")
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--requests-100", type=int, default=2_000)
+    p.add_argument("--seed", type=int, default=11,
+                   help="request-id seed (b2_loopstack.CASE_SEEDS['plain', 'service'] = 11: the same ids)")
     a = p.parse_args()
 
     import feast
@@ -91,7 +94,7 @@ def main() -> None:
         cases = {}
         for batch, nreq in ((1, a.requests), (100, a.requests_100)):
             warm = max(200, nreq // 10) if batch == 1 else max(20, nreq // 10)
-            keys = request_keys(n, nreq + warm, batch, seed=1)
+            keys = request_keys(n, nreq + warm, batch, seed=a.seed)
             rows = [[{"user_id": int(k)} for k in req] for req in keys]
             for r in rows[:warm]:
                 store.get_online_features(features=refs, entity_rows=r).to_dict()

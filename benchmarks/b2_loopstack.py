@@ -9,11 +9,14 @@ The online backend is chosen with the usual overrides (``LOOPSTACK_ONLINE__BACKE
 ``load``: ``loopstack.features.materialize.materialize(project, start, end)`` of both views (the
 public batch path: DuckDB reads the sources, chunks go through ``OnlineFeatures.apply_events``).
 ``read``: for each case (view x API x batch size), a warm-up, then ``--requests`` sequential
-requests with random entity ids (fixed seed), each timed with ``perf_counter_ns``. APIs:
+requests with random entity ids, each timed with ``perf_counter_ns``. Every case draws its own ids
+(``CASE_SEEDS``: a case never re-reads the pages an earlier case of the same process touched; Feast's
+case uses the ``plain``/``service`` seed, so it gets the same ids as that case). APIs:
 ``project``: ``Project.get_online_features`` (what users call); ``service``: the
-``OnlineFeatures`` instance held across calls (what the HTTP server calls). Prints one JSON line.
+``OnlineFeatures`` instance held across calls (what the HTTP server calls); ``--project-first``
+times ``project`` before ``service`` (the driver alternates it across repeats). Prints one JSON line.
 
-Usage: b2_loopstack.py load|read --project DIR --data DIR [--requests N] [--requests-100 N]
+Usage: b2_loopstack.py load|read --project DIR --data DIR [--requests N] [--requests-100 N] [--project-first]
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ from b2_data import FEATURES, N_FLOAT, T_END_US, load_meta, request_keys, summar
 WINDOWED = [("count", None, "1h"), ("count", None, "1d"), ("count", None, "7d"), ("sum", "f7", "1d"),
             ("sum", "f7", "7d"), ("mean", "f0", "1d"), ("mean", "f0", "7d"), ("max", "f1", "1h"),
             ("max", "f1", "1d"), ("max", "f1", "7d")]
+# request-id seed of each (view, API) case (b2_data.request_keys also mixes in the batch size, so 1x10 and
+# 100x10 differ too); b2_feast.py's one case uses CASE_SEEDS["plain", "service"] (the driver passes it)
+CASE_SEEDS = {("plain", "service"): 11, ("plain", "project"): 12, ("windowed", "service"): 13,
+              ("windowed", "project"): 14}
 
 
 def peak_rss_bytes() -> int:
@@ -101,20 +108,20 @@ def cmd_read(project, meta: dict, a) -> dict:
     for view in ("plain", "windowed"):
         feats = refs(view)
         as_of = None if view == "plain" else T_END_US  # windows as of the data's end; plain: now (default)
-        for api in ("service", "project"):
+        for api in (("project", "service") if a.project_first else ("service", "project")):
             fn = (online.get_online_features if api == "service" else project.get_online_features)
             for batch, nreq in ((1, a.requests), (100, a.requests_100)):
                 if view == "windowed" and api == "project" and batch == 100:
                     continue
                 warm = max(200, nreq // 10) if batch == 1 else max(20, nreq // 10)
-                keys = request_keys(n, nreq + warm, batch, seed=1)
+                keys = request_keys(n, nreq + warm, batch, seed=CASE_SEEDS[view, api])
                 cases[f"{view}|{api}|{batch}"] = time_calls(
                     lambda r, fn=fn, feats=feats, as_of=as_of: fn(feats, r, as_of), keys, warm)
     # answers for a fixed sample, compared with Feast's by the driver
     sample = [int(k) for k in request_keys(n, 1, 200, seed=7)[0]]
     resp = online.get_online_features(refs("plain"), [{"user_id": k} for k in sample])
     answers = {str(k): [row[f] for f in FEATURES] for k, row in zip(sample, resp.rows)}
-    return {"cases": cases, "answers": answers}
+    return {"cases": cases, "answers": answers, "order": list(cases)}
 
 
 def main() -> None:
@@ -124,6 +131,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--requests", type=int, default=10_000, help="timed requests for 1 entity x 10 features")
     p.add_argument("--requests-100", type=int, default=2_000, help="timed requests for 100 entities x 10 features")
+    p.add_argument("--project-first", action="store_true",
+                   help="time Project.get_online_features before OnlineFeatures (default: after)")
     a = p.parse_args()
 
     import loopstack
