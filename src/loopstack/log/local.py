@@ -10,7 +10,7 @@ Layout under ``root``::
 
 ``append`` writes every record of the call, fsyncs each touched partition once (group commit) and
 only then returns. A crash (kill -9) can leave at most a torn frame at the end of a partition; it is
-never returned by reads (CRC + length checks) and is cut off by the next append.
+never returned by reads (CRC + length checks) and is cut off by the next append to that partition.
 """
 from __future__ import annotations
 

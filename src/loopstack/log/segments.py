@@ -8,7 +8,7 @@ Files in ``<root>/<topic>/<partition>/``:
 * ``<base_offset:020d>.idx`` — the sparse index: ``(offset, position, ts)`` as three little-endian
   int64, one for the first frame of the segment and then one at least every ``index_interval`` bytes.
   It is written *after* the data it points to is fsynced, so an entry never points at lost data; it is
-  only a hint (recovery re-validates and extends it).
+  only a hint (recovery re-validates and extends it, and cuts a partial last entry left by a torn write).
 
 Recovery (`refresh(repair=True)`, done under the topic lock before every append and so also on the
 first append after a crash) resumes from the last index entry of the active segment, checks every
@@ -74,6 +74,13 @@ def frames(path: Path, pos: int, off: int) -> Iterator[tuple[int, int, bytes]]:
             i, off = end, off + 1
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short write (disk full, ...) must fail the append, not ack it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)
     try:
@@ -136,11 +143,23 @@ class Partition:
             return
         fd = os.open(seg_path(self.dir, base, "idx"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, b"".join(IDX.pack(*e) for e in entries))
+            _write_all(fd, b"".join(IDX.pack(*e) for e in entries))
             if fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _cut_partial_index_entry(self, base: int) -> None:
+        """Drop the partial last entry a kill -9 mid-write can leave (the kernel stops a write at a page
+        boundary, and 4096 % 24 != 0); appending after it would misalign every later entry."""
+        p = seg_path(self.dir, base, "idx")
+        try:
+            extra = p.stat().st_size % IDX.size
+        except FileNotFoundError:
+            return
+        if extra:
+            with open(p, "r+b") as f:
+                f.truncate(f.seek(0, os.SEEK_END) - extra)
 
     def _rewrite_index(self, base: int, entries: list[tuple[int, int, int]]) -> None:
         p = seg_path(self.dir, base, "idx")
@@ -204,6 +223,7 @@ class Partition:
             kept = [e for e in self.index(base) if e[1] < self.pos]
             if len(kept) != len(self.index(base)):
                 self._rewrite_index(base, kept)
+        self._cut_partial_index_entry(base)
         self._write_index(base, add, fsync=False)
 
     # -- writing -----------------------------------------------------------------------------
@@ -225,9 +245,10 @@ class Partition:
             for key, value_json in items:
                 fr = encode_frame(ts, key, value_json)
                 if size > 0 and size + len(fr) > self.segment_bytes:  # roll to a new segment
-                    os.write(fd, b"".join(buf))
+                    _write_all(fd, b"".join(buf))
                     os.fsync(fd)
                     os.close(fd)
+                    fd = -1
                     self._write_index(base, new_idx, fsync=True)
                     base, size, last_idx, buf, new_idx = self.next, 0, -1, [], []
                     fd = os.open(seg_path(self.dir, base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -240,10 +261,14 @@ class Partition:
                 buf.append(fr)
                 size += len(fr)
                 self.next += 1
-            os.write(fd, b"".join(buf))
+            _write_all(fd, b"".join(buf))
             os.fsync(fd)  # group commit: one fsync for everything this call wrote to the segment
+        except BaseException:
+            self.active = None  # cached next/pos ran ahead of the files: the next refresh re-reads them
+            raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._write_index(base, new_idx, fsync=False)
         self.pos, self.last_ts = size, ts
         return first, ts
