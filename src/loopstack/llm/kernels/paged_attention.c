@@ -11,6 +11,7 @@
  * Sequences are spread over OpenMP threads (dynamic schedule); the function keeps no global state.
  */
 #include <float.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,9 +24,22 @@ static inline void prefetch_row(const void *p, int64_t bytes)
     for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
 }
 
-/* Element i of a K/V row that is float32 (half == 0) or _Float16 (half == 1); half is a constant at every
- * inlined call site, so the branch folds away and the float16 loads vectorize as widening conversions. */
-#define KV_AT(base, half, i) ((half) ? (float)((const _Float16 *)(base))[i] : ((const float *)(base))[i])
+/* One token's K or V row (all KV heads) as float32: the row itself for a float32 cache, else widened into tmp
+ * (16 lanes per instruction with AVX-512; half is a constant at every inlined call site). */
+static inline __attribute__((always_inline)) const float *row_f32(const void *row, const int half, float *tmp,
+                                                                  int64_t n)
+{
+    if (!half) return (const float *)row;
+    const uint16_t *h = (const uint16_t *)row;
+    int64_t i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(tmp + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+#endif
+    for (; i < n; i += 1) tmp[i] = (float)((const _Float16 *)row)[i];
+    return tmp;
+}
+
 #define KV_PTR(base, half, off) ((half) ? (const void *)((const _Float16 *)(base) + (off)) \
                                         : (const void *)((const float *)(base) + (off)))
 
@@ -34,7 +48,7 @@ static inline __attribute__((always_inline)) void attend_seq(
     const float *q, int64_t q_row_stride, const void *k_cache, const void *v_cache, const int half, const int64_t *bt,
     int64_t q_start, int64_t ql, int64_t c, float *out, int64_t out_row_stride, int64_t heads, int64_t grp,
     const int64_t d, int64_t kvh, int64_t block_size, float scale, float *scores, int64_t max_ctx, float *acc,
-    float *qv)
+    float *qv, float *wide)
 {
     const int64_t nr = heads * ql, tok_stride = kvh * d, blk_stride = block_size * tok_stride;
     const int64_t nblocks = (c + block_size - 1) / block_size;
@@ -51,14 +65,13 @@ static inline __attribute__((always_inline)) void attend_seq(
         const void *kn = KV_PTR(k_cache, half, bt[b + 1 < nblocks ? b + 1 : b] * blk_stride);
         const int64_t n = (b + 1) * block_size <= c ? block_size : c - b * block_size;
         for (int64_t o = 0; o < n; o += 1) {
-            const void *kt = KV_PTR(kb, half, o * tok_stride);
+            const float *kt = row_f32(KV_PTR(kb, half, o * tok_stride), half, wide, tok_stride);
             prefetch_row(KV_PTR(kn, half, o * tok_stride), tok_stride * esz);
             for (int64_t r = 0; r < nr; r += 1) {
-                const float *qr = qv + r * d;
-                const void *kp = KV_PTR(kt, half, ((r % heads) / grp) * d);
+                const float *qr = qv + r * d, *kp = kt + ((r % heads) / grp) * d;
                 float dot = 0.0f;
 #pragma omp simd reduction(+:dot)
-                for (int64_t i = 0; i < d; i += 1) dot += qr[i] * KV_AT(kp, half, i);
+                for (int64_t i = 0; i < d; i += 1) dot += qr[i] * kp[i];
                 scores[r * max_ctx + b * block_size + o] = dot;
             }
         }
@@ -81,14 +94,13 @@ static inline __attribute__((always_inline)) void attend_seq(
         const void *vn = KV_PTR(v_cache, half, bt[b + 1 < nblocks ? b + 1 : b] * blk_stride);
         const int64_t n = (b + 1) * block_size <= c ? block_size : c - b * block_size;
         for (int64_t o = 0; o < n; o += 1) {
-            const void *vt = KV_PTR(vb, half, o * tok_stride);
+            const float *vt = row_f32(KV_PTR(vb, half, o * tok_stride), half, wide, tok_stride);
             prefetch_row(KV_PTR(vn, half, o * tok_stride), tok_stride * esz);
             for (int64_t r = 0; r < nr; r += 1) {
-                const float p = scores[r * max_ctx + b * block_size + o];
-                const void *vp = KV_PTR(vt, half, ((r % heads) / grp) * d);
+                const float p = scores[r * max_ctx + b * block_size + o], *vp = vt + ((r % heads) / grp) * d;
                 float *a = acc + r * d;
 #pragma omp simd
-                for (int64_t i = 0; i < d; i += 1) a[i] += p * KV_AT(vp, half, i);
+                for (int64_t i = 0; i < d; i += 1) a[i] += p * vp[i];
             }
         }
     }
@@ -120,7 +132,8 @@ static inline __attribute__((always_inline)) int paged_attention(const int half,
         float *scores = (float *)malloc(sizeof(float) * (size_t)(rows * padded));
         float *acc = (float *)malloc(sizeof(float) * (size_t)(rows * d));
         float *qv = (float *)malloc(sizeof(float) * (size_t)(rows * d));
-        if (!scores || !acc || !qv) {
+        float *wide = (float *)malloc(sizeof(float) * (size_t)(kvh * d));
+        if (!scores || !acc || !qv || !wide) {
             failed = 1;
         } else {
 #pragma omp for schedule(dynamic, 1)
@@ -128,19 +141,19 @@ static inline __attribute__((always_inline)) int paged_attention(const int half,
                 const int64_t *bt = block_tables + s * bt_stride;
                 if (d == 64 && half)
                     attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv);
+                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv, wide);
                 else if (d == 64)
                     attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv);
+                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv, wide);
                 else if (half)
                     attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv);
+                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv, wide);
                 else
                     attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv);
+                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv, wide);
             }
         }
-        free(scores); free(acc); free(qv);
+        free(scores); free(acc); free(qv); free(wide);
     }
     return failed ? -1 : 0;
 }
