@@ -78,7 +78,7 @@ def render(res: dict) -> str:
                    f"{verdict(ratio(f16, statics[best_b]) if best_b else None, 2)}. Its greedy outputs equal the "
                    f"float32 cache's for {agree.get('identical', '?')} of {agree.get('requests', '?')} requests; on "
                    f"average {100 * agree.get('mean_prefix_share', float('nan')):.0f} % of each output is generated "
-                   "before the two first differ (random-token prompts make near-ties common).")
+                   "before the two first differ.")
     if ceil and ls:
         share = ls["tok_per_s"] / ceil["ceiling_tok_per_s"]
         out += ["", "### The physical limit", "",
