@@ -257,3 +257,14 @@ def test_float16_kv_cache_stays_close_to_dense_and_halves_the_block_size(tiny_mo
     assert f16.resolve_num_blocks(cfg) == 2 * f32.resolve_num_blocks(cfg)
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of float32, float16"):
         EngineConfig(kv_cache_dtype="bfloat16")
+
+
+def test_loading_the_kernel_keeps_subnormal_floats(attention_path):
+    """The kernel is compiled with -ffast-math but must not switch the process to flush-to-zero (linking
+    crtfastmath.o would): every float op of Python, numpy and torch would silently change."""
+    from loopstack.llm import kernels
+
+    kernels.library()
+    tiny = float("2.2250738585072014e-308")  # smallest normal double
+    assert tiny / 4 > 0.0
+    assert (torch.tensor([1e-38], dtype=torch.float32) / 100).item() > 0.0

@@ -25,7 +25,10 @@ from loopstack.llm.config import default_cache_dir
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.c")
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+# -ffast-math compiles only: linking with it would add crtfastmath.o, whose constructor switches the whole
+# process to flush-subnormals-to-zero (every float op in Python, numpy and torch would change).
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
 ENV_SWITCH = "LOOPSTACK_LLM_KERNELS"  # "0" disables the native kernels (pure-torch path)
 
 _lock = threading.Lock()
@@ -49,9 +52,11 @@ def _cpu_key() -> str:
 def _build(cc: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_so = Path(tmp) / out.name
-        subprocess.run([cc, *FLAGS, "-o", str(tmp_so), str(SOURCE), "-lm"], check=True, capture_output=True,
-                       text=True, timeout=120)
+        tmp_o, tmp_so = Path(tmp) / "kernel.o", Path(tmp) / out.name
+        compile_, link = [cc, *FLAGS, "-c", "-o", str(tmp_o), str(SOURCE)], [cc, *LINK_FLAGS, "-o", str(tmp_so),
+                                                                              str(tmp_o), "-lm"]
+        for cmd in (compile_, link):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
         os.replace(tmp_so, out)  # atomic: concurrent builders never load a half-written library
 
 
@@ -68,7 +73,7 @@ def library() -> ctypes.CDLL | None:
         if cc is None:
             log.warning("no C compiler found: paged attention uses the slower pure-torch path")
             return None
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + cc.encode()
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + LINK_FLAGS).encode() + cc.encode()
                              + _cpu_key().encode()).hexdigest()[:16]
         so = default_cache_dir() / "kernels" / f"paged_attention-{key}.so"
         try:
