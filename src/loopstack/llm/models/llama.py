@@ -27,8 +27,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # MKL's packed-weight sgemm skips re-packing the weight on every call: 20-40% faster at decode batch sizes on
-# CPU, and bit-identical to F.linear from this many rows on (below it MKL takes a differently-rounding path).
-PACKED_MIN_ROWS = 16
+# CPU, and up to 1.9x on the 4-16 rows of a speculative verification step (F.linear re-packs the whole weight
+# for every small GEMM). Below 16 rows it rounds differently from F.linear (within float32 rounding); 1-3 rows
+# stay on F.linear, whose GEMV is faster there.
+PACKED_MIN_ROWS = 4
 
 
 class PackedLinear:
