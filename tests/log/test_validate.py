@@ -1,11 +1,14 @@
 """validate_record: pure schema checks and normalisation (no I/O)."""
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loopstack.features.definitions import Field
 from loopstack.log.validate import reason_kind, validate_record
@@ -75,3 +78,47 @@ def test_required_nulls_and_extras():
 @pytest.mark.parametrize("v", [float("inf"), float("-inf")])
 def test_non_finite_floats_rejected(v):
     assert "finite" in bad({"f": v})
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5), st.integers(-(1 << 40), 1 << 40).map(np.int64), st.floats(-1e9, 1e9).map(np.float32),
+    st.datetimes(), st.lists(st.floats(allow_nan=True), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.floats(allow_nan=True), st.integers(), st.none()), max_size=3))
+_DTYPES = ["int8", "int32", "int64", "float32", "float64", "bool", "string", "timestamp"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_DTYPES), st.booleans()), min_size=1, max_size=5),
+       st.lists(_VALUES, min_size=7, max_size=7))
+def test_fast_path_gives_exactly_what_the_full_checks_give(spec, values):
+    """Plain values taken as they are (the fast path) must give the same record or the same reason as the
+    full conversion rules, for every dtype and every kind of value, extras included."""
+    from loopstack.log import validate as V
+
+    schema = tuple(Field(f"f{i}", dt, required=req) for i, (dt, req) in enumerate(spec))
+    record = {f"f{i}": v for i, v in enumerate(values[:len(schema)])}
+    record["extra_plain"], record["extra_other"] = values[5], values[6]
+    got = V.validate_record(record, schema)
+    saved = dict(V._FAST_TYPES)
+    V._FAST_TYPES.clear()
+    V._PLANS.clear()
+    try:
+        slow = V.validate_record(record, schema)
+    finally:
+        V._FAST_TYPES.update(saved)
+        V._PLANS.clear()
+    assert _same(got, slow)
+
+
+def _same(a, b) -> bool:
+    """Equal, with NaN equal to NaN and types compared too (1 and 1.0 differ in the log's JSON)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

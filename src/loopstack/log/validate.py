@@ -131,7 +131,16 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
+        out = {}
+        for k, x in v.items():  # plain values inline: a logged feature vector is tens of floats
+            t = type(x)
+            if x is None or t is str or t is int or t is bool:
+                out[k if type(k) is str else str(k)] = x
+            elif t is float:
+                out[k if type(k) is str else str(k)] = x if math.isfinite(x) else None
+            else:
+                out[str(k)] = json_safe(x)
+        return out
     if isinstance(v, (list, tuple)):
         return [json_safe(x) for x in v]
     if _is_null(v):
@@ -141,28 +150,61 @@ def json_safe(v: Any) -> Any:
     return repr(v)
 
 
+# Exact Python types that need no conversion for a dtype (bool is not int's exact type, so it never passes
+# as an integer here; floats still need the finiteness check, ints the range check).
+_FAST_TYPES = {"string": str, "bool": bool, "float32": float, "float64": float,
+               **{dt: int for dt in _INT_RANGES}}
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(schema: Sequence[Field]) -> tuple:
+    """Per-schema lookups built once (a topic's schema object is reused for every record of every append)."""
+    plan = _PLANS.get(id(schema))
+    if plan is None or plan[0] is not schema:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        fields = tuple((f, f.name, _FAST_TYPES.get(f.dtype),
+                        1 << (_INT_RANGES[f.dtype] - 1) if f.dtype in _INT_RANGES else 0) for f in schema)
+        plan = _PLANS[id(schema)] = (schema, frozenset(f.name for f in schema), fields)
+    return plan
+
+
 def validate_record(record: Any, schema: Sequence[Field]) -> tuple[dict | None, str | None]:
-    """Check one record against `schema`: ``(normalised, None)`` or ``(None, reason)``."""
+    """Check one record against `schema`: ``(normalised, None)`` or ``(None, reason)``.
+
+    Values that already are the plain Python type of their field (a str for a string, a finite float for a
+    float, an in-range int for an integer) are taken as they are; everything else goes through the full
+    conversion and checks below, which define the rules.
+    """
     if not isinstance(record, dict):
         return None, f"record is not an object (mapping of field -> value): got {type(record).__name__} " \
                      f"{_short(record)}"
+    _, names, fields = _plan(schema)
     out: dict[str, Any] = {}
-    for f in schema:
-        v = _py(record.get(f.name))
+    for f, name, fast, bound in fields:
+        v = record.get(name)
+        t = type(v)
+        if t is fast and (t is not float or math.isfinite(v)) and (not bound or -bound <= v < bound):
+            out[name] = v
+            continue
+        v = _py(v)
         if _is_null(v):
             if f.required:
-                what = "missing" if f.name not in record else "null"
-                return None, f"field {f.name!r} ({f.dtype}) is required but {what}: got {_short(record.get(f.name))}"
-            out[f.name] = None
+                what = "missing" if name not in record else "null"
+                return None, f"field {name!r} ({f.dtype}) is required but {what}: got {_short(record.get(name))}"
+            out[name] = None
             continue
         norm, why = _check(f, v)
         if why is not None:
-            return None, f"field {f.name!r}: {why}: got {_short(v)} ({type(v).__name__})"
-        out[f.name] = norm
-    names = {f.name for f in schema}
+            return None, f"field {name!r}: {why}: got {_short(v)} ({type(v).__name__})"
+        out[name] = norm
     for k, v in record.items():
         if k not in names:
-            out[str(k)] = json_safe(v)
+            t = type(v)
+            if type(k) is str and (v is None or t is str or t is int or t is bool):
+                out[k] = v
+            else:
+                out[str(k)] = json_safe(v)
     return out, None
 
 
