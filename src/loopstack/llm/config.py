@@ -113,11 +113,12 @@ class EngineConfig:
             raise ValueError("EngineConfig needs 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                              f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
 
-    def resolve_num_blocks(self, model: LlamaConfig, dtype_bytes: int | None = None) -> int:
-        """Number of KV blocks: num_kv_blocks if set, else as many as fit in kv_cache_mb for this model."""
+    def resolve_num_blocks(self, model: LlamaConfig) -> int:
+        """Number of KV blocks: num_kv_blocks if set, else as many as fit in kv_cache_mb for this model and
+        kv_cache_dtype."""
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
-        dtype_bytes = dtype_bytes or (2 if self.kv_cache_dtype == "float16" else 4)
+        dtype_bytes = 2 if self.kv_cache_dtype == "float16" else 4
         per_block = 2 * model.num_layers * self.block_size * model.num_kv_heads * model.head_dim * dtype_bytes
         n = int(self.kv_cache_mb * 1024 * 1024 // per_block)
         if n < 1:

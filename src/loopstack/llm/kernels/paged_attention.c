@@ -139,18 +139,15 @@ static inline __attribute__((always_inline)) int paged_attention(const int half,
 #pragma omp for schedule(dynamic, 1)
             for (int64_t s = 0; s < num_seqs; s += 1) {
                 const int64_t *bt = block_tables + s * bt_stride;
-                if (d == 64 && half)
-                    attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv, wide);
-                else if (d == 64)
-                    attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, 64, kvh, block_size, scale, scores, padded, acc, qv, wide);
-                else if (half)
-                    attend_seq(q, q_row_stride, k_cache, v_cache, 1, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv, wide);
+                /* literal half and d at each call so the inlined copy is specialised (d == 64: SmolLM2, Llama) */
+#define ATTEND(HALF, D) attend_seq(q, q_row_stride, k_cache, v_cache, HALF, bt, q_starts[s], q_lens[s], ctx_lens[s], \
+                                   out, out_row_stride, heads, grp, D, kvh, block_size, scale, scores, padded, acc, \
+                                   qv, wide)
+                if (d == 64)
+                    half ? ATTEND(1, 64) : ATTEND(0, 64);
                 else
-                    attend_seq(q, q_row_stride, k_cache, v_cache, 0, bt, q_starts[s], q_lens[s], ctx_lens[s], out,
-                               out_row_stride, heads, grp, d, kvh, block_size, scale, scores, padded, acc, qv, wide);
+                    half ? ATTEND(1, d) : ATTEND(0, d);
+#undef ATTEND
             }
         }
         free(scores); free(acc); free(qv); free(wide);

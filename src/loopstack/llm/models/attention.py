@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from loopstack.llm import kernels
 from loopstack.llm.config import LlamaConfig
 
-# Sequences whose query length is at most this are batched together (one gather + one SDPA per group);
-# covers decode (1) and speculative verification (k+1). Longer prefill chunks are processed one by one.
+# Sequences whose query length is at most this are batched together: all in one native-kernel call, or (the
+# pure-torch path) one gather + one SDPA per group; covers decode (1) and speculative verification (k+1).
+# Longer prefill chunks are processed one by one.
 BATCHED_MAX_QUERY_LEN = 16
 MIN_BUCKET = 4  # fewest sequences worth a separate gather + SDPA when splitting a group by length
 # A group's gathered K (and V) is split into chunks of about this many bytes, so each chunk's copy stays in the
@@ -145,22 +146,22 @@ class AttnMetadata:
             if -(-c // self.block_size) > self.block_tables.shape[1]:
                 raise ValueError(f"AttnMetadata: context_len {c} needs more blocks than block_tables has columns")
 
-    def plan(self, block_bytes: int = 0, kv_heads: int = 0) -> _Plan:
+    def plan(self, block_bytes: int = 0, use_kernel: bool = False) -> _Plan:
         """Per-step attention plan, computed once and shared by every layer.
 
         block_bytes (one layer's K block in bytes) lets big decode groups be gathered in cache-sized chunks;
-        kv_heads > 0 hands short queries to the native kernel (callers pass it when the cache is float32).
+        use_kernel hands short queries to the native kernel when it is available.
         """
         if self._plan is None:
             self.validate()
             self.block_tables = self.block_tables.long()
             self.slot_mapping = self.slot_mapping.long()
             self._block_bytes = block_bytes
-            self._plan = _build_plan(self, kv_heads if kernels.library() is not None else 0)
+            self._plan = _build_plan(self, use_kernel and kernels.library() is not None)
         return self._plan
 
 
-def _build_plan(meta: AttnMetadata, kernel_kv_heads: int = 0) -> _Plan:
+def _build_plan(meta: AttnMetadata, use_kernel: bool = False) -> _Plan:
     bs = meta.block_size
     starts: list[int] = []
     pos = 0
@@ -171,7 +172,7 @@ def _build_plan(meta: AttnMetadata, kernel_kv_heads: int = 0) -> _Plan:
     singles: list[_Single] = []
     short: list[int] = []
     for s, (q, c) in enumerate(zip(meta.query_lens, meta.context_lens)):
-        if q <= BATCHED_MAX_QUERY_LEN and kernel_kv_heads:
+        if q <= BATCHED_MAX_QUERY_LEN and use_kernel:
             short.append(s)
         elif q <= BATCHED_MAX_QUERY_LEN:
             by_qlen.setdefault(q, []).append(s)

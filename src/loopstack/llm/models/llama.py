@@ -135,7 +135,7 @@ class LlamaForCausalLM(nn.Module):
         cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, D/2]
         sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
         # validates and normalises index dtypes once for all layers; short queries go to the native kernel
-        meta.plan(kv.k[0, 0].nbytes, nkv)
+        meta.plan(kv.k[0, 0].nbytes, use_kernel=True)
         slots = meta.slot_mapping
         linear = self._linear if self.__dict__.get("_packs") else F.linear
         x = self.embed_tokens(input_ids)
