@@ -131,16 +131,7 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, dict):
-        out = {}
-        for k, x in v.items():  # plain values inline: a logged feature vector is tens of floats
-            t = type(x)
-            if x is None or t is str or t is int or t is bool:
-                out[k if type(k) is str else str(k)] = x
-            elif t is float:
-                out[k if type(k) is str else str(k)] = x if math.isfinite(x) else None
-            else:
-                out[str(k)] = json_safe(x)
-        return out
+        return _safe_items({}, v.items())
     if isinstance(v, (list, tuple)):
         return [json_safe(x) for x in v]
     if _is_null(v):
@@ -167,6 +158,21 @@ def _plan(schema: Sequence[Field]) -> tuple:
                         1 << (_INT_RANGES[f.dtype] - 1) if f.dtype in _INT_RANGES else 0) for f in schema)
         plan = _PLANS[id(schema)] = (schema, frozenset(f.name for f in schema), fields)
     return plan
+
+
+def _safe_items(out: dict, items: Iterable[tuple[Any, Any]]) -> dict:
+    """`json_safe` of each value into `out` under its key as a string; plain values (None, str, int, bool,
+    float) inline, since a logged record's extras and feature vector are mostly those."""
+    for k, x in items:
+        t = type(x)
+        key = k if type(k) is str else str(k)
+        if x is None or t is str or t is int or t is bool:
+            out[key] = x
+        elif t is float:
+            out[key] = x if math.isfinite(x) else None
+        else:
+            out[key] = json_safe(x)
+    return out
 
 
 def validate_record(record: Any, schema: Sequence[Field]) -> tuple[dict | None, str | None]:
@@ -198,14 +204,7 @@ def validate_record(record: Any, schema: Sequence[Field]) -> tuple[dict | None, 
         if why is not None:
             return None, f"field {name!r}: {why}: got {_short(v)} ({type(v).__name__})"
         out[name] = norm
-    for k, v in record.items():
-        if k not in names:
-            t = type(v)
-            if type(k) is str and (v is None or t is str or t is int or t is bool):
-                out[k] = v
-            else:
-                out[str(k)] = json_safe(v)
-    return out, None
+    return _safe_items(out, ((k, v) for k, v in record.items() if k not in names)), None
 
 
 def reason_kind(reason: str) -> str:
