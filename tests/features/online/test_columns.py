@@ -11,7 +11,8 @@ from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import Count, Entity, EventSource, FeatureView, Field, Last, Max
 from loopstack.features.online.partials import decode, decode_many, encode, has_long_int
 from loopstack.features.online.service import Event, OnlineFeatures
-from loopstack.features.online.state import VERSION, StateError, read_entity, read_plain_columns
+from loopstack.features.online.reading import read_entity, read_plain_columns
+from loopstack.features.online.state import VERSION, StateError
 
 T0 = 1_718_000_000_000_000
 S = 1_000_000

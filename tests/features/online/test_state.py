@@ -7,8 +7,9 @@ import pytest
 
 from loopstack.features.definitions import (Count, CountDistinct, Entity, EventSource, FeatureView, Field, Last, Max,
                                             Mean, Min, Sum)
+from loopstack.features.online.reading import read_entity
 from loopstack.features.online.state import (LATEST, StateError, ViewPlan, apply_entity, canonical_key,
-                                             choose_tile_us, encode, read_entity, tile_partials)
+                                             choose_tile_us, encode, tile_partials)
 
 ENTITY = Entity("user", "uid")
 SOURCE = EventSource("ev", "ts", [Field("uid", "int64"), Field("x", "int64"), Field("f", "float64"),

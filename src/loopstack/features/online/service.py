@@ -26,8 +26,9 @@ from typing import Any, Callable, Mapping, Sequence
 from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView
 from loopstack.features.online.base import OnlineStore, WriteBatch
+from loopstack.features.online.reading import read_entity, read_plain_columns
 from loopstack.features.online.state import (LATEST, StateError, ViewPlan, apply_entity, canonical_key,
-                                             decode_many, hash_key, meta_key, read_entity, read_plain_columns)
+                                             decode_many, hash_key, meta_key)
 from loopstack.features.retrieval import resolve
 from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
 
