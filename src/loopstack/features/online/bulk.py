@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from loopstack.features.online.base import WriteBatch
 from loopstack.features.online.bulk_text import fresh_texts
+from loopstack.features.online.bulk_writer import OrderedWriter
 from loopstack.features.online.partials import decode, encode
 from loopstack.features.online.state import _INT_DTYPES, LATEST, ViewPlan, _norm, canonical_key, hash_key, meta_key
 from loopstack.timeutil import now_micros
@@ -192,7 +193,7 @@ def apply_plain_bulk(online: "OnlineFeatures", view: str, reader: "_Reader", spa
                   int(meta.get("applied", b"0")), int(meta.get("too_late", b"0")))
     if columns:
         batch_rows = min(batch_rows, _COLUMN_BATCH)
-    writer = _Writer(online.store) if columns else None
+    writer = OrderedWriter(online.store) if columns else None
     try:
         pending = None
         for rb in query.batches(batch_rows):
@@ -210,75 +211,13 @@ def apply_plain_bulk(online: "OnlineFeatures", view: str, reader: "_Reader", spa
             writer.close()
 
 
-def _submit(online: "OnlineFeatures", prepared: tuple, writer: "_Writer | None") -> Iterator[BulkBatch]:
+def _submit(online: "OnlineFeatures", prepared: tuple, writer: "OrderedWriter | None") -> Iterator[BulkBatch]:
     """Write a prepared batch now (no writer), or hand it to the writer; yields the batches written."""
     if writer is None:
         online.store.write(prepared[1])
         yield prepared[0]
     else:
         yield from writer.put(*prepared)
-
-
-class _Writer:
-    """One thread applying the batches' writes in order, at most one waiting: Python builds batch
-    k+1 while the store applies batch k. An error in a write is raised in the caller (at the next
-    `put` or `drain`), and nothing after a failed write is written."""
-
-    def __init__(self, store: Any) -> None:
-        import queue
-        import threading
-        self.store = store
-        self.todo: "queue.Queue" = queue.Queue(maxsize=1)
-        self.done: "queue.Queue" = queue.Queue()
-        self.error: BaseException | None = None
-        self.inflight = 0
-        self.thread = threading.Thread(target=self._run, name="loopstack-bulk-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.todo.get()
-            if item is None:
-                return
-            res, batch, cols = item
-            if self.error is None:
-                try:
-                    if cols is not None:
-                        self.store.write_columns(batch, *cols)
-                    else:
-                        self.store.write(batch)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    self.error = exc
-            self.done.put(res if self.error is None else None)
-
-    def _collect(self, block: bool) -> Iterator[BulkBatch]:
-        import queue
-        while self.inflight:
-            try:
-                res = self.done.get(block=block)
-            except queue.Empty:
-                return
-            self.inflight -= 1
-            if self.error is not None:
-                raise self.error
-            yield res
-            block = False
-
-    def put(self, res: BulkBatch, batch: WriteBatch, cols: tuple | None) -> Iterator[BulkBatch]:
-        yield from self._collect(block=False)
-        if self.error is not None:
-            raise self.error
-        self.todo.put((res, batch, cols))  # blocks while one batch is already waiting
-        self.inflight += 1
-        yield from self._collect(block=False)
-
-    def drain(self) -> Iterator[BulkBatch]:
-        while self.inflight:
-            yield from self._collect(block=True)
-
-    def close(self) -> None:
-        self.todo.put(None)
-        self.thread.join()
 
 
 def _prepare(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkBatch, bool], dict[str, str]],  # noqa: ANN001
