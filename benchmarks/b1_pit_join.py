@@ -267,21 +267,31 @@ def check_order(path: str, n: int) -> bool:
 
 
 # ---------------------------------------------------------------- results and report ----------
-def load_results() -> dict:
-    f = RESULTS / "b1.json"
+def read_results(name: str, empty: dict) -> dict:
+    """`.bench/results/<name>` as stored by `write_results` (`empty` if missing or unreadable)."""
+    f = RESULTS / name
     if f.exists():
         try:
             return json.loads(f.read_text())
         except json.JSONDecodeError:
             pass
-    return {"runs": {}, "comparisons": {}}
+    return empty
+
+
+def write_results(name: str, results: dict) -> None:
+    """Store a benchmark's raw results atomically in `.bench/results/<name>` (shared by B1 and B2)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / f"{name}.tmp"
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, RESULTS / name)
+
+
+def load_results() -> dict:
+    return read_results("b1.json", {"runs": {}, "comparisons": {}})
 
 
 def save_results(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "b1.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, RESULTS / "b1.json")
+    write_results("b1.json", results)
 
 
 def key(system: str, n: int, m: int) -> str:

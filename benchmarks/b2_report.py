@@ -5,8 +5,6 @@ Imported by b2_online_reads.py; split out so neither file grows past ~400 lines.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,20 +23,11 @@ console = b1.console
 
 
 def load_results() -> dict:
-    f = RESULTS / "b2.json"
-    if f.exists():
-        try:
-            return json.loads(f.read_text())
-        except json.JSONDecodeError:
-            pass
-    return {}
+    return b1.read_results("b2.json", {})
 
 
 def save_results(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "b2.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, RESULTS / "b2.json")
+    b1.write_results("b2.json", results)
 
 
 def _ms(x: float | None) -> str:
