@@ -4,22 +4,37 @@ Request i is due at ``t0 + i / rate`` whether or not earlier ones have finished 
 its latency is measured from when it was *due* to when its response is read, so a stalled server
 is charged for the requests queued behind it (no coordinated omission). HTTP/1.1 keep-alive
 connections on raw asyncio streams (a pool, grown on demand up to ``--max-conns``), so the client
-costs the 2-core machine as little CPU as possible. Bodies are pre-encoded JSON in the Feast shape
+costs the 2-core machine as little CPU as possible. The event loop waits with select(2), whose timeout
+has microsecond resolution: epoll's is a millisecond, rounded up, which would send each request up to
+1 ms after it is due and charge that to the server. Bodies are pre-encoded JSON in the Feast shape
 ``{"features": [...], "entities": {"user_id": [...]}}``, which both servers accept.
 
 Usage: b2_loadgen.py --port P --path /get-online-features --bodies FILE.jsonl --rate 200
                      --seconds 20 [--warmup-seconds 3]
 Prints one JSON line: achieved rate, p50/p95/p99/max latency (ms, from due time), service-time
-percentiles (from send), status counts, connections used.
+percentiles (from send), send lag (send - due: the client's own timing error), status counts, connections used.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import selectors
 import time
 
 import numpy as np
+
+
+SPIN_S = 150e-6   # sleep until this long before a request is due, then spin to the due time
+
+
+def precise_timers() -> None:
+    """Ask Linux for 1 ns timer slack (the default 50 us would be added to every sleep)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)   # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
 
 
 class Pool:
@@ -88,14 +103,14 @@ async def one(pool: Pool, head: bytes, body: bytes, due: float, out: list, i: in
         if length:
             await r.readexactly(length)
         done = time.perf_counter()
-        out[i] = (done - due, done - sent, status)
+        out[i] = (done - due, done - sent, status, sent - due)
         if close:
             w.close()
             pool.drop()
         else:
             pool.put(c)
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-        out[i] = (time.perf_counter() - due, time.perf_counter() - sent, 0)
+        out[i] = (time.perf_counter() - due, time.perf_counter() - sent, 0, sent - due)
         w.close()
         pool.drop()
 
@@ -119,9 +134,11 @@ async def run(a) -> dict:
         t0 = time.perf_counter() + 0.05
         for i in range(n):
             due = t0 + i / a.rate
-            delay = due - time.perf_counter()
+            delay = due - time.perf_counter() - SPIN_S
             if delay > 0:
                 await asyncio.sleep(delay)
+            while time.perf_counter() < due:   # the last SPIN_S: a wake-up is never that precise
+                pass
             b = bodies[(offset + i) % len(bodies)]
             tasks.append(asyncio.ensure_future(one(pool, heads(b), b, due, out, i)))
         # bounded: responses not read within --drain-seconds after the last send count as timeouts
@@ -131,7 +148,7 @@ async def run(a) -> dict:
         for k, t in enumerate(tasks):
             if t in pending:
                 t.cancel()
-                out[k] = (now - (t0 + k / a.rate), float("nan"), -1)
+                out[k] = (now - (t0 + k / a.rate), float("nan"), -1, float("nan"))
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             pool.idle.clear()
@@ -146,6 +163,8 @@ async def run(a) -> dict:
     out, wall = await phase(n, warm)
     lat = np.array([o[0] for o in out]) * 1e3
     svc = np.array([o[1] for o in out]) * 1e3
+    lag = np.array([o[3] for o in out]) * 1e3
+    lag = lag[~np.isnan(lag)]
     statuses: dict[str, int] = {}
     for o in out:
         statuses[str(o[2])] = statuses.get(str(o[2]), 0) + 1
@@ -161,7 +180,8 @@ async def run(a) -> dict:
     return {"requests": n, "ok": ok, "statuses": statuses, "timeouts": statuses.get("-1", 0),
             "reconnects": pool.reconnects, "drain_seconds": a.drain_seconds, "target_rps": a.rate,
             "achieved_rps": ok / wall, "wall_seconds": wall, **pct(lat),
-            "service": pct(svc), "connections": pool.opened, "peak_in_flight": pool.peak_in_use}
+            "service": pct(svc), "send_lag": pct(lag) if len(lag) else None, "connections": pool.opened,
+            "peak_in_flight": pool.peak_in_use}
 
 
 def main() -> None:
@@ -178,10 +198,17 @@ def main() -> None:
                         "(status -1, latency = time waited: a lower bound)")
     p.add_argument("--max-conns", type=int, default=64)
     p.add_argument("--pre-conns", type=int, default=4)
+    p.add_argument("--selector", choices=("select", "epoll"), default="select",
+                   help="how the client's event loop waits (epoll: asyncio's default, millisecond timeouts)")
     a = p.parse_args()
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         p.error("loopback only")
-    print(json.dumps(asyncio.run(run(a))))
+    # select(2) sleeps to the microsecond; the default epoll selector rounds every timeout up to the next
+    # millisecond, which would make each request's send up to 1 ms late and charge that to the server
+    precise_timers()
+    sel = selectors.SelectSelector if a.selector == "select" else selectors.EpollSelector
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(sel())) as r:
+        print(json.dumps(r.run(run(a))))
 
 
 if __name__ == "__main__":

@@ -62,16 +62,22 @@ class AccessMiddleware:
         try:
             await self.handle(scope, receive, tagged)
         finally:
-            dt = time.perf_counter() - t0
-            self.record(scope, tagged.status, dt)
-            if ACCESS_LOG.isEnabledFor(logging.INFO):
-                rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": rid, "method": scope["method"],
-                       "path": scope["path"], "status": tagged.status, "duration_ms": round(dt * 1000, 3)}
-                for k in self.ACCESS_FIELDS:
-                    if k in st:
-                        rec[k] = st[k]
-                rec.update(self.access_extra(scope))
-                ACCESS_LOG.info(orjson.dumps(rec, default=str).decode())
+            self.finish(scope, tagged.status, t0)
+
+    def finish(self, scope: dict, status: int, t0: float) -> None:
+        """Count the answered request and write its access-log line (`t0`: when it arrived)."""
+        dt = time.perf_counter() - t0
+        self.record(scope, status, dt)
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            st = scope["state"]
+            rec = {"ts": datetime.now(timezone.utc).isoformat(), "request_id": st["request_id"],
+                   "method": scope["method"], "path": scope["path"], "status": status,
+                   "duration_ms": round(dt * 1000, 3)}
+            for k in self.ACCESS_FIELDS:
+                if k in st:
+                    rec[k] = st[k]
+            rec.update(self.access_extra(scope))
+            ACCESS_LOG.info(orjson.dumps(rec, default=str).decode())
 
     async def handle(self, scope: dict, receive: Any, send: TaggedSend) -> None:
         """Serve the request (default: the wrapped app)."""

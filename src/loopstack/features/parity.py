@@ -146,7 +146,7 @@ def parse_entity(view: FeatureView, canon: str) -> Any:
 # -- sampling --------------------------------------------------------------------------------------
 def _entities(project: "Project", view: FeatureView, sample: int, rng: random.Random) -> dict[Any, int | None]:
     """Sampled entities of `view` with state online -> ts of the newest event applied for each."""
-    from loopstack.features.online.state import LATEST, decode
+    from loopstack.features.online.state import LATEST, decode_latest
     prefix = f"{view.name}|"
     keys = sorted({k for k in project.online_store.scan(prefix) if k.startswith(prefix)})
     chosen = sorted(keys if len(keys) <= sample else rng.sample(keys, sample))
@@ -154,7 +154,7 @@ def _entities(project: "Project", view: FeatureView, sample: int, rng: random.Ra
     out: dict[Any, int | None] = {}
     for k in chosen:
         blob = fields.get(k, {}).get(LATEST)
-        seen = decode(blob)[1] if blob else None
+        seen = decode_latest(blob)[1] if blob else None
         out[parse_entity(view, k[len(prefix):])] = seen[0] if seen else None
     return out
 

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from loopstack.asgi import AccessMiddleware
+from loopstack.asgi import AccessMiddleware, request_id
 from loopstack.features.online.service import OnlineFeatures
 from loopstack.features.online.state import meta_key
 from loopstack.features.server_models import (ErrorResponse, FreshnessResponse, GetOnlineFeaturesRequest,
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from loopstack.project import Project
 
 log = logging.getLogger(__name__)
-_PATHS = ("/get-online-features", "/health", "/freshness", "/metrics", "/reload", "/openapi.json", "/docs")
+READ_PATH = "/get-online-features"
+_PATHS = (READ_PATH, "/health", "/freshness", "/metrics", "/reload", "/openapi.json", "/docs")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -166,10 +167,26 @@ class _AccessMiddleware(AccessMiddleware):
         self.state, self.reads = state, reads
 
     async def handle(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["path"] == "/get-online-features" and scope["method"] == "POST":
+        if scope["path"] == READ_PATH and scope["method"] == "POST":
             await self.reads.asgi(scope, receive, send)   # the hot path skips FastAPI's routing
         else:
             await self.app(scope, receive, send)
+
+    def read_outside_asgi(self, raw: bytes, headers: list, client: Any) -> tuple[int, bytes, dict, float]:
+        """``POST /get-online-features`` for `server_protocol.FastReadProtocol`, which answers it without an
+        ASGI cycle: the same handler and request id as `handle`. Returns (status, body, scope, t0); the
+        caller writes the answer, then calls `finish(scope, status, t0)` for the metrics and access log."""
+        t0 = time.perf_counter()
+        scope = {"type": "http", "method": "POST", "path": READ_PATH, "headers": headers, "client": client}
+        rid = request_id(scope)
+        st = scope["state"] = {"request_id": rid, "t0": t0}
+        ct = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), None)
+        try:
+            status, body = self.reads.handle(raw, ct, st)
+        except Exception as exc:  # noqa: BLE001 - answered like the ASGI path's error middleware would
+            log.exception("get-online-features failed (request %s)", rid)
+            status, body = error_body(500, "internal", f"{type(exc).__name__}: {exc}", rid, st)
+        return status, body, scope, t0
 
     def record(self, scope: dict, status: int, seconds: float) -> None:
         path = scope["path"] if scope["path"] in _PATHS else "other"

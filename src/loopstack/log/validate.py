@@ -77,6 +77,9 @@ def _ts_from_number(n: float | int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
+_TS_LAST: tuple[Any, str | None] = (None, None)   # (epoch number, its timestamp string): the last one converted
+
+
 def _check(f: Field, v: Any) -> tuple[Any, str | None]:
     """Normalised value or a reason fragment (the expected type)."""
     dt = f.dtype
@@ -113,7 +116,13 @@ def _check(f: Field, v: Any) -> tuple[Any, str | None]:
                 s = s[:-1] + "+00:00"
             return format_ts(datetime.fromisoformat(s)), None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return format_ts(_ts_from_number(v)), None
+            global _TS_LAST
+            last = _TS_LAST   # the records of one call often share their time (a prediction log's do)
+            if last[0] == v and type(last[0]) is type(v):
+                return last[1], None
+            out = format_ts(_ts_from_number(v))
+            _TS_LAST = (v, out)
+            return out, None
     except (ValueError, OverflowError, OSError):
         pass
     return None, "expected timestamp (datetime, ISO-8601 string or epoch number)"

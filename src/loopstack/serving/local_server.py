@@ -15,15 +15,16 @@ def free_port() -> int:
 
 class LoopbackServer:
     """``with LoopbackServer(app) as srv:`` serves `app` at ``srv.url`` until the block ends, then shuts
-    down gracefully (in-flight requests finish, the app's lifespan shutdown runs)."""
+    down gracefully (in-flight requests finish, the app's lifespan shutdown runs). `http`: uvicorn's
+    HTTP protocol (a name, or a class such as the feature server's `FastReadProtocol`)."""
 
     def __init__(self, app: Any, port: int | None = None, ready_path: str | None = "/readyz",
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, http: Any = "auto") -> None:
         import uvicorn
         self.app, self.port, self.ready_path, self.timeout = app, port or free_port(), ready_path, timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, timeout_graceful_shutdown=10))
+                                                    access_log=False, timeout_graceful_shutdown=10, http=http))
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     def start(self) -> "LoopbackServer":

@@ -12,7 +12,7 @@ from loopstack.features.definitions import Count, Entity, EventSource, FeatureVi
 from loopstack.features.online.partials import decode, decode_many, encode, has_long_int
 from loopstack.features.online.service import Event, OnlineFeatures
 from loopstack.features.online.reading import read_entity, read_plain_columns
-from loopstack.features.online.state import VERSION, StateError
+from loopstack.features.online.state import LATEST_VERSIONS, VERSION, StateError
 
 T0 = 1_718_000_000_000_000
 S = 1_000_000
@@ -93,7 +93,7 @@ def test_columns_against_read_entity_one_by_one(online, store, view, t, wanted):
     wanted = wanted or tuple(range(len(plan.features)))
     hashes = store.read([f"{view}|{u}" for u in range(1, 7)])
     present = [u for u in range(1, 7) if f"{view}|{u}" in hashes]
-    docs = dict(zip(present, decode_many([hashes[f"{view}|{u}"]["latest"] for u in present])))
+    docs = dict(zip(present, decode_many([hashes[f"{view}|{u}"]["latest"] for u in present], LATEST_VERSIONS)))
     latest = [docs.get(u) for u in range(1, 7)]
     vals, stamps = read_plain_columns(plan, latest, t, wanted)
     for i, u in enumerate(range(1, 7)):
@@ -133,7 +133,7 @@ def test_errors_are_the_row_paths(online):
 
 def test_state_written_by_another_format_version_is_refused(online, store):
     from loopstack.features.online.base import WriteBatch
-    store.write(WriteBatch(puts={"plain|9": {"latest": b"[2,null]"}, "plain|8": {"latest": b"[2,null]"}}))
+    store.write(WriteBatch(puts={"plain|9": {"latest": b"[9,null]"}, "plain|8": {"latest": b"[9,null]"}}))
     with pytest.raises(StateError, match="format version"):
         online.get_online_columns(["plain:x"], {"user_id": [9, 8]})
     with pytest.raises(StateError, match="format version"):

@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from loopstack.features.online.base import WriteBatch
-from loopstack.features.online.state import LATEST, TILE, decode, encode, encode_tile, tile_partials, tile_raw
+from loopstack.features.online.state import (LATEST, TILE, decode_latest, encode_latest, encode_tile,
+                                             tile_partials, tile_raw)
 from loopstack.features.parity import check_parity, values_match
 from tests.features.stream._defs import gen_events, in_time_order, make_project
 
@@ -70,9 +71,9 @@ def test_clean_pipeline_has_no_mismatch(streamed):
 
 def _tamper_plain(p, author: int) -> None:
     hk = f"plain|{author}"
-    latest = decode(p.online_store.read([hk])[hk][LATEST])
+    latest = decode_latest(p.online_store.read([hk])[hk][LATEST])
     latest[2][2] = (latest[2][2] or 0) + 1000          # plain slot 0 is last_n: [ts, order, value]
-    p.online_store.write(WriteBatch(puts={hk: {LATEST: encode(latest)}}))
+    p.online_store.write(WriteBatch(puts={hk: {LATEST: encode_latest(latest)}}))
 
 
 def test_tampered_plain_value_is_reported_by_name(streamed):

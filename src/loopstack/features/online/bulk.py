@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from loopstack.features.online.base import WriteBatch
 from loopstack.features.online.bulk_text import fresh_texts
 from loopstack.features.online.bulk_writer import OrderedWriter
-from loopstack.features.online.partials import decode, encode
-from loopstack.features.online.state import _INT_DTYPES, LATEST, ViewPlan, _norm, canonical_key, hash_key, meta_key
+from loopstack.features.online.state import (_INT_DTYPES, LATEST, ViewPlan, _norm, canonical_key, decode_latest,
+                                             encode_latest, hash_key, meta_key)
 from loopstack.timeutil import now_micros
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def _merge(query: _Query, rb, hks: list, data: dict, new_np, batch: WriteBatch) 
     for i, hk in enumerate(hks):
         if hk is None or new_np[i]:
             continue
-        latest = decode(data[hk][LATEST])
+        latest = decode_latest(data[hk][LATEST])
         old_seen, old_entries = latest[1], latest[2:]
         changed = False
         for s, (gi, fld) in enumerate(query.slot_fields):
@@ -316,7 +316,7 @@ def _merge(query: _Query, rb, hks: list, data: dict, new_np, batch: WriteBatch) 
             latest[1] = top
             changed = True
         if changed:
-            batch.puts[hk] = {LATEST: encode(latest)}
+            batch.puts[hk] = {LATEST: encode_latest(latest)}
         # events that changed state, counted as applying them one by one in (ts, order) order would
         if _gt(_entry(mins[i]), old_seen):
             applied += nds[i]              # every event is newer than anything stored

@@ -1,11 +1,11 @@
 """Arrow-built JSON texts for bulk materialization (online/bulk.py): each new entity's ``latest``
-entry, byte for byte what `partials.encode` gives, built column-wise without a Python object per value."""
+entry, byte for byte what `state.encode_latest` gives, built column-wise without a Python object per value."""
 from __future__ import annotations
 
 from json.encoder import encode_basestring_ascii as _escape
 from typing import TYPE_CHECKING, Any
 
-from loopstack.features.online.partials import _ENC, VERSION
+from loopstack.features.online.partials import _ENC
 from loopstack.features.online.state import _norm
 
 if TYPE_CHECKING:
@@ -65,9 +65,9 @@ def _float_json(arr):  # noqa: ANN001 - pyarrow float Array -> StringArray
 
 
 def fresh_texts(query: "_Query", rb):  # noqa: ANN001, ANN202 - RecordBatch -> BinaryArray
-    """Per entity of the batch, the JSON of its ``latest`` entry built from the span alone (the
-    bytes `encode` gives for ``[VERSION, [ts, order], [ts, order, value] per slot]``), built
-    column-wise in Arrow (a binary array)."""
+    """Per entity of the batch, the stored ``latest`` bytes built from the span alone: what
+    `state.encode_latest` gives for ``[1, [ts, order], [ts, order, value] per slot]`` (format 2:
+    ``[2, seen, stamps, values...]``), built column-wise in Arrow (a binary array)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     join = pc.binary_join_element_wise
@@ -78,10 +78,20 @@ def fresh_texts(query: "_Query", rb):  # noqa: ANN001, ANN202 - RecordBatch -> B
             parts += [",", _json_column(pc.struct_field(struct, f"{prefix}{i}"))]
         return join("[", parts[0], ",[", *parts[2:], "]", "")
 
-    heads = [head(rb.column(f"__g{gi}"), "__ts", "__o") for gi in range(len(query.groups))]
-    items: list = [join(head(rb.column("__seen"), "t", "o"), "]", "")]
-    for gi, fld in query.slot_fields:
+    seen = rb.column("__seen")
+    stamps_of, valid = [], []
+    for gi in range(len(query.groups)):
         g = rb.column(f"__g{gi}")
-        entry = join(heads[gi], ",", _json_column(pc.struct_field(g, fld)), "]", "")
-        items.append(pc.if_else(g.is_valid(), entry, pa.scalar("null")) if g.null_count else entry)
-    return pc.cast(join(f"[{VERSION},", join(*items, ","), "]", ""), pa.binary())
+        same = pc.equal(pc.struct_field(g, "__ts"), pc.struct_field(seen, "t"))
+        for i in range(query.n_order):
+            same = pc.and_(same, pc.equal(pc.struct_field(g, f"__o{i}"), pc.struct_field(seen, f"o{i}")))
+        stamp = pc.if_else(pc.fill_null(same, False), pa.scalar("0"), join(head(g, "__ts", "__o"), "]", ""))
+        has = g.is_valid() if g.null_count else None
+        stamps_of.append(pc.if_else(has, stamp, pa.scalar("null")) if has is not None else stamp)
+        valid.append(has)
+    stamps = join("[", join(*[stamps_of[gi] for gi, _ in query.slot_fields], ","), "]", "")
+    items: list = [join(head(seen, "t", "o"), "]", ""), stamps]
+    for gi, fld in query.slot_fields:
+        value = _json_column(pc.struct_field(rb.column(f"__g{gi}"), fld))
+        items.append(pc.if_else(valid[gi], value, pa.scalar("null")) if valid[gi] is not None else value)
+    return pc.cast(join("[2,", join(*items, ","), "]", ""), pa.binary())

@@ -91,7 +91,7 @@ def _loads(blob: bytes) -> Any:
     return _DEC.raw_decode(blob.decode())[0]
 
 
-def decode_many(blobs: Sequence[bytes]) -> list:
+def decode_many(blobs: Sequence[bytes], versions: tuple[int, ...] = (VERSION,)) -> list:
     """`decode` of many blobs, in one orjson call when they allow it (the batch read path)."""
     if len(blobs) > 1:
         joined = b"[" + b",".join(blobs) + b"]"
@@ -101,20 +101,21 @@ def decode_many(blobs: Sequence[bytes]) -> list:
             except _OrjsonError:
                 docs = None
             if docs is not None and len(docs) == len(blobs):
-                return [_versioned(d) for d in docs]
-    return [decode(b) for b in blobs]
+                return [_versioned(d, versions) for d in docs]
+    return [decode(b, versions) for b in blobs]
 
 
-def _versioned(obj: Any) -> Any:
-    if not isinstance(obj, list) or not obj or obj[0] != VERSION:
+def _versioned(obj: Any, versions: tuple[int, ...] = (VERSION,)) -> Any:
+    if not isinstance(obj, list) or not obj or obj[0] not in versions:
         raise StateError(f"online state has format version {obj[:1] if isinstance(obj, list) else obj!r}, this "
-                         f"loopstack reads {VERSION}; rebuild it (reset the view and materialize again)")
+                         f"loopstack reads {' or '.join(map(str, versions))}; rebuild it (reset the view and "
+                         "materialize again)")
     return obj
 
 
-def decode(blob: bytes) -> Any:
+def decode(blob: bytes, versions: tuple[int, ...] = (VERSION,)) -> Any:
     """Inverse of `encode` for a versioned list; StateError on data written by an unknown format version."""
-    return _versioned(_loads(blob))
+    return _versioned(_loads(blob), versions)
 
 
 def encode_tile(partials: list, raw: list) -> bytes:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import operator
 from typing import Any, Mapping, Sequence
 
-from loopstack.features.online.partials import _combine, _new, _update, decode, tile_raw, tiles_partials
-from loopstack.features.online.state import LATEST, TILE, VERSION, ViewPlan, _finish
+from loopstack.features.online.partials import _combine, _new, _update, tile_raw, tiles_partials
+from loopstack.features.online.state import LATEST, TILE, VERSION, ViewPlan, _finish, decode_latest, unpack_latest
 
 __all__ = ["read_entity", "read_plain_columns"]
 
@@ -32,7 +32,7 @@ def read_entity(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Seq
         if fp.window is None:
             if latest is None:
                 blob = fields.get(LATEST)
-                latest = decode(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
+                latest = decode_latest(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
             e = latest[2 + fp.slot]
             if e is None or e[0] >= t or (plan.ttl is not None and t - e[0] > plan.ttl):
                 values.append(None)
@@ -53,14 +53,26 @@ def read_plain_columns(plan: ViewPlan, latest: Sequence[list | None], t: int, wa
                        ) -> tuple[list[list[Any]], list[list[int | None]]]:
     """`read_entity` of plain features `wanted` for many entities at once, as columns.
 
-    `latest`: each entity's decoded ``"latest"`` field (None: no state). Returns one list of values
-    and one of event timestamps per wanted feature, one entry per entity (same rules as
-    `read_entity`: an entry at or after `t`, or older than the ttl, reads as None)."""
+    `latest`: each entity's decoded stored ``"latest"`` doc, format 1 or 2 (None: no state). Returns
+    one list of values and one of event timestamps per wanted feature, one entry per entity (same rules
+    as `read_entity`: an entry at or after `t`, or older than the ttl, reads as None)."""
     ttl = plan.ttl
     lo = float("-inf") if ttl is None else t - ttl   # t - ts > ttl  <=>  ts < t - ttl
-    idxs = [2 + plan.features[fi].slot for fi in wanted]
+    slots = [plan.features[fi].slot for fi in wanted]
     if not latest:
-        return [[] for _ in idxs], [[] for _ in idxs]
+        return [[] for _ in slots], [[] for _ in slots]
+    k = len(plan.plain)
+    if ttl is None and all(d is None or (d[0] == 2 and d[1] is not None and d[1][0] < t and d[2].count(0) == k)
+                           for d in latest):
+        # the usual read (format 2, as of now, no ttl, every entry from the entity's newest event): each
+        # value is at a fixed place in its doc and every stamp is the newest event's
+        get = operator.itemgetter(*[3 + s for s in slots]) if len(slots) > 1 else (lambda d, i=3 + slots[0]: (d[i],))
+        ntup = (None,) * len(slots)
+        vals = [list(c) for c in zip(*[get(d) if d is not None else ntup for d in latest])]
+        ts = [d[1][0] if d is not None else None for d in latest]
+        return vals, [ts if j == 0 else list(ts) for j in range(len(slots))]
+    latest = [unpack_latest(d) if d is not None and d[0] == 2 else d for d in latest]
+    idxs = [2 + s for s in slots]
     if ttl is None and all(d is None or (d[1] is not None and d[1][0] < t) for d in latest):
         # the usual read (as of now, no ttl): every entry is older than the entity's newest event (``seen``),
         # so before t: visible iff it exists. Entries picked in C; then by column, or by row if fewer rows

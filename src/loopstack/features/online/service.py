@@ -27,8 +27,8 @@ from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView
 from loopstack.features.online.base import OnlineStore, WriteBatch
 from loopstack.features.online.reading import read_entity, read_plain_columns
-from loopstack.features.online.state import (LATEST, StateError, ViewPlan, apply_entity, canonical_key,
-                                             decode_many, hash_key, meta_key)
+from loopstack.features.online.state import (LATEST, LATEST_VERSIONS, StateError, ViewPlan, apply_entity,
+                                             canonical_key, decode_many, hash_key, meta_key)
 from loopstack.features.retrieval import resolve
 from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
 
@@ -310,7 +310,7 @@ class OnlineFeatures:
                     found[i] = True
             if vr.plain:   # every wanted feature is a plain field: decode the "latest" docs in one go
                 blobs = {hk: f[LATEST] for hk, f in zip(keys, hashes) if f and LATEST in f}
-                docs = dict(zip(blobs, decode_many(list(blobs.values()))))
+                docs = dict(zip(blobs, decode_many(list(blobs.values()), LATEST_VERSIONS)))
                 vcols, scols = read_plain_columns(vr.plan, [docs.get(hk) for hk in keys], t, vr.wanted)
             else:
                 done: dict[str, tuple[list, list]] = {}

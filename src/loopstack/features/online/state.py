@@ -2,9 +2,12 @@
 
 No I/O. A view's state for one entity is one hash (see ``online/base.py``) with these fields:
 
-- ``"latest"``: ``[1, seen, e0, e1, ...]``; ``seen = [ts, order]`` of the entity's newest event (so
-  the entity is "found"), ``e_i = [ts, order, value]`` the newest event passing plain feature i's
-  filter. An event replaces an entry only if its ``(ts, order)`` is greater.
+- ``"latest"``: in memory ``[1, seen, e0, e1, ...]``; ``seen = [ts, order]`` of the entity's newest
+  event (so the entity is "found"), ``e_i = [ts, order, value]`` the newest event passing plain
+  feature i's filter. An event replaces an entry only if its ``(ts, order)`` is greater. Stored as
+  format 2, ``[2, seen, stamps, v0, v1, ...]`` (`encode_latest`): ``stamps[i]`` is 0 when entry i
+  came from the newest event itself (the usual case: one timestamp per entity, not one per value),
+  null when there is no entry, else its ``[ts, order]``. Format 1 (the in-memory list) still reads.
 - ``"t:<start_us>"``: one *tile* per ``tile_us`` of event time, ``[1, partials, raw]``. ``partials``
   hold one partial aggregate per distinct (kind, column, filter) of the windowed features (count,
   sum, min, max, last-by-(ts, order), distinct values; each with the newest input ts), ``raw`` the
@@ -35,8 +38,9 @@ from loopstack.timeutil import to_micros
 
 __all__ = ["LATEST", "META_PREFIX", "TILE", "VERSION", "EntityUpdate", "FeaturePlan", "Sig", "StateError",
            "ViewPlan", "apply_entity", "canonical_key", "choose_tile_us", "decode", "decode_many", "encode",
-           "hash_key", "meta_key", "tile_partials"]
+           "hash_key", "meta_key", "tile_partials", "encode_latest", "decode_latest", "unpack_latest"]
 LATEST = "latest"
+LATEST_VERSIONS = (1, 2)      # formats of the "latest" field this code reads (it writes 2)
 TILE = "t:"
 META_PREFIX = "__view|"
 TILES_PER_MIN_WINDOW = 8      # the shortest window spans at least ~8 tiles (small edge tiles)
@@ -200,6 +204,37 @@ def _norm(v: Any) -> Any:
     return v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v
 
 
+# -- the "latest" field ----------------------------------------------------------------------------
+def encode_latest(latest: list) -> bytes:
+    """The stored (format 2) bytes of an in-memory ``[1, seen, e0, ...]`` latest list."""
+    seen = latest[1]
+    st, sk = (seen[0], list(seen[1])) if seen is not None else (None, None)
+    stamps, values = [], []
+    for e in latest[2:]:
+        if e is None:
+            stamps.append(None)
+            values.append(None)
+        else:
+            stamps.append(0 if e[0] == st and list(e[1]) == sk else [e[0], e[1]])
+            values.append(e[2])
+    return encode([2, seen, stamps, *values])
+
+
+def unpack_latest(doc: list) -> list:
+    """A decoded stored latest doc (format 1 or 2) as the in-memory ``[1, seen, e0, ...]`` list."""
+    if doc[0] == 1:
+        return doc
+    seen, out = doc[1], [1, doc[1]]
+    for stamp, v in zip(doc[2], doc[3:]):
+        out.append(None if stamp is None else [seen[0], seen[1], v] if stamp == 0 else [stamp[0], stamp[1], v])
+    return out
+
+
+def decode_latest(blob: bytes) -> list:
+    """Inverse of `encode_latest` (format-1 blobs too); StateError for an unknown format."""
+    return unpack_latest(decode(blob, LATEST_VERSIONS))
+
+
 # -- apply -----------------------------------------------------------------------------------------
 @dataclass
 class EntityUpdate:
@@ -220,7 +255,7 @@ def apply_entity(plan: ViewPlan, fields: Mapping[str, bytes], events: Sequence[t
     (when order is non-empty). Tiles ending at or before the horizon are deleted.
     """
     blob = fields.get(LATEST)
-    latest = decode(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
+    latest = decode_latest(blob) if blob else [VERSION, None] + [None] * len(plan.plain)
     latest_changed = blob is None
     tiles: dict[int, tuple[list, set]] = {}
     applied, too_late = 0, []
@@ -266,7 +301,7 @@ def apply_entity(plan: ViewPlan, fields: Mapping[str, bytes], events: Sequence[t
         applied += changed
     puts = {f"{TILE}{s}": encode_tile(t[0], t[1]) for s, (t, _) in tiles.items()}
     if latest_changed:
-        puts[LATEST] = encode(latest)
+        puts[LATEST] = encode_latest(latest)
     deletes = []
     if plan.sigs and horizon is not None:
         for name in fields:
