@@ -47,13 +47,22 @@ class Pool:
         self.in_use = 0
         self.reconnects = 0
 
-    async def get(self):
+    def get_idle(self):
+        """An idle open connection, taken without awaiting (None if there is none)."""
         while self.idle and (self.idle[-1][0].at_eof() or self.idle[-1][1].is_closing()):
             self.idle.pop()[1].close()  # closed by the server while idle (keep-alive timeout)
             self.opened -= 1
-        if self.idle:
-            c = self.idle.pop()
-        elif self.opened < self.max:
+        if not self.idle:
+            return None
+        self.in_use += 1
+        self.peak_in_use = max(self.peak_in_use, self.in_use)
+        return self.idle.pop()
+
+    async def get(self):
+        c = self.get_idle()
+        if c is not None:
+            return c
+        if self.opened < self.max:
             self.opened += 1
             c = await asyncio.open_connection(self.host, self.port)
         else:
@@ -74,26 +83,32 @@ class Pool:
         self.opened -= 1
 
 
-async def one(pool: Pool, head: bytes, body: bytes, due: float, out: list, i: int) -> None:
-    c = await pool.get()
+async def one(pool: Pool, head: bytes, body: bytes, due: float, out: list, i: int, c=None, sent: float = 0.0,
+              ) -> None:
+    """One request; `c`, `sent`: a connection its bytes were already written to, and when (the scheduler
+    writes at the due time itself when a connection is idle, rather than one loop turn later)."""
+    if c is None:
+        c = await pool.get()
+        sent = time.perf_counter()
+        c[1].write(head + body)
     r, w = c
-    sent = time.perf_counter()
     try:
-        w.write(head + body)
-        line = await r.readline()
-        if not line:  # a kept-alive connection the server had just closed: resend once on a new one
+        try:
+            block = await r.readuntil(b"\r\n\r\n")   # status line and headers in one call
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            # a kept-alive connection the server had just closed: resend once on a new one
             w.close()
             r, w = c = await asyncio.open_connection(pool.host, pool.port)
             pool.reconnects += 1
             w.write(head + body)
-            line = await r.readline()
+            block = await r.readuntil(b"\r\n\r\n")
+        line, *headers = block.split(b"\r\n")
         status = int(line.split()[1])
         length = 0
         close = False
-        while True:
-            h = await r.readline()
-            if h in (b"\r\n", b""):
-                break
+        for h in headers:
             k, _, v = h.partition(b":")
             k = k.strip().lower()
             if k == b"content-length":
@@ -109,7 +124,7 @@ async def one(pool: Pool, head: bytes, body: bytes, due: float, out: list, i: in
             pool.drop()
         else:
             pool.put(c)
-    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
         out[i] = (time.perf_counter() - due, time.perf_counter() - sent, 0, sent - due)
         w.close()
         pool.drop()
@@ -140,7 +155,14 @@ async def run(a) -> dict:
             while time.perf_counter() < due:   # the last SPIN_S: a wake-up is never that precise
                 pass
             b = bodies[(offset + i) % len(bodies)]
-            tasks.append(asyncio.ensure_future(one(pool, heads(b), b, due, out, i)))
+            hd = heads(b)
+            c = pool.get_idle()
+            if c is not None:
+                sent = time.perf_counter()
+                c[1].write(hd + b)
+                tasks.append(asyncio.ensure_future(one(pool, hd, b, due, out, i, c, sent)))
+            else:
+                tasks.append(asyncio.ensure_future(one(pool, hd, b, due, out, i)))
         # bounded: responses not read within --drain-seconds after the last send count as timeouts
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + n / a.rate + a.drain_seconds
                                                              - time.perf_counter()))
