@@ -26,6 +26,9 @@ docs/benchmarks.md.
 
 Feast runs in its own virtualenv (.bench/feast, see b1_pit_join.ensure_feast_venv; the redis
 client is added to it if missing); it is never installed into loopstack's environment.
+
+The stores (paths, loading, page-cache warming, fresh-process steps) live in b2_load.py, the
+results file, tables and docs section in b2_report.py.
 """
 from __future__ import annotations
 
@@ -34,7 +37,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,29 +51,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import b1_pit_join as b1  # noqa: E402  (shared helpers: console, machine info, Feast venv, RSS polling)
 import b2_data  # noqa: E402
+from b2_load import (SYSTEMS, WORK, ensure_feast_redis, feast_args, load_all, loopstack_env, redis,  # noqa: E402
+                     run_json, warm_page_cache)  # the stores, loading them, fresh-process steps
 from b2_loopstack import CASE_SEEDS  # noqa: E402  (numpy and b2_data only at import)
 from b2_report import BACKENDS, load_results, print_report, save_results, write_docs  # noqa: E402
 
 REPO, BENCH, RESULTS, DOCS = b1.REPO, b1.BENCH, b1.RESULTS, b1.DOCS
 FEAST_PY, FEAST_BIN = b1.FEAST_PY, b1.FEAST_VENV / "bin" / "feast"
-WORK = BENCH / "b2"
-SYSTEMS = ("loopstack", "feast")
-WARM_CHUNK = 16 << 20  # warm_page_cache reads in 16 MiB chunks
 console = b1.console
-FEAST_MARK = "b2:feast-materialized:n{n}"  # set in Feast's db after its redis load finished
 FLOAT_TOL = 1e-9
 
 
 # ---------------------------------------------------------------- environment -----------------
-def ensure_feast_redis() -> None:
-    """Feast's redis online store needs the redis client in Feast's venv (feast[redis])."""
-    ok = subprocess.run([str(FEAST_PY), "-c", "import redis"], capture_output=True).returncode == 0
-    if not ok:
-        console.print("installing the redis client into the Feast virtualenv (feast[redis] extra)")
-        subprocess.run([str(b1.FEAST_VENV / "bin" / "pip"), "install", "-q", "redis>=4.2.2,<8", "hiredis>=2,<4"],
-                       check=True)
-
-
 def machine_info() -> dict:
     m = b1.machine_info()
     m["loopstack_env"] = b1._pkg_versions(Path(sys.executable), ["loopstack", "redis", "fastapi", "uvicorn",
@@ -95,149 +86,10 @@ def load_note() -> dict:
     return {"load1": round(l1, 2), "load5": round(l5, 2), "load15": round(l15, 2), "time": time.time()}
 
 
-@contextlib.contextmanager
-def redis(url: str | None):
-    if url:
-        yield url
-        return
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import redis_server
-    with redis_server() as u:
-        yield u
-
-
-def _redis_db(url: str, db: int) -> str:
-    base = url.rsplit("/", 1)[0] if url.count("/") >= 3 else url
-    return f"{base}/{db}"
-
-
-def _feast_conn(url: str, db: int) -> str:
-    hostport = url.split("://", 1)[1].split("/", 1)[0]
-    return f"{hostport},db={db}"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def store_files(system: str, backend: str, n: int) -> list[Path]:
-    """The SQLite online-store file(s) a system reads from (with WAL and shm), [] for Redis."""
-    if backend != "sqlite":
-        return []
-    if system == "feast":
-        db = WORK / f"n{n}" / "feast-sqlite" / "data" / "online.db"   # b2_feast.write_repo
-    else:
-        from loopstack.config import load_config, resolve
-        root = WORK / f"n{n}" / "loopstack"
-        db = resolve(root, load_config(root, env={}).online.path)
-    if not db.exists():
-        raise SystemExit(f"{system}'s SQLite online store {db} is missing: the load step of this script "
-                         f"creates it (did it fail? see {RESULTS / 'logs'}/b2_load_{system}_sqlite_n{n}.*)")
-    return [f for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if f.exists()]
-
-
-def warm_page_cache(system: str, backend: str, n: int) -> dict:
-    """Read the system's SQLite store file(s) once through the OS and discard the bytes, so the page
-    cache holds them: every timed run starts from the same state whatever ran before (B2 docs)."""
-    files, total, t0 = store_files(system, backend, n), 0, time.perf_counter()
-    buf = bytearray(WARM_CHUNK)
-    for f in files:
-        with open(f, "rb", buffering=0) as fh:
-            while k := fh.readinto(buf):
-                total += k
-    return {"files": [f.name for f in files], "bytes": total, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-# ---------------------------------------------------------------- subprocesses ----------------
-def run_json(cmd: list[str], stem: str, env: dict | None = None, timeout: float = 3600) -> dict:
-    """Run one step in a fresh process; peak tree RSS polled (b1's helper); last JSON line parsed."""
-    logs = RESULTS / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    out_f, err_f = logs / f"b2_{stem}.out", logs / f"b2_{stem}.err"
-    with open(out_f, "w") as fo, open(err_f, "w") as fe:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, start_new_session=True, cwd=str(REPO),
-                                env={**os.environ, **(env or {})})
-        ps, peak = psutil.Process(proc.pid), 0
-        while proc.poll() is None:
-            peak = max(peak, b1._tree_rss(ps))
-            if time.perf_counter() - t0 > timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return {"status": "timeout", "timeout_seconds": timeout}
-            time.sleep(0.2)
-    lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = [ln for ln in err_f.read_text(errors="replace").splitlines() if ln.strip()][-6:]
-        return {"status": "error", "returncode": proc.returncode, "error": "\n".join(tail)}
-    res = json.loads(lines[-1])
-    res.update(status="ok", process_wall_seconds=time.perf_counter() - t0, peak_rss_polled_bytes=peak)
-    return res
-
-
-def loopstack_env(backend: str, url: str) -> dict:
-    return {"LOOPSTACK_ONLINE__BACKEND": backend, "LOOPSTACK_ONLINE__URL": _redis_db(url, 0)}
-
-
-def feast_args(backend: str, url: str, n: int) -> list[str]:
-    repo = WORK / f"n{n}" / f"feast-{backend}"
-    args = ["--repo", str(repo), "--online", backend]
-    return args + (["--redis", _feast_conn(url, 1)] if backend == "redis" else [])
-
-
-def _earlier_load(stem: str) -> dict | None:
-    """The result an earlier load of this store printed (its log), if it loaded rows."""
-    f = RESULTS / "logs" / f"b2_{stem}.out"
-    lines = [ln for ln in f.read_text().splitlines() if ln.startswith("{")] if f.exists() else []
-    if not lines:
-        return None
-    r = json.loads(lines[-1])
-    return dict(r, status="ok") if r.get("plain", {}).get("rows") else None
-
-
-def load_all(n: int, data: Path, url: str, results: dict, backends: tuple[str, ...] = BACKENDS,
-             systems: tuple[str, ...] = SYSTEMS) -> None:
-    """Load every store that is not loaded yet (loopstack's materialize is idempotent: a re-run is a no-op)."""
-    import redis as redis_client
-    loads = results.setdefault("loads", {})
-    for system in ("loopstack", "feast"):
-        for backend in BACKENDS:
-            k, prev = f"{system}|{backend}|{n}", _earlier_load(f"load_{system}_{backend}_n{n}")
-            if prev and k not in loads:
-                loads[k] = prev
-    for backend in backends:
-        k = f"loopstack|{backend}|{n}"
-        if "loopstack" in systems:
-            console.print(f"loading loopstack {backend} ({n:,} entities; materialize)")
-            r = run_json([sys.executable, str(HERE / "b2_loopstack.py"), "load", "--project",
-                          str(WORK / f"n{n}" / "loopstack"), "--data", str(data)], f"load_loopstack_{backend}_n{n}",
-                         loopstack_env(backend, url))
-            if r["status"] != "ok":
-                raise SystemExit(f"loopstack load ({backend}) failed:\n{r.get('error')}")
-            if r["plain"]["rows"] or k not in loads:
-                loads[k] = r
-        if "feast" not in systems:
-            continue
-        k = f"feast|{backend}|{n}"
-        repo = WORK / f"n{n}" / f"feast-{backend}"
-        if backend == "sqlite":
-            loaded = (repo / "data" / "online.db").exists() and loads.get(k, {}).get("status") == "ok"
-        else:
-            loaded = bool(redis_client.Redis.from_url(_redis_db(url, 1)).exists(FEAST_MARK.format(n=n)))
-        if loaded:
-            continue
-        console.print(f"loading Feast {backend} ({n:,} entities; feast materialize)")
-        if repo.exists():
-            shutil.rmtree(repo)
-        r = run_json([str(FEAST_PY), str(HERE / "b2_feast.py"), "load", "--data", str(data)]
-                     + feast_args(backend, url, n), f"load_feast_{backend}_n{n}")
-        if r["status"] != "ok":
-            raise SystemExit(f"Feast load ({backend}) failed:\n{r.get('error')}")
-        loads[k] = r
-        if backend == "redis":
-            redis_client.Redis.from_url(_redis_db(url, 1)).set(FEAST_MARK.format(n=n), "1")
 
 
 # ---------------------------------------------------------------- in-process ------------------

@@ -9,9 +9,6 @@ Policy (which transitions are allowed) lives in the pure `stages` module.
 """
 from __future__ import annotations
 
-import getpass
-import os
-import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +25,7 @@ from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
                                          loads, utc, version_from_row)
 from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
+from loopstack.registry.lineage import cached_code_version, dataset_lineage, default_actor, reference_profile
 from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name
 from loopstack.registry.schema import model_aliases as A
 from loopstack.registry.schema import model_audit as L
@@ -37,26 +35,6 @@ from loopstack.registry.schema import models as M
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return os.environ.get("USER") or "unknown"
-
-
-def code_version(cwd: str | Path | None = None) -> str | None:
-    """The git commit of `cwd` (with "-dirty" when tracked files changed), or None outside git."""
-    try:
-        run = dict(cwd=cwd, capture_output=True, text=True, timeout=5)
-        head = subprocess.run(["git", "rev-parse", "HEAD"], **run)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Registry:
@@ -79,8 +57,8 @@ class Registry:
         """
         validate_name(name)
         sig = coerce_signature(signature)
-        ds_id, ds_hash = _dataset(dataset)
-        prof = _profile(profile, holdout_scores)
+        ds_id, ds_hash = dataset_lineage(dataset)
+        prof = reference_profile(profile, holdout_scores)
         metrics_json, params_json = dumps(clean_metrics(metrics)), dumps(dict(params or {}))
         data, fmt, filename = serialize(model)
         rel = f"models/{name}/{uuid.uuid4().hex}/{filename}"
@@ -95,7 +73,7 @@ class Registry:
             conn.execute(V.insert().values(
                 name=name, version=version, state=stages.CANDIDATE, run_id=None if run_id is None else str(run_id),
                 dataset_id=ds_id, dataset_hash=ds_hash,
-                code_version=code_version if code_version is not None else _code_version_cached(),
+                code_version=code_version if code_version is not None else cached_code_version(),
                 feature_versions=dumps(dict(feature_versions) if feature_versions else sig.feature_versions),
                 params=params_json, metrics=metrics_json, signature=dumps(sig.to_dict()),
                 artifact_path=rel, artifact_uri=f"{self.artifacts.root}/{rel}", artifact_sha256=sha,
@@ -372,37 +350,3 @@ class Registry:
             name, version = self.resolve(r, conn)
             self._audit(conn, name, version, str(action)[:32], gen, actor or default_actor(), reason, evidence)
         run_transaction(self.engine, write)
-
-
-_CODE_VERSION: list[str | None] = []
-
-
-def _code_version_cached() -> str | None:
-    if not _CODE_VERSION:
-        _CODE_VERSION.append(code_version())
-    return _CODE_VERSION[0]
-
-
-def _dataset(dataset: Any) -> tuple[str | None, str | None]:
-    if dataset is None:
-        return None, None
-    if isinstance(dataset, Mapping):
-        did = dataset.get("id", dataset.get("dataset_id"))
-        return (None if did is None else str(did)), dataset.get("hash") or dataset.get("content_hash")
-    for attr in ("id", "dataset_id"):   # a dataset object from box 4, without importing it
-        if hasattr(dataset, attr):
-            return str(getattr(dataset, attr)), getattr(dataset, "hash", None) or getattr(dataset, "content_hash", None)
-    return str(dataset), None
-
-
-def _profile(profile: Any, scores: Any) -> dict | None:
-    if profile is None:
-        if scores is not None:
-            raise RegistryError("holdout_scores given without profile=<holdout features>; pass both")
-        return None
-    if isinstance(profile, Mapping):
-        if "features" not in profile:
-            raise RegistryError("profile must come from loopstack.registry.profile.build_profile (no 'features')")
-        return dict(profile)
-    from loopstack.registry.profile import build_profile
-    return build_profile(profile, scores=scores)
