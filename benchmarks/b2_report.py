@@ -101,7 +101,7 @@ def targets(results: dict, n: int) -> list[tuple[str, bool | None, str]]:
                             out.append((name, None, text + "; not a valid comparison: "
                                         + " and ".join(f"{w} could not sustain {x['target_rps']:.0f} req/s "
                                                        f"({x['achieved_rps']:.0f} achieved, {x['errors']} of "
-                                                       f"{x['requests']} unanswered)"
+                                                       f"{x['requests'] * x.get('repeats', 1)} unanswered)"
                                                        for w, x in (("loopstack", ours), ("Feast", feast))
                                                        if _saturated(x))))
                         else:
@@ -203,7 +203,11 @@ def docs_section(results: dict, n: int) -> str:
          f"requests/s (open loop: request i is sent at t0 + i/rate whatever happened before; latency is measured "
          f"from that due time, so queueing counts) for {cfg.get('http_seconds', '?'):.0f} s after a "
          f"{cfg.get('http_warmup', '?'):.0f} s warm-up, over keep-alive connections (raw asyncio, a pool grown "
-         "on demand). Bounded: responses not read within 10 s after the last request was sent count as "
+         "on demand). The client's timing is part of every latency, so it is kept exact: its event loop waits "
+         "with select(2) (asyncio's default epoll rounds every timeout up to the next millisecond, which sent "
+         "each request up to 1 ms late and charged that to the server), sleeps until 150 µs before a request "
+         "is due and spins the rest, and writes the request itself at the due time when a connection is idle; "
+         "the send lag (send − due) it reports was p50 ≈ 6 µs, p99 < 0.2 ms in these runs. Bounded: responses not read within 10 s after the last request was sent count as "
          "errors (with the time waited as their latency, a lower bound), so a saturated server shows up as an "
          "achieved rate below the target and latencies in seconds. Same JSON body shape for both "
          "(`{\"features\": [...], \"entities\": {\"user_id\": [...]}}`). "
