@@ -5,8 +5,9 @@ A short check for work on the request path (the full comparison with the peers i
 direct call runs on the server core (1); `loopstack serve` runs per model and batching mode
 (b4_servers.Server: pinned to core 1, the closed-loop client b4_client.py pinned to core 0). Each cell is
 measured `--repeat` times, each time right after its own direct call; medians are reported with the
-1-minute load average and the server's CPU time per request (all its threads: steadier than latency on
-a shared machine). With `--before SRC`, a second server runs the code under SRC (e.g. an exported older
+1-minute load average, the server's CPU time per request (all its threads: steadier than latency on
+a shared machine) and the model's own time per batch inside the server (loopstack_serving_model_seconds_total
+over the window), which tells a slower model call apart from time spent around it. With `--before SRC`, a second server runs the code under SRC (e.g. an exported older
 commit's src/) and the two are measured alternately, so both see the same load.
 
     python benchmarks/b4_overhead.py                                  # lgbm + mlp, rows 1 and 32, 3 repeats
@@ -72,17 +73,19 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                     for v, srv in servers.items():
                         d = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]
                         la = os.getloadavg()[0]
-                        res = S.run_client(srv, r, 1, seconds, warmup, stats=False)
+                        res = S.run_client(srv, r, 1, seconds, warmup)
                         # the CPU figure covers warm-up + window, the count only the window: scaled
                         cpu = res["server_cpu_seconds"] * 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)
                         cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
-                                                              "server_cpu_ms": []})
+                                                              "server_cpu_ms": [], "model_ms": []})
+                        mm = res.get("model_ms_per_batch")
                         for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
-                                     ("server_cpu_ms", cpu)):
+                                     ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan"))):
                             cell[k].append(x)
                         print(f"  {v:6s} {m} rows={r}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
                               f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
-                              f"cpu {cpu:.3f} ms/request (load {la:.2f})", flush=True)
+                              f"cpu {cpu:.3f} ms/request, model in the server {mm if mm is not None else float('nan'):.3f} ms "
+                              f"per batch (load {la:.2f})", flush=True)
             finally:
                 for srv in servers.values():
                     srv.stop()
@@ -105,14 +108,15 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     res = measure(models, rows, a.seconds, a.warmup, a.repeat, tuple(a.loopstack_args.split()), a.before or None)
     print(f"\n{'code':6s} {'cell':8s} {'direct p50':>10s} {'server p50':>10s} {'overhead':>9s} {'min':>7s} "
-          f"{'cpu/req':>8s}  (ms; medians of {a.repeat}, min overhead; load)")
+          f"{'cpu/req':>8s} {'model in srv':>12s}  (ms; medians of {a.repeat}, min overhead; load)")
     summary: dict = {}
     for v, cells in res.items():
         for key, c in cells.items():
             overs = [s - d for d, s in zip(c["direct"], c["server"])]
             row = {**c, "direct_p50_ms": statistics.median(c["direct"]),
                    "server_p50_ms": statistics.median(c["server"]), "overhead_ms": statistics.median(overs),
-                   "min_overhead_ms": min(overs), "server_cpu_ms_median": statistics.median(c["server_cpu_ms"])}
+                   "min_overhead_ms": min(overs), "server_cpu_ms_median": statistics.median(c["server_cpu_ms"]),
+                   "model_ms_in_server_median": statistics.median(c["model_ms"])}
             summary.setdefault(v, {})[key] = row
             print(f"{v:6s} {key:8s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
                   f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f}  "

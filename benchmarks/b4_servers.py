@@ -141,6 +141,19 @@ def batch_counts(server: str, model: str, text: str | None) -> tuple[float, floa
     return (total["_count"], total["_sum"]) if found else None
 
 
+def model_seconds(model: str, text: str | None) -> float | None:
+    """loopstack's loopstack_serving_model_seconds_total for `model` (all versions), None when absent."""
+    if not text or text.startswith("ERROR"):
+        return None
+    want, total, found = f'model="{loopstack_name(model)}"', 0.0, False
+    for line in text.splitlines():
+        m = re.match(r"^loopstack_serving_model_seconds_total(\{[^}]*\})?\s+(\S+)", line)
+        if m and want in (m.group(1) or ""):
+            total += float(m.group(2))
+            found = True
+    return total if found else None
+
+
 def mean_batch(server: str, model: str, batching: bool, before: str | None, after: str | None) -> float | None:
     """Mean requests (rows, for BentoML) per model call during the measured window."""
     a, b = batch_counts(server, model, before), batch_counts(server, model, after)
@@ -288,8 +301,13 @@ def run_client(server: Server, rows_per_request: int, concurrency: int, seconds:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["server_cpu_seconds"] = server.cpu_seconds() - cpu0   # the whole client run: warm-up + window + drain
     res["server_cpu_cores"] = res["server_cpu_seconds"] / (time.monotonic() - t0)
-    res["mean_batch"] = mean_batch(server.server, server.model, server.batching,
-                                   res.pop("stats_before"), res.pop("stats_after"))
+    before, after = res.pop("stats_before"), res.pop("stats_after")
+    res["mean_batch"] = mean_batch(server.server, server.model, server.batching, before, after)
+    if server.server == "loopstack":   # the model's own time per batch inside the server, over the window
+        a, b = batch_counts("loopstack", server.model, before), batch_counts("loopstack", server.model, after)
+        ma, mb = model_seconds(server.model, before), model_seconds(server.model, after)
+        if None not in (a, b, ma, mb) and b[0] > a[0]:
+            res["model_ms_per_batch"] = (mb - ma) * 1e3 / (b[0] - a[0])
     return res
 
 

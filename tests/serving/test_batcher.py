@@ -279,3 +279,16 @@ def test_block_queue_limit_counts_rows(batchers):
         return await asyncio.gather(first, queued)
 
     assert asyncio.run(main()) == [2, [4, 6, 8]]
+
+
+def test_model_seconds_sum_the_time_batches_ran(batchers):
+    """`model_seconds` (exported as loopstack_serving_model_seconds_total) adds up each batch's run time, so
+    model time per batch = model_seconds / batches, apart from the queueing and the HTTP work."""
+    def slow(payloads):
+        time.sleep(0.05 * len(payloads))
+        return payloads
+    b = make(batchers, BatchConfig(max_batch_size=2, max_latency_ms=600_000), slow)
+    futs = [b.submit(i) for i in range(4)]          # two full batches of 2: 0.1 s each
+    assert [f.result(T) for f in futs] == [0, 1, 2, 3]
+    s = b.stats()
+    assert s["batches"] == 2 and 0.2 <= s["model_seconds"] < 0.2 + 0.5

@@ -91,3 +91,31 @@ def test_feature_sampling_is_deterministic_per_request():
     picked = [i for i in ids if sampled(i, 0.1)]
     assert picked == [i for i in ids if sampled(i, 0.1)] and 120 < len(picked) < 280
     assert all(sampled(i, 1.0) for i in ids[:10]) and not any(sampled(i, 0.0) for i in ids[:10])
+
+
+def test_deferred_records_are_made_after_the_caller_yields_and_flush_waits_for_them():
+    """`defer` (the server's path: records are built after the answer is written) builds nothing until the
+    event loop's next turn, counts the records against the bound meanwhile, and `flush` waits for them."""
+    import asyncio
+    log = FakeLog()
+    plog = PredictionLog(log, max_queue=10, batch_size=100, flush_interval_s=0.01)
+    made: list[int] = []
+
+    def build():
+        made.append(1)
+        return [{"request_id": "a", "model": "m"}, {"request_id": "b", "model": "m"}]
+
+    async def main():
+        assert plog.has_room(10) and not plog.has_room(11)
+        plog.defer(build, 2)
+        assert made == [] and plog.stats()["accepted"] == 0
+        assert plog.has_room(8) and not plog.has_room(9)      # room held for the records not built yet
+        plog.defer(lambda: 1 / 0, 1)                           # a failing build is logged, not raised
+        await asyncio.sleep(0)
+        assert made == [1] and plog.stats()["accepted"] == 2 and plog.has_room(8) and not plog.has_room(9)
+
+    asyncio.run(main())
+    plog.flush(5)
+    assert plog.stats()["written"] == 2
+    plog.close()
+    assert [r["request_id"] for _, b in log.batches for r in b] == ["a", "b"]

@@ -126,6 +126,7 @@ class DynamicBatcher:
         self._sizes: dict[int, int] = {}
         self._batches = self._requests = self._rejected = self._expired = self._failed_batches = 0
         self._batch_s_ewma: float | None = None
+        self._model_s = 0.0                       # seconds spent in run_batch, summed over batches
         self._in_flight = 0
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name or id(self)}", daemon=True)
         self._worker.start()
@@ -269,19 +270,22 @@ class DynamicBatcher:
                     at += item.rows
                 results = per_item
         except BaseException as exc:  # the worker must survive any failure of the model
-            _settle_all(items, exc)
-            ok = False
+            failure: BaseException | None = exc
         else:
-            _settle_all(items, None, results)
-            ok = True
+            failure = None
         elapsed = time.perf_counter() - started
-        with self._cv:
+        with self._cv:   # counted before the callers hear back, so stats() read after an answer include it
             self._batches += 1
             size = sum(item.rows for item in items)
             self._sizes[size] = self._sizes.get(size, 0) + 1
-            self._failed_batches += 0 if ok else 1
+            self._failed_batches += 0 if failure is None else 1
+            self._model_s += elapsed
             prev = self._batch_s_ewma
             self._batch_s_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
+        if failure is None:
+            _settle_all(items, None, results)
+        else:
+            _settle_all(items, failure)
 
     # ------------------------------------------------------------------ inspection and shutdown
     def stats(self) -> dict:
@@ -295,6 +299,7 @@ class DynamicBatcher:
                     "queue_depth": self._queued_rows, "in_flight": self._in_flight, "batches": self._batches,
                     "requests": self._requests, "rejected": self._rejected, "expired": self._expired,
                     "failed_batches": self._failed_batches, "recent_batch_s": self._batch_s_ewma,
+                    "model_seconds": self._model_s,
                     "closed": self._closed}
 
     @property

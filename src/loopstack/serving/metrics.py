@@ -82,6 +82,8 @@ class _StateCollector:
         fired = CounterMetricFamily(f"{P}batches_fired", "Batches fired, by why they fired (full, waited_out, "
                                     "preferred).", labels=[*lv, "reason"])
         sizes = HistogramMetricFamily(f"{P}batch_size", "Requests per batch run on the model.", labels=lv)
+        model_s = CounterMetricFamily(f"{P}model_seconds", "Seconds spent running batches on the model (divide "
+                                      "by the batch_size count for the mean per batch).", labels=lv)
         depth = GaugeMetricFamily(f"{P}queue_depth", "Requests waiting in the model's batch queue.", labels=lv)
         rejected = CounterMetricFamily(f"{P}queue_rejected", "Requests refused with 429 (queue full).", labels=lv)
         expired = CounterMetricFamily(f"{P}deadline_expired", "Requests whose deadline passed in the queue.",
@@ -106,6 +108,7 @@ class _StateCollector:
             total = float(sum(s * n for s, n in b["batch_sizes"].items()))
             buckets.append(("+Inf", count))
             sizes.add_metric(labels, buckets, total)
+            model_s.add_metric(labels, b.get("model_seconds", 0.0))
             depth.add_metric(labels, b["queue_depth"])
             rejected.add_metric(labels, b.get("rejected", 0))
             expired.add_metric(labels, b.get("expired", 0))
@@ -115,7 +118,7 @@ class _StateCollector:
             restarts.add_metric(labels, v["runtime"]["restarts"])
             alive.add_metric(labels, 1.0 if v["runtime"]["alive"] else 0.0)
             loaded.add_metric([*labels, ",".join(v["roles"]) or "none"], 1.0)
-        yield from (fired, sizes, depth, rejected, expired, breaker, opened, restarts, alive, loaded)
+        yield from (fired, sizes, model_s, depth, rejected, expired, breaker, opened, restarts, alive, loaded)
         cache = state.get("cache") or {}
         if cache:
             yield _gauge(f"{P}cache_hit_rate", "Result cache hits / lookups since start.", cache["hit_rate"])

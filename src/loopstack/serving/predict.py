@@ -115,9 +115,15 @@ class PredictService:
             for lv in held:
                 lv.release()
         latency = time.monotonic() - t0
-        recs = records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
-        if recs and self.plog is not None:
-            await self.plog.put_many_async(recs)
+        plog = self.plog
+        if plog is not None and plog.has_room(len(requests)):
+            # metrics and log records are made right after this answer is written, not before (the usual case)
+            plog.defer(lambda: records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics),
+                       len(requests))
+        else:   # no log, or a full queue: made now, and a full queue holds the answer back (backpressure)
+            recs = records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
+            if recs and plog is not None:
+                await plog.put_many_async(recs)
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]

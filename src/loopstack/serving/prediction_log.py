@@ -9,6 +9,7 @@ be appended at close is written to a JSON-lines spill file next to the project d
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -16,7 +17,7 @@ import time
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loopstack.features.definitions import Field
 from loopstack.log.base import TopicConfig
@@ -54,6 +55,8 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)   # producers waiting for room (the slow path)
         self._waiting = 0
+        self._deferred = 0                             # `defer` calls whose records are not queued yet
+        self._deferred_records = 0
         self._wake = threading.Event()                 # set when a full batch is waiting, or on close
         self._stop = threading.Event()
         event_log.create_topic(TopicConfig(topic, partitions, SCHEMA, key_field="model"))
@@ -120,6 +123,35 @@ class PredictionLog:
         for rec in rest:
             accepted += await self.put_async(rec)
         return accepted
+
+    def has_room(self, n: int) -> bool:
+        """True when `n` more records fit in the queue now (records `defer`red but not queued yet count)."""
+        return len(self._q) + self._deferred_records + n <= self.max_queue
+
+    def defer(self, build: Callable[[], list[dict]], n: int) -> None:
+        """Queue the records `build()` returns on the event loop's next turn, so the caller's answer is written
+        before they are made (the response path pays for neither). Call after `has_room`; the records are
+        always taken (the bound was checked then), and `flush` waits for them. `n`: at most how many."""
+        with self._lock:
+            self._deferred += 1
+            self._deferred_records += n
+        asyncio.get_running_loop().call_soon(self._queue_deferred, build, n)
+
+    def _queue_deferred(self, build: Callable[[], list[dict]], n: int) -> None:
+        try:
+            recs = build()
+        except Exception:  # noqa: BLE001 - a bug in building records must not stop the loop's callbacks
+            log.exception("building prediction-log records failed")
+            recs = []
+        q = self._q
+        before = len(q)
+        q.extend(recs)
+        with self._lock:
+            self.counts["accepted"] += len(recs)
+            self._deferred -= 1
+            self._deferred_records -= n
+        if before < self.batch_size <= len(q):
+            self._wake.set()
 
     def depth(self) -> int:
         return len(self._q)
@@ -199,7 +231,7 @@ class PredictionLog:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                pending = self.counts["accepted"] - self.counts["written"] - self.counts["spilled"]
+                pending = self.counts["accepted"] - self.counts["written"] - self.counts["spilled"] + self._deferred
             if pending <= 0:
                 return
             time.sleep(0.01)
