@@ -119,8 +119,8 @@ def main() -> None:
                    "model_ms_in_server_median": statistics.median(c["model_ms"])}
             summary.setdefault(v, {})[key] = row
             print(f"{v:6s} {key:8s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
-                  f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f}  "
-                  f"(load {min(c['load']):.1f}-{max(c['load']):.1f})")
+                  f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f} "
+                  f"{row['model_ms_in_server_median']:12.3f}  (load {min(c['load']):.1f}-{max(c['load']):.1f})")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("a") as f:
         f.write(json.dumps({"started": started, "label": a.label, "loopstack_args": a.loopstack_args,

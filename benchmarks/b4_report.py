@@ -242,6 +242,7 @@ def docs_section(res: dict) -> str:
               "peers' batch-off endpoint with a 32-row array). Throughput at equal or lower p99 = the peer's best "
               "cell (any batching mode and concurrency) against loopstack's best cell whose p99 is no higher.", "",
               batching_bound(d.get("mlp")), "",
+              *([f"- {x}" for x in res.get("notes", [])] + [""] if res.get("notes") else []),
               "Reproduce: `python benchmarks/b4_serving.py --fresh --write-docs` (creates `.bench/bentoml` and "
               "`.bench/ray` if missing; `--quick` for a smoke check); raw numbers in `.bench/results/b4.json`, "
               "server logs in `.bench/b4/logs/`.", END]

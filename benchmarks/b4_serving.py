@@ -152,6 +152,8 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="drop the cells of earlier runs (by default a run with the "
                                                        "same settings replaces only the cells it measures)")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--note", action="append", default=None,
+                   help="a note for the docs about these results (repeatable; replaces the stored notes)")
     a = p.parse_args()
     if a.quick:
         a.seconds, a.warmup, a.overhead_seconds = 3.0, 1.0, 3.0
@@ -160,6 +162,7 @@ def main() -> None:
     a.servers, a.models, a.batching = a.servers.split(","), a.models.split(","), a.batching.split(",")
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     results = load()
+    notes = a.note if a.note is not None else results.get("notes")
     if not a.report_only:
         prev = results
         results = {"cells": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load_avg()}
@@ -183,6 +186,9 @@ def main() -> None:
         save(results)
         run_matrix(a, results)
         results["load_end"] = load_avg()
+        save(results)
+    if notes is not None:
+        results["notes"] = notes
         save(results)
     b4_report.print_report(results)
     if a.write_docs:
