@@ -112,6 +112,18 @@ def match_text(results: dict, n: int, m: int) -> str:
     return "; ".join(parts) or "—"
 
 
+def _row(results: dict, n: int, m: int, sep: str, empty: str) -> tuple[list[str], str, str]:
+    """One size's system cells (time and memory joined by `sep`), speed-up and memory ratio (`empty` if none)."""
+    cells = []
+    for s in ("loopstack", "feast-duckdb", "feast-file"):
+        a, b = _cell(results["runs"].get(key(s, n, m)))
+        cells.append(f"{a}{sep}{b}" if b else a)
+    r = ratios(results, n, m)
+    sp = empty if r is None else (f"{r['speedup']:.1f}×" if r["exact"] else f"> {r['speedup']:.1f}×")
+    mr = empty if r is None or r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+    return cells, sp, mr
+
+
 def build_table(results: dict, sizes: list[tuple[int, int]]) -> Table:
     t = Table(title="B1 point-in-time join: join time / peak RSS", show_lines=False)
     t.add_column("N labels"), t.add_column("M rows/view")
@@ -120,13 +132,7 @@ def build_table(results: dict, sizes: list[tuple[int, int]]) -> Table:
     t.add_column("speed-up"), t.add_column("mem ratio"), t.add_column("outputs")
     t.add_column("windowed (ours)", justify="right")
     for n, m in sizes:
-        cells = []
-        for s in ("loopstack", "feast-duckdb", "feast-file"):
-            a, b = _cell(results["runs"].get(key(s, n, m)))
-            cells.append(f"{a}\n{b}" if b else a)
-        r = ratios(results, n, m)
-        sp = "" if r is None else (f"{r['speedup']:.1f}×" if r["exact"] else f"> {r['speedup']:.1f}×")
-        mr = "" if r is None or r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        cells, sp, mr = _row(results, n, m, "\n", "")
         wa, wb = _cell(results["runs"].get(key("loopstack-windowed", n, m)))
         t.add_row(_fmt_n(n), _fmt_n(m), *cells, sp, mr, match_text(results, n, m), f"{wa}\n{wb}" if wb else wa)
     return t
@@ -178,13 +184,7 @@ def docs_section(results: dict, sizes: list[tuple[int, int]]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n, m in sizes:
-        cells = []
-        for s in ("loopstack", "feast-duckdb", "feast-file"):
-            a, b = _cell(results["runs"].get(key(s, n, m)))
-            cells.append(f"{a} / {b}" if b else a)
-        r = ratios(results, n, m)
-        sp = "—" if r is None else (f"{r['speedup']:.1f}×" if r["exact"] else f"> {r['speedup']:.1f}×")
-        mr = "—" if r is None or r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        cells, sp, mr = _row(results, n, m, " / ", "—")
         lines.append(f"| {_fmt_n(n)} | {_fmt_n(m)} | " + " | ".join(cells) + f" | {sp} | {mr} | "
                      f"{match_text(results, n, m)} |")
     big = max(sizes, key=lambda s: (s[1], s[0]))
