@@ -121,6 +121,17 @@ def stats_url(server: str, port: int) -> str:
     return f"http://127.0.0.1:{port}" + ("/stats" if server == "ray" else "/metrics")
 
 
+def _series_total(text: str, name: str, want: str) -> float | None:
+    """The sum of Prometheus series `name` whose labels contain `want` (None: no such series)."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(\{{[^}}]*\}})?\s+(\S+)", line)
+        if m and want in (m.group(1) or ""):
+            total += float(m.group(2))
+            found = True
+    return total if found else None
+
+
 def batch_counts(server: str, model: str, text: str | None) -> tuple[float, float] | None:
     """(batches, requests) from a stats snapshot: the Prometheus batch-size histogram (loopstack,
     BentoML) or Ray's /stats JSON; None when unavailable."""
@@ -131,32 +142,20 @@ def batch_counts(server: str, model: str, text: str | None) -> tuple[float, floa
         return float(d["batches"]), float(d["requests"])
     metric = "loopstack_serving_batch_size" if server == "loopstack" else "bentoml_service_adaptive_batch_size"
     want = f'model="{loopstack_name(model)}"' if server == "loopstack" else ""
-    total = {"_sum": 0.0, "_count": 0.0}
-    found = False
-    for line in text.splitlines():
-        m = re.match(rf"^{metric}(_sum|_count)(\{{[^}}]*\}})?\s+(\S+)", line)
-        if m and want in (m.group(2) or ""):
-            total[m.group(1)] += float(m.group(3))
-            found = True
-    return (total["_count"], total["_sum"]) if found else None
+    count, total = _series_total(text, metric + "_count", want), _series_total(text, metric + "_sum", want)
+    return None if count is None and total is None else (count or 0.0, total or 0.0)
 
 
 def model_seconds(model: str, text: str | None) -> float | None:
     """loopstack's loopstack_serving_model_seconds_total for `model` (all versions), None when absent."""
     if not text or text.startswith("ERROR"):
         return None
-    want, total, found = f'model="{loopstack_name(model)}"', 0.0, False
-    for line in text.splitlines():
-        m = re.match(r"^loopstack_serving_model_seconds_total(\{[^}]*\})?\s+(\S+)", line)
-        if m and want in (m.group(1) or ""):
-            total += float(m.group(2))
-            found = True
-    return total if found else None
+    return _series_total(text, "loopstack_serving_model_seconds_total", f'model="{loopstack_name(model)}"')
 
 
-def mean_batch(server: str, model: str, batching: bool, before: str | None, after: str | None) -> float | None:
-    """Mean requests (rows, for BentoML) per model call during the measured window."""
-    a, b = batch_counts(server, model, before), batch_counts(server, model, after)
+def mean_batch(server: str, batching: bool, a: tuple[float, float] | None, b: tuple[float, float] | None,
+               ) -> float | None:
+    """Mean requests (rows, for BentoML) per model call between two `batch_counts` snapshots."""
     if a is None or b is None:
         return 1.0 if (server == "bentoml" and not batching) else None  # BentoML counts only batchable APIs
     batches, reqs = b[0] - a[0], b[1] - a[1]
@@ -302,9 +301,9 @@ def run_client(server: Server, rows_per_request: int, concurrency: int, seconds:
     res["server_cpu_seconds"] = server.cpu_seconds() - cpu0   # the whole client run: warm-up + window + drain
     res["server_cpu_cores"] = res["server_cpu_seconds"] / (time.monotonic() - t0)
     before, after = res.pop("stats_before"), res.pop("stats_after")
-    res["mean_batch"] = mean_batch(server.server, server.model, server.batching, before, after)
+    a, b = batch_counts(server.server, server.model, before), batch_counts(server.server, server.model, after)
+    res["mean_batch"] = mean_batch(server.server, server.batching, a, b)
     if server.server == "loopstack":   # the model's own time per batch inside the server, over the window
-        a, b = batch_counts("loopstack", server.model, before), batch_counts("loopstack", server.model, after)
         ma, mb = model_seconds(server.model, before), model_seconds(server.model, after)
         if None not in (a, b, ma, mb) and b[0] > a[0]:
             res["model_ms_per_batch"] = (mb - ma) * 1e3 / (b[0] - a[0])

@@ -37,10 +37,20 @@ class FastReadProtocol(HttpToolsProtocol):
     but a plain online read."""
 
     _fast: list[bytes] | None = None
+    _hdr_src: Any = None      # the default-header list `_hdr` was formatted from
+    _hdr = b""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self._access = access_layer(config.loaded_app) if not self.root_path else None
+
+    def _default_headers(self) -> bytes:
+        """uvicorn's default headers (date, server) as bytes, formatted again only when uvicorn replaces the
+        list (its date header changes once a second), not for every answer."""
+        hs = self.server_state.default_headers
+        if hs is not self._hdr_src:
+            self._hdr_src, self._hdr = hs, b"".join(b"%s: %s\r\n" % kv for kv in hs)
+        return self._hdr
 
     def on_message_begin(self) -> None:
         self._unset_keepalive_if_required()   # a request parsed right after a fast answer: not idle any more
@@ -83,8 +93,7 @@ class FastReadProtocol(HttpToolsProtocol):
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         access = self._access
         status, body, scope, t0 = access.read_outside_asgi(raw, self.headers, self.client)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
-                *(b"%s: %s\r\n" % kv for kv in self.server_state.default_headers),
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), self._default_headers(),
                 b"content-length: %d\r\ncontent-type: application/json\r\nx-request-id: %s\r\n"
                 % (len(body), scope["state"]["request_id"].encode())]
         if not self._keep_alive:

@@ -11,6 +11,7 @@ queue on the model rung answers 429 (load is shed, not moved onto the fallback).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -116,12 +117,11 @@ class PredictService:
                 lv.release()
         latency = time.monotonic() - t0
         plog = self.plog
+        make = functools.partial(records, name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
         if plog is not None and plog.has_room(len(requests)):
-            # metrics and log records are made right after this answer is written, not before (the usual case)
-            plog.defer(lambda: records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics),
-                       len(requests))
+            plog.defer(make, len(requests))   # made right after this answer is written, not before (the usual case)
         else:   # no log, or a full queue: made now, and a full queue holds the answer back (backpressure)
-            recs = records(name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
+            recs = make()
             if recs and plog is not None:
                 await plog.put_many_async(recs)
         errors = [a for a in answers if isinstance(a, BaseException)]
