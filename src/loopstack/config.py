@@ -75,6 +75,7 @@ class OnlineConfig:
     path: str = "data/online.db"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "loopstack"
+    spin_us: int = 200                  # redis: a serving read polls this long for the reply before sleeping
 
     ALLOWED = {"backend": ("sqlite", "redis")}
 

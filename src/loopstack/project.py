@@ -93,7 +93,7 @@ class Project:
         c = self.config.online
         if c.backend == "sqlite":
             return open_online_store("sqlite", path=self.path(c.path))
-        return open_online_store(c.backend, url=c.url, prefix=c.prefix)
+        return open_online_store(c.backend, url=c.url, prefix=c.prefix, spin_us=c.spin_us)
 
     @property
     def online(self):  # -> OnlineFeatures

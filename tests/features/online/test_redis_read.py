@@ -52,3 +52,77 @@ def test_raw_read_in_threads(rstore):
                    {f"v|{j}": {"f": str(j).encode()} for j in range(i, min(i + 20, 50))} for _ in range(30))
     with ThreadPoolExecutor(8) as ex:
         assert all(ex.map(work, range(40)))
+
+
+# -- polling for the reply (`_recv`) -----------------------------------------------------------------
+def _pair(timeout: float | None):
+    import socket
+    a, b = socket.socketpair()
+    b.settimeout(timeout)
+    return a, b
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "with-timeout"])
+def test_recv_polls_for_a_reply_that_comes_within_the_spin(timeout, monkeypatch):
+    """A reply arriving during the spin is read by polling (the blocking recv is never called), on a
+    blocking socket and on one with a timeout (redis-py's default, whose recv would poll(2) first)."""
+    import socket
+    import threading
+
+    from loopstack.features.online import redis as R
+    a, b = _pair(timeout)
+    blocking = []
+    real_recv = socket.socket.recv
+
+    class Watched(socket.socket):   # `_recv` polls only plain sockets: this one is checked by identity below
+        def recv(self, n, flags=0):   # noqa: ANN001, ANN202
+            if not flags:
+                blocking.append(n)
+            return real_recv(self, n, flags)
+
+    w = Watched(fileno=b.detach())
+    w.settimeout(timeout)
+    monkeypatch.setattr(R.socket, "socket", Watched)   # so that `type(sock) is socket.socket` holds for `w`
+    threading.Timer(0.005, a.sendall, (b"+OK\r\n",)).start()
+    assert R._recv(w, spin_s=2.0) == b"+OK\r\n"
+    assert blocking == []
+    a.close()
+    w.close()
+
+
+def test_recv_falls_back_to_a_blocking_read_after_the_spin():
+    import threading
+    import time
+
+    from loopstack.features.online import redis as R
+    a, b = _pair(None)
+    threading.Timer(0.05, a.sendall, (b"late",)).start()
+    t0 = time.perf_counter()
+    assert R._recv(b, spin_s=0.001) == b"late"    # spun 1 ms, then slept until the bytes came
+    assert time.perf_counter() - t0 >= 0.04
+    a.close()
+    b.close()
+
+
+def test_recv_keeps_the_socket_timeout():
+    import socket
+    import time
+
+    from loopstack.features.online import redis as R
+    a, b = _pair(0.05)
+    t0 = time.perf_counter()
+    with pytest.raises(socket.timeout):
+        R._recv(b, spin_s=0.01)     # nothing comes: the spin ends, then the socket's own timeout applies
+    assert 0.05 <= time.perf_counter() - t0 < 2
+    a.close()
+    b.close()
+
+
+def test_spin_setting(redis_url):
+    from loopstack.config import Config
+    from loopstack.errors import ConfigError
+    from loopstack.features.online.redis import SPIN_US
+    assert open_online_store("redis", url=redis_url)._spin_s == SPIN_US / 1e6 == Config().online.spin_us / 1e6
+    assert open_online_store("redis", url=redis_url, spin_us=0)._spin_s == 0
+    with pytest.raises(ConfigError, match="online.spin_us"):
+        open_online_store("redis", url=redis_url, spin_us=-1)

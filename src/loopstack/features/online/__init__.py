@@ -10,8 +10,9 @@ BACKENDS = ("sqlite", "redis")
 
 
 def open_online_store(backend: str, *, path: str | Path | None = None, url: str | None = None,
-                      prefix: str = "loopstack") -> OnlineStore:
-    """Open the online store `backend` ("sqlite" needs `path`, "redis" needs `url`)."""
+                      prefix: str = "loopstack", spin_us: int | None = None) -> OnlineStore:
+    """Open the online store `backend` ("sqlite" needs `path`, "redis" needs `url`; `spin_us`: see
+    `RedisOnlineStore`, None for its default)."""
     if backend == "sqlite":
         if path is None:
             raise ConfigError("online store 'sqlite' needs a file path (set `online.path` in loopstack.yaml)")
@@ -22,7 +23,7 @@ def open_online_store(backend: str, *, path: str | Path | None = None, url: str 
             raise ConfigError("online store 'redis' needs a URL like redis://127.0.0.1:6379/0 "
                               "(set `online.url` in loopstack.yaml)")
         from loopstack.features.online.redis import RedisOnlineStore
-        return RedisOnlineStore(url, prefix)
+        return RedisOnlineStore(url, prefix) if spin_us is None else RedisOnlineStore(url, prefix, spin_us)
     raise ConfigError(f"online store backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
 
 

@@ -10,7 +10,11 @@ batch is on disk (the test server runs so); with ``everysec`` up to a second can
 """
 from __future__ import annotations
 
+import functools
+import os
+import socket
 import threading
+import time
 from typing import Iterable
 
 from loopstack.errors import ConfigError
@@ -30,11 +34,34 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
     _HAS_HIREDIS = False
 _RAW_MIN = 256  # batches with this many field operations or more are packed by hand (`_transaction`)
+SPIN_US = 200   # a serving read polls for Redis's reply this long before it sleeps in recv (see `_recv`)
 
 
-def _read_replies(conn, n: int) -> list | None:  # noqa: ANN001 - redis.Connection
+def _recv(sock: socket.socket, spin_s: float) -> bytes:
+    """The next bytes on `sock`: polled without blocking for up to `spin_s` seconds, then a blocking recv.
+    A reply on loopback or a LAN usually comes within ~100 us; sleeping for it costs a wake-up, which on
+    a virtual machine is often longer than the wait itself (measured in docs/online-store.md)."""
+    if spin_s > 0 and type(sock) is socket.socket:   # (not TLS: its bytes are not the socket's)
+        # a socket with a timeout (redis-py's default) is non-blocking underneath, and its recv polls
+        # before reading, flags or not: read the descriptor directly then
+        if sock.gettimeout() is None:
+            poll = functools.partial(sock.recv, 1 << 20, socket.MSG_DONTWAIT)
+        else:
+            poll = functools.partial(os.read, sock.fileno(), 1 << 20)
+        end = time.perf_counter() + spin_s
+        while True:
+            try:
+                return poll()
+            except (BlockingIOError, InterruptedError):
+                if time.perf_counter() >= end:
+                    break
+    return sock.recv(1 << 20)
+
+
+def _read_replies(conn, n: int, spin_s: float = 0.0) -> list | None:  # noqa: ANN001 - redis.Connection
     """`n` replies read straight off the connection's socket with hiredis's C reader (error replies
-    come back as exception objects, not raised); None without hiredis or a plain socket."""
+    come back as exception objects, not raised); None without hiredis or a plain socket. `spin_s`:
+    poll for each chunk this long before blocking (`_recv`)."""
     try:
         import hiredis
     except ImportError:
@@ -45,7 +72,7 @@ def _read_replies(conn, n: int) -> list | None:  # noqa: ANN001 - redis.Connecti
     reader = hiredis.Reader()
     out: list = []
     while len(out) < n:
-        data = sock.recv(1 << 20)
+        data = _recv(sock, spin_s)
         if not data:
             raise ConnectionError("Redis closed the connection during a write")
         reader.feed(data)
@@ -66,9 +93,12 @@ class RedisOnlineStore(OnlineStore):
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "loopstack") -> None:
+    def __init__(self, url: str, prefix: str = "loopstack", spin_us: int = SPIN_US) -> None:
         import redis
+        if spin_us < 0:
+            raise ConfigError(f"online store: spin_us={spin_us} is negative; set `online.spin_us` to 0 (never poll) or more")
         self.url, self.prefix = url, prefix
+        self._spin_s = spin_us / 1e6
         self._h = f"{prefix}:oh:"
         self._p = f"{prefix}:op"
         self.r = redis.Redis.from_url(url)
@@ -141,7 +171,7 @@ class RedisOnlineStore(OnlineStore):
                 return None   # (checked before sending: nothing is left unread on the connection)
             try:
                 conn.send_packed_command([b"".join(cmds)], check_health=False)
-                replies = _read_replies(conn, len(cmds))
+                replies = _read_replies(conn, len(cmds), self._spin_s)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 conn.disconnect()
                 if attempt:
