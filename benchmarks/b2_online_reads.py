@@ -222,6 +222,7 @@ def http(n: int, url: str, a, results: dict) -> None:
     total = int(a.rate * (a.http_seconds + a.http_warmup)) + 10
     files = {b: bodies_file(n, b, total) for b in (1, 100)}
     runs: dict[str, list] = {}
+    closed: dict[str, list] = {}
     for rep in range(a.http_repeat):
         for backend in a.backends:
             for system in alternate(a.systems, rep):
@@ -249,6 +250,16 @@ def http(n: int, url: str, a, results: dict) -> None:
                         r["server"] = how
                         r["load_before"], r["page_cache_warmed"] = note, warm
                         runs.setdefault(f"{system}|{backend}|{batch}", []).append(r)
+                        for conc in a.concurrency:
+                            console.print(f"HTTP closed loop: {system} {backend} {batch}x10 at concurrency {conc} "
+                                          f"for {a.closed_seconds:.0f} s")
+                            r = run_json([sys.executable, str(HERE / "b4_client.py"), "--port", str(port), "--path",
+                                          "/get-online-features", "--bodies", str(files[batch]), "--concurrency",
+                                          str(conc), "--seconds", str(a.closed_seconds), "--warmup-seconds", "2"],
+                                         f"closed_{system}_{backend}_{batch}_c{conc}")
+                            if r["status"] != "ok":
+                                raise SystemExit(f"closed-loop client failed:\n{r.get('error')}")
+                            closed.setdefault(f"closed|{system}|{backend}|{batch}|{conc}", []).append(r)
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     try:
@@ -267,6 +278,11 @@ def http(n: int, url: str, a, results: dict) -> None:
                  service_p99_ms=float(np.median([r["service"]["p99_ms"] for r in rs])),
                  loads=[r["load_before"] for r in rs], page_cache_warmed=[r["page_cache_warmed"] for r in rs])
         res[f"{k}|{n}"] = m
+    for k, rs in closed.items():   # fixed concurrency: medians over the repeats
+        res[f"{k}|{n}"] = {**{x: float(np.median([r[x] for r in rs]))
+                              for x in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")},
+                           "repeats": len(rs), "seconds": a.closed_seconds, "errors": sum(r["errors"] for r in rs),
+                           "p99_ms_each": [r["p99_ms"] for r in rs]}
 
 
 # ---------------------------------------------------------------- main ------------------------
@@ -305,6 +321,10 @@ def main() -> None:
     p.add_argument("--http-seconds", type=float, default=None, help="measured seconds per HTTP run (default 20)")
     p.add_argument("--http-warmup", type=float, default=3.0, help="HTTP warm-up seconds per run (default 3)")
     p.add_argument("--http-repeat", type=int, default=None, help="HTTP runs per cell (default 1)")
+    p.add_argument("--concurrency", default="1,8",
+                   help="HTTP closed-loop runs at these fixed concurrencies, after each fixed-rate run (default 1,8; "
+                        "'' for none)")
+    p.add_argument("--closed-seconds", type=float, default=None, help="measured seconds per closed-loop run (default 10)")
     p.add_argument("--backends", default="sqlite,redis",
                    help="comma-separated online stores to load and measure: sqlite, redis (default both)")
     p.add_argument("--systems", default="loopstack,feast",
@@ -326,6 +346,11 @@ def main() -> None:
     a.repeat = a.repeat or (1 if a.quick else 3)
     a.http_seconds = a.http_seconds or (5.0 if a.quick else 20.0)
     a.http_repeat = a.http_repeat or 1
+    a.closed_seconds = a.closed_seconds or (3.0 if a.quick else 10.0)
+    try:
+        a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
+    except ValueError:
+        p.error(f"--concurrency {a.concurrency!r}: expected comma-separated whole numbers, e.g. 1,8")
     a.backends, a.systems = _pick(p, "--backends", a.backends, BACKENDS), _pick(p, "--systems", a.systems, SYSTEMS)
 
     results = load_results()

@@ -106,7 +106,25 @@ def targets(results: dict, n: int) -> list[tuple[str, bool | None, str]]:
                                                        if _saturated(x))))
                         else:
                             out.append((name, r >= TARGET_RATIO, text))
+    for (backend, batch, conc), (ours, feast) in closed_pairs(hp, n).items():
+        if ours and feast:
+            r = feast["p99_ms"] / ours["p99_ms"]
+            out.append((f"≥ {TARGET_RATIO:.0f}× lower p99 than Feast: HTTP at concurrency {conc}, {backend} {batch}×10",
+                        r >= TARGET_RATIO, f"{r:.1f}× ({_ms(ours['p99_ms'])} vs {_ms(feast['p99_ms'])} ms; "
+                        f"{ours['throughput_rps'] / feast['throughput_rps']:.1f}× the requests/s)"))
     return out
+
+
+def closed_pairs(hp: dict, n: int) -> dict:
+    """{(backend, batch, concurrency): (loopstack run, Feast run)} of the closed-loop HTTP runs."""
+    out: dict = {}
+    for k in hp:
+        parts = k.split("|")
+        if parts[0] == "closed" and parts[-1] == str(n):
+            backend, batch, conc = parts[2], int(parts[3]), int(parts[4])
+            out[backend, batch, conc] = tuple(hp.get(f"closed|{s}|{backend}|{batch}|{conc}|{n}")
+                                              for s in ("loopstack", "feast"))
+    return dict(sorted(out.items(), key=lambda kv: (BACKENDS.index(kv[0][0]), kv[0][1], kv[0][2])))
 
 
 def print_report(results: dict, n: int) -> None:
@@ -251,6 +269,23 @@ def docs_section(results: dict, n: int) -> str:
                          + f" | {'not run' if not c else format(c['achieved_rps'], '.1f')} | "
                          f"{'—' if not c else c['errors']} | "
                          + (_http_ratio(ours, feast) if name == "loopstack" else "")
+                         + " |")
+    pairs = closed_pairs(hp, n)
+    if pairs:
+        secs = next(x for pr in pairs.values() for x in pr if x)["seconds"]
+        L += ["", "### HTTP at a fixed concurrency, latest-value view", "",
+              f"The same servers, right after each fixed-rate run, driven by `benchmarks/b4_client.py` (B4's "
+              f"closed-loop client: C keep-alive connections, each sends its next request as soon as its answer "
+              f"is read) for {secs:.0f} s after a 2 s warm-up; latency is send → last byte; median of the repeats.",
+              "", "| store | entities × features | concurrency | system | p50 ms | p95 ms | p99 ms | requests/s "
+              "| errors | Feast p99 ÷ ours |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for (backend, batch, conc), (ours, feast) in pairs.items():
+            for name, c in (("loopstack", ours), ("Feast", feast)):
+                L.append(f"| {backend} | {batch} × 10 | {conc} | {name} | "
+                         + " | ".join(_ms(c and c[k]) for k in ("p50_ms", "p95_ms", "p99_ms"))
+                         + f" | {'not run' if not c else format(c['throughput_rps'], ',.0f')} | "
+                         f"{'—' if not c else c['errors']} | "
+                         + (_ratio(feast and feast["p99_ms"], ours and ours["p99_ms"]) if name == "loopstack" else "")
                          + " |")
     L += ["", "### Targets", ""]
     tg = targets(results, n)

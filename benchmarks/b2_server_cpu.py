@@ -3,6 +3,7 @@
 through the ASGI app), alternated, on the B2 1M-entity SQLite store (made by b2_online_reads.py).
 
     python benchmarks/b2_server_cpu.py [--seconds 10] [--repeat 2] [--rate 200]
+    python benchmarks/b2_server_cpu.py --protocols fast --rate 50,200,1000,2500   # CPU per request vs load
 
 CPU per request = the server process's user + system CPU time over one load-generator run (b2_loadgen.py,
 fixed rate, keep-alive; after a 3 s warm-up run) divided by the requests sent; p50/p99 are the load generator's.
@@ -34,7 +35,7 @@ uvicorn.run(create_app(Project({proj!r}), reload_interval=0, server_gc=True), ho
 """
 
 
-def run(fast: bool, a: argparse.Namespace, bodies: Path) -> dict:
+def run(fast: bool, a: argparse.Namespace, bodies: Path, rate: float) -> dict:
     port = B.free_port()
     proj = str(B.WORK / f"n{a.entities}" / "loopstack")
     env = {**os.environ, **b2_load.loopstack_env("sqlite", "redis://127.0.0.1:1/0")}
@@ -46,7 +47,7 @@ def run(fast: bool, a: argparse.Namespace, bodies: Path) -> dict:
 
         def load(seconds: float) -> dict:
             out = subprocess.run([sys.executable, str(HERE / "b2_loadgen.py"), "--port", str(port), "--bodies",
-                                  str(bodies), "--rate", str(a.rate), "--seconds", str(seconds), "--warmup-seconds", "0"],
+                                  str(bodies), "--rate", str(rate), "--seconds", str(seconds), "--warmup-seconds", "0"],
                                  capture_output=True, text=True, check=True)
             return json.loads(out.stdout)
         load(3.0)   # warm-up: the store's pages mapped, SQLite's cache filled, startup work done
@@ -64,16 +65,21 @@ def main() -> None:
     p.add_argument("--entities", type=int, default=1_000_000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--rate", default="200", help="request rate(s), comma-separated (default 200)")
+    p.add_argument("--protocols", default="fast,asgi", help="fast (FastReadProtocol), asgi (uvicorn's), or both")
     a = p.parse_args()
+    rates = [float(r) for r in a.rate.split(",")]
+    protocols = [x.strip() == "fast" for x in a.protocols.split(",") if x.strip() in ("fast", "asgi")]
+    if not protocols:
+        p.error(f"--protocols {a.protocols!r}: use fast, asgi or fast,asgi")
     if not (B.WORK / f"n{a.entities}" / "loopstack" / "data" / "online.db").exists():
         raise SystemExit(f"no B2 store for {a.entities:,} entities: run benchmarks/b2_online_reads.py first")
-    bodies = B.bodies_file(a.entities, 1, int(a.rate * a.seconds) + 10)
+    bodies = B.bodies_file(a.entities, 1, int(max(rates) * a.seconds) + 10)
     for rep in range(a.repeat):
-        for fast in ((True, False) if rep % 2 == 0 else (False, True)):
-            r = run(fast, a, bodies)
+        for fast, rate in [(f, r) for f in (protocols if rep % 2 == 0 else protocols[::-1]) for r in rates]:
+            r = run(fast, a, bodies, rate)
             name = "FastReadProtocol" if fast else "uvicorn default (ASGI)"
-            print(f"{name:24s} {r['cpu_ms_per_request']:.3f} ms CPU/request, p50 {r['p50_ms']:.3f} ms, "
+            print(f"{name:24s} {rate:6.0f} req/s: {r['cpu_ms_per_request']:.3f} ms CPU/request, p50 {r['p50_ms']:.3f} ms, "
                   f"p99 {r['p99_ms']:.3f} ms, {r['ok']} ok (load {os.getloadavg()[0]:.2f})", flush=True)
 
 

@@ -203,7 +203,7 @@ async def run(a) -> dict:
     return {"concurrency": a.concurrency, "seconds": a.seconds, "ok": ok, "errors": errors,
             "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
             "throughput_rps": ok / a.seconds, "p50_ms": float(np.percentile(lat, 50)),
-            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
+            "p90_ms": float(np.percentile(lat, 90)), "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
             "max_ms": float(lat.max()), "mean_ms": float(lat.mean()), "reconnects": r.reconnects,
             "client_cpu_fraction": cpu / max(1e-9, t_cpu1 - t_cpu0),
             "event_loop": "uvloop" if uvloop else "asyncio", "stats_before": before, "stats_after": after}

@@ -89,14 +89,16 @@ def _glob_escape(s: str) -> str:
 
 
 class RedisOnlineStore(OnlineStore):
-    """Hashes on Redis with MULTI/EXEC batches; reads pipelined in one round trip."""
+    """Hashes on Redis with MULTI/EXEC batches; reads pipelined in one round trip. `spin_us`: how long a
+    serving read polls for the reply before it sleeps in recv (`online.spin_us`; 0: never)."""
 
     name = "redis"
 
     def __init__(self, url: str, prefix: str = "loopstack", spin_us: int = SPIN_US) -> None:
         import redis
         if spin_us < 0:
-            raise ConfigError(f"online store: spin_us={spin_us} is negative; set `online.spin_us` to 0 (never poll) or more")
+            raise ConfigError(f"online store: spin_us={spin_us} is negative; set `online.spin_us` to 0 (never "
+                              "poll) or more")
         self.url, self.prefix = url, prefix
         self._spin_s = spin_us / 1e6
         self._h = f"{prefix}:oh:"
