@@ -276,7 +276,8 @@ def docs_section(results: dict, n: int) -> str:
         L += ["", "### HTTP at a fixed concurrency, latest-value view", "",
               f"The same servers, right after each fixed-rate run, driven by `benchmarks/b4_client.py` (B4's "
               f"closed-loop client: C keep-alive connections, each sends its next request as soon as its answer "
-              f"is read) for {secs:.0f} s after a 2 s warm-up; latency is send → last byte; median of the repeats.",
+              f"is read) for {secs:.0f} s after a 2 s warm-up; latency is send → last byte; median of the repeats. "
+              "Client and server are not pinned and share the 2 cores.",
               "", "| store | entities × features | concurrency | system | p50 ms | p95 ms | p99 ms | requests/s "
               "| errors | Feast p99 ÷ ours |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for (backend, batch, conc), (ours, feast) in pairs.items():
