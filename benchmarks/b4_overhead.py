@@ -79,6 +79,11 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                         cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
                                                               "server_cpu_ms": [], "model_ms": []})
                         mm = res.get("model_ms_per_batch")
+                        scale = 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)   # as `cpu` below: ms/request
+                        threads = {k: round(v * scale, 3) for k, v in sorted(
+                            res.get("server_thread_cpu_seconds", {}).items(), key=lambda kv: -kv[1])}
+                        cell_threads = out[v].setdefault(f"{m}/{r}", {}).setdefault("thread_cpu_ms", [])
+                        cell_threads.append(threads)
                         for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
                                      ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan"))):
                             cell[k].append(x)
@@ -86,6 +91,7 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                               f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
                               f"cpu {cpu:.3f} ms/request, model in the server {mm if mm is not None else float('nan'):.3f} ms "
                               f"per batch (load {la:.2f})", flush=True)
+                        print(f"         CPU ms/request by thread: {threads}", flush=True)
             finally:
                 for srv in servers.values():
                     srv.stop()

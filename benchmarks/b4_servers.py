@@ -265,6 +265,23 @@ class Server:
                 pass
         return total
 
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far per thread name (the OS name, /proc/<pid>/task/<tid>/comm; loopstack names its
+        batcher, prediction-log and model-watcher threads), summed over the server's processes."""
+        self._track()
+        out: dict[str, float] = {}
+        for pid in self.pids:
+            try:
+                for t in psutil.Process(pid).threads():
+                    try:
+                        name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+                    except OSError:
+                        name = "?"
+                    out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+            except psutil.Error:
+                pass
+        return out
+
     def stop(self, grace: float = 20.0) -> None:
         self._track()
         try:
@@ -293,12 +310,14 @@ def run_client(server: Server, rows_per_request: int, concurrency: int, seconds:
            "--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup-seconds", str(warmup)]
     if stats:
         cmd += ["--stats-url", stats_url(server.server, server.port)]
-    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    cpu0, t0, th0 = server.cpu_seconds(), time.monotonic(), server.thread_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 60)
     if out.returncode != 0:
         raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["server_cpu_seconds"] = server.cpu_seconds() - cpu0   # the whole client run: warm-up + window + drain
+    th1 = server.thread_cpu()
+    res["server_thread_cpu_seconds"] = {k: v - th0.get(k, 0.0) for k, v in th1.items() if v - th0.get(k, 0.0) > 0}
     res["server_cpu_cores"] = res["server_cpu_seconds"] / (time.monotonic() - t0)
     before, after = res.pop("stats_before"), res.pop("stats_after")
     a, b = batch_counts(server.server, server.model, before), batch_counts(server.server, server.model, after)

@@ -19,6 +19,8 @@ from typing import Any, AsyncIterator, Callable
 import orjson
 from starlette.responses import Response
 
+from loopstack.threads import name_os_thread
+
 log = logging.getLogger("loopstack.llm.server")
 ACCEPTED = object()   # first item a request receives when the engine took it
 
@@ -74,6 +76,7 @@ class EngineWorker:
         return fut
 
     def _run(self) -> None:
+        name_os_thread()
         eng = self.engine
         while not self._stop.is_set():
             try:

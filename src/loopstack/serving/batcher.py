@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from loopstack.serving.errors import ServingConfigError, ServingError
+from loopstack.threads import name_os_thread
 
 REASONS: tuple[str, ...] = ("full", "waited_out", "preferred")
 
@@ -234,6 +235,7 @@ class DynamicBatcher:
             self._cv.wait(timeout=d)
 
     def _loop(self) -> None:
+        name_os_thread()
         while True:
             with self._cv:
                 taken = self._take_locked()

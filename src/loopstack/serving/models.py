@@ -26,6 +26,7 @@ from loopstack.serving.policy_store import PolicyStore
 from loopstack.serving.router import TrafficPolicy, policy_from_states
 from loopstack.serving.runtime import RegistryLoader, make_runtime
 from loopstack.serving.vector import VectorBuilder
+from loopstack.threads import name_os_thread
 
 log = logging.getLogger("loopstack.serving")
 
@@ -261,6 +262,7 @@ class ModelFleet:
     def start(self) -> None:
         """Start the watcher (its first pass loads every model)."""
         def run() -> None:
+            name_os_thread()
             while not self._stop.is_set():
                 self.refresh_all()
                 self._stop.wait(self.cfg.poll_interval_s)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from loopstack.features.definitions import Field
 from loopstack.log.base import TopicConfig
+from loopstack.threads import name_os_thread
 
 log = logging.getLogger("loopstack.serving")
 TOPIC = "predictions"
@@ -195,6 +196,7 @@ class PredictionLog:
                 backoff = min(backoff * 2, 2.0)
 
     def _run(self) -> None:
+        name_os_thread()
         while not self._stop.is_set():
             batch = self._take()
             if batch and not self._append(batch):

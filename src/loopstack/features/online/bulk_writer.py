@@ -6,6 +6,7 @@ import threading
 from typing import Any, Iterator
 
 from loopstack.features.online.base import WriteBatch
+from loopstack.threads import name_os_thread
 
 
 class OrderedWriter:
@@ -23,6 +24,7 @@ class OrderedWriter:
         self.thread.start()
 
     def _run(self) -> None:
+        name_os_thread("bulk-writer")
         while True:
             item = self.todo.get()
             if item is None:
