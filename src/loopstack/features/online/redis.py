@@ -74,7 +74,7 @@ def _read_replies(conn, n: int, spin_s: float = 0.0) -> list | None:  # noqa: AN
     while len(out) < n:
         data = _recv(sock, spin_s)
         if not data:
-            raise ConnectionError("Redis closed the connection during a write")
+            raise ConnectionError("Redis closed the connection before it replied")
         reader.feed(data)
         while len(out) < n:
             r = reader.gets()
