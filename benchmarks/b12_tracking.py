@@ -33,17 +33,13 @@ import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from b1_pit_join import _pkg_versions, _tree_rss, console  # noqa: E402
+from b1_pit_join import BENCH, RESULTS, _pkg_versions, _tree_rss, console  # noqa: E402  (.bench paths: b1_common)
 from b12_report import print_report, write_docs  # noqa: E402  (the summary and the docs section)
 
-BENCH = REPO / ".bench"
 WORK = BENCH / "b12"
-RESULTS = BENCH / "results"
 MLFLOW_VENV = BENCH / "mlflow"
 MLFLOW_PY = MLFLOW_VENV / "bin" / "python"
-DOCS = REPO / "docs" / "benchmarks.md"
 
 FULL = {"keys": 10, "steps": 10_000, "runs": 10_000, "queries": 16}
 QUICK = {"keys": 10, "steps": 200, "runs": 300, "queries": 8}

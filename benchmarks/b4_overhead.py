@@ -74,18 +74,17 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                         d = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]
                         la = os.getloadavg()[0]
                         res = S.run_client(srv, r, 1, seconds, warmup)
-                        # the CPU figure covers warm-up + window, the count only the window: scaled
-                        cpu = res["server_cpu_seconds"] * 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)
-                        cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
-                                                              "server_cpu_ms": [], "model_ms": []})
-                        mm = res.get("model_ms_per_batch")
-                        scale = 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)   # as `cpu` below: ms/request
-                        threads = {k: round(v * scale, 3) for k, v in sorted(
+                        # CPU seconds -> ms per request: the CPU covers warm-up + window, the count only the window
+                        per_request = 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)
+                        cpu = res["server_cpu_seconds"] * per_request
+                        threads = {name: round(s * per_request, 3) for name, s in sorted(
                             res.get("server_thread_cpu_seconds", {}).items(), key=lambda kv: -kv[1])}
-                        cell_threads = out[v].setdefault(f"{m}/{r}", {}).setdefault("thread_cpu_ms", [])
-                        cell_threads.append(threads)
+                        cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
+                                                              "server_cpu_ms": [], "model_ms": [], "thread_cpu_ms": []})
+                        mm = res.get("model_ms_per_batch")
                         for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
-                                     ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan"))):
+                                     ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan")),
+                                     ("thread_cpu_ms", threads)):
                             cell[k].append(x)
                         print(f"  {v:6s} {m} rows={r}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
                               f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
