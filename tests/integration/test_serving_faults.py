@@ -62,7 +62,7 @@ def test_deadline_gives_504_without_a_baseline_and_the_baseline_with_one(tmp_pat
     try:
         with serving(p, config(cache_entries=0)) as srv:
             r = srv.predict(body(deadline_ms=50))
-            assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
+            assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded", r.text
             assert "baseline" in r.json()["detail"]
             PolicyStore(p.meta).update("spam", {"baseline": 0.02})
             srv.wait_for(lambda: srv.app.state.fleet.handles["spam"].snapshot.policy.baseline == 0.02, 10, "baseline")

@@ -19,12 +19,6 @@ NO_DELETE_RECORDS = pytest.mark.broker_cannot(
                     "offset there; the retention cut itself is tested in test_kafka_native.py")
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "broker_cannot(backend, reason=...): the backend's test server lacks a feature this test needs; "
-                   "the test runs there as a strict xfail that must raise LogError")
-
-
 def drop_kafka_topics(url: str, prefix: str) -> None:
     """Delete a test's Kafka topics (memory-only broker: keeps the session's broker small)."""
     from confluent_kafka.admin import AdminClient

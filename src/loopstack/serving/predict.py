@@ -207,6 +207,7 @@ class PredictService:
                 if ok:
                     groups.setdefault(id(lv), []).append(i)
         blocks, futs, timers = [], [], []
+        expired: set[int] = set()   # instances whose model rung timed out at the request's deadline
         try:
             for idxs in groups.values():
                 a, lv = routed[idxs[0]]
@@ -251,6 +252,8 @@ class PredictService:
                 continue
             if isinstance(res, (asyncio.TimeoutError, DeadlineExceeded)):
                 why, reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
+                if budget >= left:   # the block had all the time left: the request's deadline passed
+                    expired.update(idxs)
             else:
                 reason = "closed" if isinstance(res, BatcherClosed) else "error"
                 why = f"model (v{lv.version}): {res}"
@@ -260,22 +263,27 @@ class PredictService:
         rest = [i for i, ans in enumerate(out) if not isinstance(ans, Answer)]
         if rest:
             more = await asyncio.gather(*(self._ladder(handle, snap, *routed[i], vectors[i], requests[i], deadline,
-                                                       held, out[i]) for i in rest), return_exceptions=True)
+                                                       held, out[i], i in expired) for i in rest),
+                                        return_exceptions=True)
             for i, ans in zip(rest, more):
                 out[i] = ans
         return out
 
     # -- the ladder --------------------------------------------------------------------------
     async def _ladder(self, handle: ModelHandle, snap: Snapshot, a: Assignment, lv: LoadedVersion, vec: list,
-                      req: Request, deadline: float, held: list[LoadedVersion], model_failed: str | None = None
-                      ) -> Answer:
-        """Try the rungs in order (`model_failed`: the model rung was tried already and failed so)."""
+                      req: Request, deadline: float, held: list[LoadedVersion], model_failed: str | None = None,
+                      expired: bool = False) -> Answer:
+        """Try the rungs in order (`model_failed`: the model rung was tried already and failed so; `expired`:
+        it timed out at the request's deadline).
+
+        A rung that timed out with all the time left marks the request expired rather than reading the
+        clock again: the loop's timers (uvloop's cached clock) can fire a little before `time.monotonic()`
+        reaches the deadline, and that must still be a 504, not a 503."""
         policy, rid = snap.policy, req.request_id
         fb = snap.versions.get(policy.fallback) if policy.fallback not in (None, a.version) else None
         rungs = self._rungs[(fb is not None, policy.baseline is not None)]
         breakers = {"model": lv.breaker, **({"fallback": fb.breaker} if fb is not None else {})}
         failures: list[str] = [] if model_failed is None else [model_failed]
-        expired = False
         for rung in plan_rungs(rungs, breakers):
             if rung.name == "model" and model_failed is not None:
                 continue
@@ -312,6 +320,7 @@ class PredictService:
                 failures.append(f"{rung.name}: queue full")
                 continue
             except (asyncio.TimeoutError, DeadlineExceeded):
+                expired = expired or budget >= left
                 failures.append(f"{rung.name} (v{target.version}): no answer within {budget * 1000:.0f} ms")
                 self.metrics.rung_failures.labels(handle.name, str(target.version), rung.name, "timeout").inc()
                 continue
