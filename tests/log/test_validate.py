@@ -122,3 +122,25 @@ def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 80), 2 ** 80) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(), lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6))
+def test_encoded_values_read_back_as_the_standard_encoder_writes_them(value):
+    """encode_value takes orjson's fast path where it can (not for integers past 64 bits or lone surrogates)
+    and the standard encoder otherwise; either way the stored text decodes to the same value."""
+    import json
+
+    from loopstack.log.validate import encode_value
+    try:
+        reference = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return
+    text = encode_value(value)
+    assert isinstance(text, str) and json.loads(text) == json.loads(reference) == value

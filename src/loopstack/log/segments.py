@@ -24,10 +24,13 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+
 HDR = struct.Struct("<II")
 IDX = struct.Struct("<qqq")
 MAX_FRAME = 256 * 1024 * 1024
 _BLOCK = 1 << 20
+_dumps = orjson.dumps
 
 
 def seg_path(d: Path, base: int, ext: str = "seg") -> Path:
@@ -37,7 +40,11 @@ def seg_path(d: Path, base: int, ext: str = "seg") -> Path:
 
 def encode_frame(ts: int, key: str | None, value_json: str) -> bytes:
     """One framed record: header (length, crc32) + JSON payload."""
-    payload = ('{"ts":%d,"key":%s,"value":%s}' % (ts, json.dumps(key), value_json)).encode()
+    try:
+        key_json = _dumps(key).decode()
+    except TypeError:    # orjson.JSONEncodeError (a lone surrogate): the standard encoder escapes it
+        key_json = json.dumps(key)
+    payload = ('{"ts":%d,"key":%s,"value":%s}' % (ts, key_json, value_json)).encode()
     return HDR.pack(len(payload), zlib.crc32(payload)) + payload
 
 
