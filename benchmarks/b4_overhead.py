@@ -14,6 +14,7 @@ commit's src/) and the two are measured alternately, so both see the same load.
     python benchmarks/b4_overhead.py --models lgbm --rows 32 --seconds 3 --repeat 5
     git archive HEAD src | tar -x -C /tmp/base && python benchmarks/b4_overhead.py --before /tmp/base/src
     python benchmarks/b4_overhead.py --loopstack-args '--no-log-predictions'
+    python benchmarks/b4_overhead.py --rows 32 --forms instances,rows    # both :predict_batch body forms
 
 Uses .bench/b4 (models and the project; made by b4_models.py / b4_servers.make_loopstack_project when
 missing). Appends each run to .bench/results/b4_overhead.jsonl.
@@ -60,7 +61,7 @@ def start(model: str, rows: int, extra: tuple[str, ...], src: str | None) -> S.S
 
 
 def measure(models: list[str], rows: list[int], seconds: float, warmup: float, repeat: int,
-            extra: tuple[str, ...], before: str | None) -> dict:
+            extra: tuple[str, ...], before: str | None, forms: tuple[str, ...] = ("instances",)) -> dict:
     """{variant: {"model/rows": {"direct": [...], "server": [...], "load": [...], "requests": [...],
     "server_cpu_ms": [...]}}} with variant "after" (the installed code) and "before" (`before`, if given)."""
     variants = {"after": None, **({"before": str(Path(before).resolve())} if before else {})}
@@ -70,7 +71,9 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
             servers = {v: start(m, r, extra, src) for v, src in variants.items()}
             try:
                 for _ in range(repeat):
-                    for v, srv in servers.items():
+                    for v, srv, form in [(v, srv, f) for v, srv in servers.items()
+                                         for f in (forms if r > 1 else ("instances",))]:
+                        S.LOOPSTACK_FORM = form
                         d = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]
                         la = os.getloadavg()[0]
                         res = S.run_client(srv, r, 1, seconds, warmup)
@@ -79,14 +82,14 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                         cpu = res["server_cpu_seconds"] * per_request
                         threads = {name: round(s * per_request, 3) for name, s in sorted(
                             res.get("server_thread_cpu_seconds", {}).items(), key=lambda kv: -kv[1])}
-                        cell = out[v].setdefault(f"{m}/{r}", {"direct": [], "server": [], "load": [], "requests": [],
+                        cell = out[v].setdefault(f"{m}/{r}" + ("/rows" if form == "rows" else ""), {"direct": [], "server": [], "load": [], "requests": [],
                                                               "server_cpu_ms": [], "model_ms": [], "thread_cpu_ms": []})
                         mm = res.get("model_ms_per_batch")
                         for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
                                      ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan")),
                                      ("thread_cpu_ms", threads)):
                             cell[k].append(x)
-                        print(f"  {v:6s} {m} rows={r}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
+                        print(f"  {v:6s} {m} rows={r}{' (rows form)' if form == 'rows' and r > 1 else ''}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
                               f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
                               f"cpu {cpu:.3f} ms/request, model in the server {mm if mm is not None else float('nan'):.3f} ms "
                               f"per batch (load {la:.2f})", flush=True)
@@ -107,12 +110,15 @@ def main() -> None:
     p.add_argument("--loopstack-args", default="", help="extra `loopstack serve` flags")
     p.add_argument("--before", default="", help="also serve the code under this src/ directory, alternately")
     p.add_argument("--label", default="", help="a name for this run in the results file")
+    p.add_argument("--forms", default="instances",
+                   help="body forms of the 32-row requests, alternated: instances and/or rows (columns + rows)")
     a = p.parse_args()
     b4_models.single_thread()
     models, rows = a.models.split(","), [int(r) for r in a.rows.split(",")]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    res = measure(models, rows, a.seconds, a.warmup, a.repeat, tuple(a.loopstack_args.split()), a.before or None)
-    print(f"\n{'code':6s} {'cell':8s} {'direct p50':>10s} {'server p50':>10s} {'overhead':>9s} {'min':>7s} "
+    res = measure(models, rows, a.seconds, a.warmup, a.repeat, tuple(a.loopstack_args.split()), a.before or None,
+                  tuple(a.forms.split(",")))
+    print(f"\n{'code':6s} {'cell':11s} {'direct p50':>10s} {'server p50':>10s} {'overhead':>9s} {'min':>7s} "
           f"{'cpu/req':>8s} {'model in srv':>12s}  (ms; medians of {a.repeat}, min overhead; load)")
     summary: dict = {}
     for v, cells in res.items():
@@ -123,13 +129,13 @@ def main() -> None:
                    "min_overhead_ms": min(overs), "server_cpu_ms_median": statistics.median(c["server_cpu_ms"]),
                    "model_ms_in_server_median": statistics.median(c["model_ms"])}
             summary.setdefault(v, {})[key] = row
-            print(f"{v:6s} {key:8s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
+            print(f"{v:6s} {key:11s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
                   f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f} "
                   f"{row['model_ms_in_server_median']:12.3f}  (load {min(c['load']):.1f}-{max(c['load']):.1f})")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("a") as f:
         f.write(json.dumps({"started": started, "label": a.label, "loopstack_args": a.loopstack_args,
-                            "before": a.before, "seconds": a.seconds, "repeat": a.repeat, "cells": summary}) + "\n")
+                            "before": a.before, "forms": a.forms, "seconds": a.seconds, "repeat": a.repeat, "cells": summary}) + "\n")
 
 
 if __name__ == "__main__":

@@ -93,15 +93,23 @@ def make_loopstack_project(root: Path) -> dict:
 
 
 # ------------------------------------------------------------------ request bodies ---------------
+# loopstack's :predict_batch body: "instances" (an object of named fields per row) or "rows" (the column
+# names once, then a list of values per row, as the peers' {"x": [[...]]}); set by --loopstack-form.
+LOOPSTACK_FORM = "instances"
+
+
 def bodies(server: str, model: str, rows_per_request: int, n: int = 256) -> Path:
     """A JSON-lines file of `n` request bodies of `rows_per_request` rows each, in `server`'s format."""
     X = b4_models.rows()
-    path = WORK / "bodies" / f"{server}_{rows_per_request}.jsonl"
+    form = LOOPSTACK_FORM if server == "loopstack" and rows_per_request > 1 else ""
+    path = WORK / "bodies" / f"{server}_{rows_per_request}{'_' + form if form == 'rows' else ''}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
         rows = [X[(i * rows_per_request + j) % len(X)] for j in range(rows_per_request)]
-        if server == "loopstack":
+        if form == "rows":
+            body = {"columns": list(b4_models.FEATURES), "rows": [[float(v) for v in r] for r in rows]}
+        elif server == "loopstack":
             inst = [{"fields": {f: float(v) for f, v in zip(b4_models.FEATURES, r)}} for r in rows]
             body = inst[0] if rows_per_request == 1 else {"instances": inst}
         else:

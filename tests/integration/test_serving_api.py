@@ -78,6 +78,32 @@ def test_batch_predict_equals_single_predictions(env):
     assert [x["prediction"] for x in out["predictions"]] == pytest.approx(singles)
 
 
+def test_the_columns_and_rows_form_answers_as_the_instances_form(env):
+    """Each row is an instance whose columns are its entity keys and request fields (online features by
+    author, an on-demand feature from the text); the answers, request ids and errors match."""
+    _, srv = env
+    rows = [body(author=a, n_urls=a % 3, text="win " * a) for a in (1, 5, 9, 424242)]
+    columns = ["text", "author_id", "n_urls", "new_account"]
+    split = {"columns": columns, "rows": [[b["fields"]["text"], b["entities"]["author_id"], b["fields"]["n_urls"],
+                                           b["fields"]["new_account"]] for b in rows], "user_id": "u-1"}
+    r = srv.client.post("/v1/models/spam:predict_batch", json=split, headers={"x-request-id": "rows-1"})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    want = srv.client.post("/v1/models/spam:predict_batch", json={"instances": rows, "user_id": "u-1"}).json()
+    assert [x["request_id"] for x in got] == [f"rows-1:{i}" for i in range(4)]
+    assert [x["prediction"] for x in got] == pytest.approx([x["prediction"] for x in want["predictions"]])
+    assert {x["rung"] for x in got} == {"model"}
+    for bad, words in (({"columns": ["text", "n_urls", "new_account"], "rows": [["a", 0, 0]]},
+                        ["missing entity key 'author_id'", "add a column 'author_id'"]),
+                       ({"columns": columns, "rows": [["a", 1, 0, 0], ["b", 1, 0]]}, ["row 1 has 3 values"]),
+                       ({"columns": columns, "rows": [["a", 1, 0, 0]], "instances": [body()]}, ["not both"]),
+                       ({"columns": columns, "rows": [["a", 1, 0, 0]] * 1001}, ["limit is 1000"])):
+        r = srv.client.post("/v1/models/spam:predict_batch", json=bad)
+        assert r.status_code == 422, r.text
+        for w in words:
+            assert w in r.json()["detail"], r.json()["detail"]
+
+
 def test_unknown_entities_still_get_an_answer(env):
     _, srv = env
     r = srv.predict(body(author=424242))

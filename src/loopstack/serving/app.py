@@ -35,8 +35,9 @@ from loopstack.serving.predict import Request as PredictInput
 from loopstack.serving.prediction_log import PredictionLog
 from loopstack.serving.schemas import (ErrorResponse, HealthResponse, ModelsResponse, ModelStatus,
                                        PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse,
-                                       ReadyResponse, fast_predict, fast_predict_batch)
-from loopstack.serving.vector import FeatureUnavailable, InputError
+                                       ReadyResponse, fast_predict, fast_predict_batch,
+                                       fast_predict_rows)
+from loopstack.serving.vector import FeatureUnavailable, InputError, Row
 
 if TYPE_CHECKING:
     from loopstack.project import Project
@@ -215,7 +216,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
                       "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
                       "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
-    async def answer_batch(name: str, st: dict, instances: list[tuple[dict, dict, Any]], user_id: Any,
+    async def answer_batch(name: str, st: dict, instances: list[tuple[Any, Any, Any]], user_id: Any,
                            deadline_ms: float | None, floats: bool = False) -> Response:
         """`floats`: every field value of every instance is known to be a float (checked by the caller)."""
         st["model"], st["instances"] = name, len(instances)
@@ -228,6 +229,24 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         uid = _uid(user_id)
         inputs = [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
                   for n, (e, f, u) in enumerate(instances)]
+        return await answered(name, inputs, rid, t0, deadline_ms, floats)
+
+    async def answer_rows(name: str, st: dict, columns: tuple[str, ...], rows: list[list], user_id: Any,
+                          deadline_ms: float | None, floats: bool = False) -> Response:
+        """A `columns` + `rows` batch: each row is one instance, seen through a `Row` (no dict per row)."""
+        st["model"], st["instances"] = name, len(rows)
+        fleet.get(name)
+        if len(rows) > cfg.max_instances:
+            raise InputError(f"{len(rows)} rows in one request; the limit is {cfg.max_instances}: split the request")
+        t0 = time.monotonic()
+        rid, uid = st["request_id"], _uid(user_id)
+        index = {c: i for i, c in enumerate(columns)}
+        inputs = [PredictInput(r, r, uid, f"{rid}:{n}") for n, r in
+                  enumerate(Row(columns, index, values) for values in rows)]
+        return await answered(name, inputs, rid, t0, deadline_ms, floats)
+
+    async def answered(name: str, inputs: list[PredictInput], rid: str, t0: float, deadline_ms: float | None,
+                       floats: bool) -> Response:
         answers = await service.predict(name, inputs, deadline_ms, floats)
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
                   "request_id": a.request_id, "cached": a.cached} for a in answers]
@@ -253,6 +272,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
             if op == "predict":
                 one = fast_predict(obj)
                 return None if one is None else await answer_one(name, st, *one)
+            if type(obj) is dict and "columns" in obj:
+                split = fast_predict_rows(obj)
+                return None if split is None else await answer_rows(name, st, *split)
             many = fast_predict_batch(obj)
             return None if many is None else await answer_batch(name, st, *many)
         except ServingError as exc:
@@ -273,6 +295,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
     async def predict_batch(name: str, body: PredictBatchRequest, request: Request) -> Response:
         """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
         else); any failing instance fails the request, naming the instance."""
+        if body.instances is None:
+            return await answer_rows(name, request.scope["state"], tuple(body.columns or ()), body.rows or [],
+                                     body.user_id, body.deadline_ms)
         return await answer_batch(name, request.scope["state"],
                                   [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
                                   body.user_id, body.deadline_ms)

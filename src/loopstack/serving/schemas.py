@@ -5,7 +5,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 EntityValue = StrictInt | StrictStr
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
@@ -15,6 +15,8 @@ _ENTITIES = "Entity keys: join key -> value (int or string), e.g. {\"author_id\"
 _FIELDS = ("Request-time fields: values the model or its on-demand features read from the request "
            "(e.g. the text of the comment being scored).")
 _USER = "Stable user id: canary, experiment and holdback assignment hash it (sticky). Without it: production."
+_COLUMNS = ("With `rows`: the name of each value of a row. A column is a request field, or an entity key "
+            "when the model reads online features by that key.")
 _DEADLINE = "Time budget for the whole request in ms (default: the server's --deadline-ms)."
 
 
@@ -38,14 +40,38 @@ class Instance(BaseModel):
 
 
 class PredictBatchRequest(BaseModel):
-    """Several predictions in one call; each instance is routed, batched and answered on its own."""
+    """Several predictions in one call; each instance is routed, batched and answered on its own. Give
+    either `instances` (an object per row) or `columns` + `rows` (the names once, then a list of values per
+    row: a smaller body that is cheaper to read, as MLflow's dataframe_split)."""
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"instances": [{"entities": {"author_id": 42}, "fields": {"text": "hi", "n_urls": 0, "new_account": 0}},
                        {"entities": {"author_id": 7}, "fields": {"text": "win", "n_urls": 3, "new_account": 1}}],
+         "user_id": "u-17"},
+        {"columns": ["author_id", "text", "n_urls", "new_account"], "rows": [[42, "hi", 0, 0], [7, "win", 3, 1]],
          "user_id": "u-17"}]})
-    instances: list[Instance] = Field(min_length=1, description="The rows to predict (at most --max-instances).")
+    instances: list[Instance] | None = Field(None, min_length=1,
+                                             description="The rows to predict (at most --max-instances).")
+    columns: list[StrictStr] | None = Field(None, min_length=1, description=_COLUMNS)
+    rows: list[list[Scalar]] | None = Field(None, min_length=1,
+                                            description="With `columns`: one list of values per row, in column "
+                                                        "order (at most --max-instances rows).")
     user_id: UserId | None = Field(None, description=_USER)
     deadline_ms: float | None = Field(None, gt=0, le=600_000, description=_DEADLINE)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "PredictBatchRequest":
+        if (self.instances is None) == (self.columns is None and self.rows is None):
+            raise ValueError("give either \"instances\" or \"columns\" with \"rows\", not both and not neither")
+        if self.instances is None:
+            if self.columns is None or self.rows is None:
+                raise ValueError("\"columns\" and \"rows\" go together: the names once, then the rows of values")
+            if len(set(self.columns)) != len(self.columns):
+                raise ValueError(f"\"columns\" names a column twice: {self.columns}")
+            bad = next((i for i, r in enumerate(self.rows) if len(r) != len(self.columns)), None)
+            if bad is not None:
+                raise ValueError(f"row {bad} has {len(self.rows[bad])} values for {len(self.columns)} columns; "
+                                 "give one value per column, in column order")
+        return self
 
 
 Rung = Literal["model", "fallback", "baseline"]
@@ -116,11 +142,13 @@ class ReadyResponse(BaseModel):
 _PREDICT_KEYS = frozenset(("entities", "fields", "user_id", "deadline_ms"))
 _INSTANCE_KEYS = frozenset(("entities", "fields", "user_id"))
 _BATCH_KEYS = frozenset(("instances", "user_id", "deadline_ms"))
+_ROWS_KEYS = frozenset(("columns", "rows", "user_id", "deadline_ms"))
 # exact types (type(v), not isinstance): a bool is no int here, as for pydantic's strict types
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 _KEYS = frozenset((int, str))
 _USERS = frozenset((int, str, type(None)))
 _DICT = {dict}
+_STR, _LIST = {str}, {list}
 _FLOAT = frozenset((float,))
 
 
@@ -186,3 +214,23 @@ def fast_predict_batch(obj: Any) -> tuple[list[tuple[dict, dict, Any]], Any, flo
         return None
     ok, deadline = _deadline(obj)
     return (out, uid, deadline, field_types <= _FLOAT) if ok else None
+
+
+def fast_predict_rows(obj: Any) -> tuple[tuple[str, ...], list[list], Any, float | None, bool] | None:
+    """A parsed `columns` + `rows` :predict_batch body that `PredictBatchRequest` would accept unchanged, as
+    (columns, rows, user_id, deadline_ms, every value is a float), else None (pydantic then says what is
+    wrong). Checked column-wise: one pass over the row lengths, one over the types of all values."""
+    if type(obj) is not dict or not _ROWS_KEYS.issuperset(obj):
+        return None
+    cols, rows, uid = obj.get("columns"), obj.get("rows"), obj.get("user_id")
+    if type(cols) is not list or not cols or type(rows) is not list or not rows or \
+            (uid is not None and type(uid) not in (str, int)):
+        return None
+    if set(map(type, cols)) != _STR or len(set(cols)) != len(cols) or set(map(type, rows)) != _LIST or \
+            set(map(len, rows)) != {len(cols)}:
+        return None
+    types = set(map(type, chain.from_iterable(rows)))
+    if not _SCALARS.issuperset(types):
+        return None
+    ok, deadline = _deadline(obj)
+    return (tuple(cols), rows, uid, deadline, types <= _FLOAT) if ok else None

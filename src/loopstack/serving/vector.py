@@ -70,6 +70,25 @@ def coerce(value: Any, dtype: str, what: str) -> Any:
     return value
 
 
+class Row(Mapping):
+    """One row of a `columns` + `rows` batch body as a read-only mapping column -> value, without a dict per
+    row. It serves as the instance's entity keys and its request fields both (a column is whichever the
+    model needs it as); the vector builder reads an all-float row by position (`VectorBuilder`)."""
+    __slots__ = ("columns", "index", "values")
+
+    def __init__(self, columns: tuple[str, ...], index: Mapping[str, int], values: Sequence[Any]) -> None:
+        self.columns, self.index, self.values = columns, index, values
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[self.index[key]]
+
+    def __iter__(self) -> Any:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
 class VectorBuilder:
     """Builds signature-ordered vectors for one model version from entity keys and request fields."""
 
@@ -111,6 +130,7 @@ class VectorBuilder:
         # one name: itemgetter would return the value itself, not a 1-tuple
         self._getter = (itemgetter(*names) if len(names) > 1 else lambda d, n=names[0]: (d[n],)) \
             if self._all_float else None
+        self._by_columns: dict[tuple[str, ...], Any] = {}   # `Row` columns -> how to read a vector off a row
         self.full_names = full   # training named view features 'view__feature' (full_feature_names=True)
         self.join_keys: dict[str, list[str]] = {}
         for ref in view_refs:
@@ -127,6 +147,10 @@ class VectorBuilder:
         rows by one C-level `itemgetter` call each and one type check over all values (tuples come back).
         Anything else (a missing field, a value needing conversion) takes the per-value checks."""
         names, plan = self._fields_only, self._plan
+        if self._all_float and type(instances[0][1]) is Row:
+            rows = self._rows_by_position(instances)
+            if rows is not None and (floats or _FLOAT.issuperset(map(type, chain.from_iterable(rows)))):
+                return rows
         if self._all_float:
             get = self._getter
             try:
@@ -148,18 +172,42 @@ class VectorBuilder:
             vectors.append(vec)
         return vectors
 
+    def _rows_by_position(self, instances: Sequence[tuple[Any, Any]]) -> list[Sequence[Any]] | None:
+        """The vectors of `Row` instances read by position: the rows themselves when their columns are the
+        model's inputs in order, else one C-level `itemgetter` per row; None when a column is missing or
+        the rows do not all share one set of columns (the per-value path then says what is wrong)."""
+        columns = instances[0][1].columns
+        get = self._by_columns.get(columns)
+        if get is None:
+            pos = {c: i for i, c in enumerate(columns)}
+            if not all(n in pos for n in self._fields_only):
+                return None
+            idx = [pos[n] for n in self._fields_only]
+            get = True if idx == list(range(len(columns))) else \
+                itemgetter(*idx) if len(idx) > 1 else (lambda v, i=idx[0]: (v[i],))
+            if len(self._by_columns) >= 64:
+                self._by_columns.clear()
+            self._by_columns[columns] = get
+        rows = [r.values for _, r in instances if type(r) is Row and r.columns is columns]
+        if len(rows) != len(instances):
+            return None
+        return rows if get is True else [get(v) for v in rows]
+
     def _name(self, ref: str) -> str:
         return ref.replace(":", "__") if self.full_names else ref.split(":", 1)[1]
 
     def check(self, entities: Mapping[str, Any], fields: Mapping[str, Any], where: str = "") -> None:
         """InputError naming the first missing entity key or request field."""
+        rows = type(fields) is Row
         for key, views in self.join_keys.items():
             if key not in entities:
+                how = f"add a column {key!r}" if rows else f"give it in \"entities\", e.g. {{\"{key}\": 42}}"
                 raise InputError(f"{where}missing entity key {key!r} (the join key of feature view(s) "
-                                 f"{sorted(set(views))}); give it in \"entities\", e.g. {{\"{key}\": 42}}")
+                                 f"{sorted(set(views))}); {how}")
         for name, why in self.fields.items():
             if name not in fields:
-                raise InputError(f"{where}missing request field {name!r} ({why}); give it in \"fields\"")
+                how = f"add a column {name!r}" if rows else "give it in \"fields\""
+                raise InputError(f"{where}missing request field {name!r} ({why}); {how}")
 
     def build(self, online: Any, instances: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
               where: Sequence[str] | None = None, floats: bool = False) -> list[Sequence[Any]]:
