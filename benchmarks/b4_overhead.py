@@ -135,7 +135,8 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("a") as f:
         f.write(json.dumps({"started": started, "label": a.label, "loopstack_args": a.loopstack_args,
-                            "before": a.before, "forms": a.forms, "seconds": a.seconds, "repeat": a.repeat, "cells": summary}) + "\n")
+                            "before": a.before, "forms": a.forms, "seconds": a.seconds, "repeat": a.repeat,
+                            "cells": summary}) + "\n")
 
 
 if __name__ == "__main__":
