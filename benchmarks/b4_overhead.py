@@ -4,7 +4,9 @@
 A short check for work on the request path (the full comparison with the peers is b4_serving.py). The
 direct call runs on the server core (1); `loopstack serve` runs per model and batching mode
 (b4_servers.Server: pinned to core 1, the closed-loop client b4_client.py pinned to core 0). Each cell is
-measured `--repeat` times, each time right after its own direct call; medians are reported with the
+measured `--repeat` times, each time between two direct calls (right before and right after the window:
+the model's own speed drifts by up to ~0.8 ms within seconds here, so the overhead is also given against
+the mean of the two, "bracketed"); medians are reported with the
 1-minute load average, the server's CPU time per request (all its threads: steadier than latency on
 a shared machine) and the model's own time per batch inside the server (loopstack_serving_model_seconds_total
 over the window), which tells a slower model call apart from time spent around it. With `--before SRC`, a second server runs the code under SRC (e.g. an exported older
@@ -77,19 +79,23 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
                         d = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]
                         la = os.getloadavg()[0]
                         res = S.run_client(srv, r, 1, seconds, warmup)
+                        d2 = direct_baseline(1.0)[m]["b1" if r == 1 else "b32"]["p50_ms"]   # brackets the window
                         # CPU seconds -> ms per request: the CPU covers warm-up + window, the count only the window
                         per_request = 1e3 / max(1, res["ok"] * (seconds + warmup) / seconds)
                         cpu = res["server_cpu_seconds"] * per_request
                         threads = {name: round(s * per_request, 3) for name, s in sorted(
                             res.get("server_thread_cpu_seconds", {}).items(), key=lambda kv: -kv[1])}
-                        cell = out[v].setdefault(f"{m}/{r}" + ("/rows" if form == "rows" else ""), {"direct": [], "server": [], "load": [], "requests": [],
-                                                              "server_cpu_ms": [], "model_ms": [], "thread_cpu_ms": []})
+                        cell = out[v].setdefault(f"{m}/{r}" + ("/rows" if form == "rows" else ""), {
+                            "direct": [], "direct_after": [], "server": [], "load": [], "requests": [],
+                            "server_cpu_ms": [], "model_ms": [], "thread_cpu_ms": []})
                         mm = res.get("model_ms_per_batch")
-                        for k, x in (("direct", d), ("server", res["p50_ms"]), ("load", la), ("requests", res["ok"]),
+                        for k, x in (("direct", d), ("direct_after", d2), ("server", res["p50_ms"]), ("load", la),
+                                     ("requests", res["ok"]),
                                      ("server_cpu_ms", cpu), ("model_ms", mm if mm is not None else float("nan")),
                                      ("thread_cpu_ms", threads)):
                             cell[k].append(x)
-                        print(f"  {v:6s} {m} rows={r}{' (rows form)' if form == 'rows' and r > 1 else ''}: direct {d:.3f} ms, server {res['p50_ms']:.3f} ms, overhead "
+                        print(f"  {v:6s} {m} rows={r}{' (rows form)' if form == 'rows' and r > 1 else ''}: direct "
+                              f"{d:.3f} ms (after the window {d2:.3f}), server {res['p50_ms']:.3f} ms, overhead "
                               f"{res['p50_ms'] - d:+.3f} ms, {res['ok']} requests, {res['errors']} errors, server "
                               f"cpu {cpu:.3f} ms/request, model in the server {mm if mm is not None else float('nan'):.3f} ms "
                               f"per batch (load {la:.2f})", flush=True)
@@ -119,18 +125,22 @@ def main() -> None:
     res = measure(models, rows, a.seconds, a.warmup, a.repeat, tuple(a.loopstack_args.split()), a.before or None,
                   tuple(a.forms.split(",")))
     print(f"\n{'code':6s} {'cell':11s} {'direct p50':>10s} {'server p50':>10s} {'overhead':>9s} {'min':>7s} "
-          f"{'cpu/req':>8s} {'model in srv':>12s}  (ms; medians of {a.repeat}, min overhead; load)")
+          f"{'bracketed':>9s} {'cpu/req':>8s} {'model in srv':>12s}  (ms; medians of {a.repeat}, min overhead; "
+          "bracketed: against the mean of the direct calls before and after each window; load)")
     summary: dict = {}
     for v, cells in res.items():
         for key, c in cells.items():
             overs = [s - d for d, s in zip(c["direct"], c["server"])]
+            bracketed = [s - (d + d2) / 2 for d, d2, s in zip(c["direct"], c["direct_after"], c["server"])]
             row = {**c, "direct_p50_ms": statistics.median(c["direct"]),
                    "server_p50_ms": statistics.median(c["server"]), "overhead_ms": statistics.median(overs),
+                   "bracketed_overhead_ms": statistics.median(bracketed),
                    "min_overhead_ms": min(overs), "server_cpu_ms_median": statistics.median(c["server_cpu_ms"]),
                    "model_ms_in_server_median": statistics.median(c["model_ms"])}
             summary.setdefault(v, {})[key] = row
             print(f"{v:6s} {key:11s} {row['direct_p50_ms']:10.3f} {row['server_p50_ms']:10.3f} "
-                  f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['server_cpu_ms_median']:8.3f} "
+                  f"{row['overhead_ms']:+9.3f} {row['min_overhead_ms']:+7.3f} {row['bracketed_overhead_ms']:+9.3f} "
+                  f"{row['server_cpu_ms_median']:8.3f} "
                   f"{row['model_ms_in_server_median']:12.3f}  (load {min(c['load']):.1f}-{max(c['load']):.1f})")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("a") as f:
