@@ -96,6 +96,8 @@ def test_the_columns_and_rows_form_answers_as_the_instances_form(env):
     for bad, words in (({"columns": ["text", "n_urls", "new_account"], "rows": [["a", 0, 0]]},
                         ["missing entity key 'author_id'", "add a column 'author_id'"]),
                        ({"columns": columns, "rows": [["a", 1, 0, 0], ["b", 1, 0]]}, ["row 1 has 3 values"]),
+                       ({"columns": columns, "rows": [["a", 1, 0, 0], ["b", 1.0, 0, 0]]},
+                        ["instance 1", "entity key 'author_id' must be an integer or a string"]),
                        ({"columns": columns, "rows": [["a", 1, 0, 0]], "instances": [body()]}, ["not both"]),
                        ({"columns": columns, "rows": [["a", 1, 0, 0]] * 1001}, ["limit is 1000"])):
         r = srv.client.post("/v1/models/spam:predict_batch", json=bad)

@@ -204,6 +204,9 @@ class VectorBuilder:
                 how = f"add a column {key!r}" if rows else f"give it in \"entities\", e.g. {{\"{key}\": 42}}"
                 raise InputError(f"{where}missing entity key {key!r} (the join key of feature view(s) "
                                  f"{sorted(set(views))}); {how}")
+            if rows and type(entities[key]) not in (int, str):   # the instances form's schema says so already
+                raise InputError(f"{where}entity key {key!r} must be an integer or a string (as in \"entities\"), "
+                                 f"got {entities[key]!r}")
         for name, why in self.fields.items():
             if name not in fields:
                 how = f"add a column {name!r}" if rows else "give it in \"fields\""
