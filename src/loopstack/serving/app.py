@@ -216,17 +216,20 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
                       "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
                       "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
 
+    def admit(name: str, st: dict, n: int, noun: str) -> float:
+        """The checks every batch request passes before it is predicted (a known model, at most
+        `max_instances` of them); when it started."""
+        st["model"], st["instances"] = name, n
+        fleet.get(name)
+        if n > cfg.max_instances:
+            raise InputError(f"{n} {noun} in one request; the limit is {cfg.max_instances}: split the request")
+        return time.monotonic()
+
     async def answer_batch(name: str, st: dict, instances: list[tuple[Any, Any, Any]], user_id: Any,
                            deadline_ms: float | None, floats: bool = False) -> Response:
         """`floats`: every field value of every instance is known to be a float (checked by the caller)."""
-        st["model"], st["instances"] = name, len(instances)
-        fleet.get(name)
-        if len(instances) > cfg.max_instances:
-            raise InputError(f"{len(instances)} instances in one request; the limit is {cfg.max_instances}: "
-                             "split the request")
-        t0 = time.monotonic()
-        rid = st["request_id"]
-        uid = _uid(user_id)
+        t0 = admit(name, st, len(instances), "instances")
+        rid, uid = st["request_id"], _uid(user_id)
         inputs = [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
                   for n, (e, f, u) in enumerate(instances)]
         return await answered(name, inputs, rid, t0, deadline_ms, floats)
@@ -234,11 +237,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
     async def answer_rows(name: str, st: dict, columns: tuple[str, ...], rows: list[list], user_id: Any,
                           deadline_ms: float | None, floats: bool = False) -> Response:
         """A `columns` + `rows` batch: each row is one instance, seen through a `Row` (no dict per row)."""
-        st["model"], st["instances"] = name, len(rows)
-        fleet.get(name)
-        if len(rows) > cfg.max_instances:
-            raise InputError(f"{len(rows)} rows in one request; the limit is {cfg.max_instances}: split the request")
-        t0 = time.monotonic()
+        t0 = admit(name, st, len(rows), "rows")
         rid, uid = st["request_id"], _uid(user_id)
         index = {c: i for i, c in enumerate(columns)}
         inputs = [PredictInput(r, r, uid, f"{rid}:{n}") for n, r in
