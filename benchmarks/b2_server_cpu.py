@@ -1,5 +1,5 @@
 """B2 side measurement: the feature server's CPU time per 1x10 online read over HTTP, with its own protocol
-(`FastReadProtocol`, what `loopstack features serve` runs) and with uvicorn's default protocol (every request
+(`FastLaneProtocol`, what `loopstack features serve` runs) and with uvicorn's default protocol (every request
 through the ASGI app), alternated, on the B2 1M-entity SQLite store (made by b2_online_reads.py).
 
     python benchmarks/b2_server_cpu.py [--seconds 10] [--repeat 2] [--rate 200]
@@ -29,9 +29,9 @@ CODE = """
 import uvicorn
 from loopstack.project import Project
 from loopstack.features.server import create_app
-from loopstack.features.server_protocol import FastReadProtocol
+from loopstack.fast_http import FastLaneProtocol
 uvicorn.run(create_app(Project({proj!r}), reload_interval=0, server_gc=True), host="127.0.0.1", port={port},
-            log_level="warning", access_log=False, http=FastReadProtocol if {fast!r} else "auto")
+            log_level="warning", access_log=False, http=FastLaneProtocol if {fast!r} else "auto")
 """
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--rate", default="200", help="request rate(s), comma-separated (default 200)")
-    p.add_argument("--protocols", default="fast,asgi", help="fast (FastReadProtocol), asgi (uvicorn's), or both")
+    p.add_argument("--protocols", default="fast,asgi", help="fast (FastLaneProtocol), asgi (uvicorn's), or both")
     a = p.parse_args()
     rates = [float(r) for r in a.rate.split(",")]
     protocols = [x.strip() == "fast" for x in a.protocols.split(",") if x.strip() in ("fast", "asgi")]
@@ -78,7 +78,7 @@ def main() -> None:
     for rep in range(a.repeat):
         for fast, rate in [(f, r) for f in (protocols if rep % 2 == 0 else protocols[::-1]) for r in rates]:
             r = run(fast, a, bodies, rate)
-            name = "FastReadProtocol" if fast else "uvicorn default (ASGI)"
+            name = "FastLaneProtocol" if fast else "uvicorn default (ASGI)"
             print(f"{name:24s} {rate:6.0f} req/s: {r['cpu_ms_per_request']:.3f} ms CPU/request, p50 {r['p50_ms']:.3f} ms, "
                   f"p99 {r['p99_ms']:.3f} ms, {r['ok']} ok (load {os.getloadavg()[0]:.2f})", flush=True)
 

@@ -1,4 +1,4 @@
-"""`FastReadProtocol` (server_protocol.py) on real uvicorn servers on loopback: online reads answered by the
+"""`FastLaneProtocol` (fast_http.py) on real uvicorn servers on loopback: online reads answered by the
 protocol itself, without an ASGI cycle, must look, count and log as under uvicorn's own protocol, and the
 connection (keep-alive, pipelining, split and chunked bodies, HTTP/1.0) must behave the same."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from loopstack.features.server import create_app
-from loopstack.features.server_protocol import FastReadProtocol
+from loopstack.fast_http import FastLaneProtocol
 from loopstack.serving.local_server import LoopbackServer
 from tests.features.test_server import PLAIN, WINS, as_columns, served_project  # noqa: F401
 
@@ -42,7 +42,7 @@ BODIES = [
 # -- servers ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fast_app(served_project):  # noqa: F811
-    """The app under FastReadProtocol; `fast_app.handled` lists (method, path) of requests that reached ASGI."""
+    """The app under FastLaneProtocol; `fast_app.handled` lists (method, path) of requests that reached ASGI."""
     app = create_app(served_project, reload_interval=0)
     app.handled = []
     inner = app.access.handle
@@ -56,14 +56,14 @@ def fast_app(served_project):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def fast(fast_app):
-    with LoopbackServer(fast_app, http=FastReadProtocol, ready_path="/health") as srv:
+    with LoopbackServer(fast_app, http=FastLaneProtocol, ready_path="/health") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def plain(served_project):  # noqa: F811
     """The same app under uvicorn's own protocol ("auto": httptools), for comparison."""
-    with LoopbackServer(create_app(served_project, reload_interval=0), ready_path="/health") as srv:
+    with LoopbackServer(create_app(served_project, reload_interval=0), ready_path="/health", http="auto") as srv:
         yield srv
 
 
@@ -343,7 +343,7 @@ def test_other_routes_answer_as_under_plain_uvicorn(fast, plain, method, path):
 
 
 # -- connection housekeeping, against uvicorn's own protocol ------------------------------------------
-# Both were found in FastReadProtocol by these tests and fixed: the keep-alive timer armed by a fast answer
+# Both were found in FastLaneProtocol by these tests and fixed: the keep-alive timer armed by a fast answer
 # must not run while a request pipelined behind it is parsed, and fast answers must wait for a client that
 # does not read them (uvicorn's own protocol does both).
 SERVERS = ["plain", "fast"]

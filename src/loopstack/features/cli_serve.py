@@ -57,13 +57,13 @@ def serve(project: Path = ProjectOpt,
     import uvicorn
 
     from loopstack.features.server import create_app
-    from loopstack.features.server_protocol import FastReadProtocol
+    from loopstack.fast_http import FastLaneProtocol
     from loopstack.project import Project
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] binding {host}: the feature server has no authentication; "
                           "put it behind a proxy or firewall")
     configure_access_log(access_log)
-    common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "http": FastReadProtocol}
+    common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "http": FastLaneProtocol}
     if workers == 1:
         p = Project(project)   # fails here, before binding, if the project or its views are broken
         try:

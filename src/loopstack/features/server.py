@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_PATH = "/get-online-features"
+_READ_PATH_BYTES = READ_PATH.encode()
 _PATHS = (READ_PATH, "/health", "/freshness", "/metrics", "/reload", "/openapi.json", "/docs")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -172,9 +173,13 @@ class _AccessMiddleware(AccessMiddleware):
         else:
             await self.app(scope, receive, send)
 
-    def read_outside_asgi(self, raw: bytes, headers: list, client: Any) -> tuple[int, bytes, dict, float]:
-        """``POST /get-online-features`` for `server_protocol.FastReadProtocol`, which answers it without an
-        ASGI cycle: the same handler and request id as `handle`. Returns (status, body, scope, t0); the
+    def accepts(self, path: bytes) -> bool:
+        """The fast lane (loopstack.fast_http) answers the online reads."""
+        return path == _READ_PATH_BYTES
+
+    def begin(self, raw: bytes, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
+        """``POST /get-online-features`` for `fast_http.FastLaneProtocol`, which answers it without an ASGI
+        cycle: the same handler and request id as `handle`. Returns (status, body, scope, t0, b""); the
         caller writes the answer, then calls `finish(scope, status, t0)` for the metrics and access log."""
         t0 = time.perf_counter()
         scope = {"type": "http", "method": "POST", "path": READ_PATH, "headers": headers, "client": client}
@@ -186,7 +191,7 @@ class _AccessMiddleware(AccessMiddleware):
         except Exception as exc:  # noqa: BLE001 - answered like the ASGI path's error middleware would
             log.exception("get-online-features failed (request %s)", rid)
             status, body = error_body(500, "internal", f"{type(exc).__name__}: {exc}", rid, st)
-        return status, body, scope, t0
+        return status, body, scope, t0, b""
 
     def record(self, scope: dict, status: int, seconds: float) -> None:
         path = scope["path"] if scope["path"] in _PATHS else "other"
@@ -204,6 +209,11 @@ class FeatureServerApp(FastAPI):
     per-request work (its telemetry checks, error middleware, routing); everything else goes on to FastAPI."""
 
     access: _AccessMiddleware | None = None
+
+    @property
+    def fast_lane(self) -> "_AccessMiddleware | None":
+        """What `fast_http.FastLaneProtocol` answers online reads with."""
+        return self.access
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if self.access is not None and scope["type"] == "http":

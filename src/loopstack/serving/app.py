@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loopstack.asgi import AccessMiddleware
+from loopstack.asgi import AccessMiddleware, request_id
 from loopstack.serving.batcher import BatcherClosed, QueueFull
 from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import NoRoute, ServingError
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loopstack.serving")
 _FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
+_FAST_PATH_B = re.compile(rb"^/v1/models/[^/%]+:predict(_batch)?$")   # the fast lane's (percent-escapes: ASGI)
+Reply = tuple[int, bytes, "dict | None"]   # status, JSON body, extra headers
 # (error class, HTTP status, code); first match wins
 _ERRORS: list[tuple[type, int, str]] = [
     (UnknownModel, 404, "unknown_model"), (InputError, 422, "invalid_input"), (QueueFull, 429, "overloaded"),
@@ -52,34 +54,67 @@ _ERRORS: list[tuple[type, int, str]] = [
     (ServingError, 503, "unavailable")]
 
 
+def _dumps(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json", headers=headers)
+    return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _respond(reply: Reply) -> Response:
+    return Response(reply[1], status_code=reply[0], media_type="application/json", headers=reply[2])
+
+
+def _error_reply(st: dict, status: int, code: str, detail: str, headers: dict | None = None,
+                 **extra: Any) -> Reply:
+    st["error"] = code
+    body = {"error": code, "detail": detail, "request_id": st.get("request_id"),
+            **{k: v for k, v in extra.items() if v is not None}}
+    return status, _dumps(body), headers
 
 
 def _error(request: Request, status: int, code: str, detail: str, headers: dict | None = None,
            **extra: Any) -> Response:
-    st = request.scope.setdefault("state", {})
-    st["error"] = code
-    body = {"error": code, "detail": detail, "request_id": st.get("request_id"),
-            **{k: v for k, v in extra.items() if v is not None}}
-    return _json(body, status, headers)
+    return _respond(_error_reply(request.scope.setdefault("state", {}), status, code, detail, headers, **extra))
 
 
 class _AccessMiddleware(AccessMiddleware):
     """Request id in and out, HTTP metrics, and one JSON access-log line per request.
 
-    ``fast(scope, body)`` may answer a prediction request itself (a Response) or decline (None): then
-    the body is replayed to FastAPI, which validates it with pydantic and answers as documented."""
+    ``start(scope, body)`` may take a prediction request (an awaitable of its `Reply`) or decline (None):
+    then the body is replayed to FastAPI, which validates it with pydantic and answers as documented.
+    The same object (with no app) is the server's fast lane (loopstack.fast_http): `accepts` and `begin`
+    answer predictions under `FastLaneProtocol` with no ASGI cycle, through the same `start`."""
 
     ACCESS_FIELDS = ("model", "version", "variant", "rung", "instances", "error")
 
-    def __init__(self, app: Any, metrics: ServingMetrics, fast: Any = None) -> None:
+    def __init__(self, app: Any, metrics: ServingMetrics, start: Any = None) -> None:
         super().__init__(app)
-        self.metrics, self.fast = metrics, fast
+        self.metrics, self.start = metrics, start
+
+    def accepts(self, path: bytes) -> bool:
+        return self.start is not None and _FAST_PATH_B.match(path) is not None
+
+    def begin(self, raw: bytes, path: str, headers: list, client: Any) -> Any:
+        """The fast lane's answer to a POST of `raw` to `path`: an awaitable of (status, body, scope, t0,
+        extra header lines), or None to go the ASGI way (the same request id either way)."""
+        t0 = time.perf_counter()
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": client,
+                 "root_path": ""}
+        scope["state"] = {"request_id": request_id(scope), "t0": t0}
+        reply = self.start(scope, raw)
+        return None if reply is None else self._lane_reply(reply, scope, t0)
+
+    @staticmethod
+    async def _lane_reply(reply: Any, scope: dict, t0: float) -> tuple[int, bytes, dict, float, bytes]:
+        status, body, headers = await reply
+        extra = b"".join(b"%s: %s\r\n" % (k.lower().encode(), v.encode()) for k, v in headers.items()) \
+            if headers else b""
+        return status, body, scope, t0, extra
 
     async def handle(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.fast is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
+        if self.start is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
             receive = await self._fast(scope, receive, send)
             if receive is None:
                 return
@@ -101,10 +136,10 @@ class _AccessMiddleware(AccessMiddleware):
             chunks.append(msg.get("body", b""))
             more = msg.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        response = await self.fast(scope, body)
-        if response is None:
+        reply = self.start(scope, body)
+        if reply is None:
             return _replay(body, receive)
-        await response(scope, receive, send)
+        await _respond(await reply)(scope, receive, send)
         return None
 
 
@@ -163,9 +198,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
     app.state.fleet, app.state.service, app.state.metrics = fleet, service, metrics
     errs = {c: {"model": ErrorResponse} for c in (400, 404, 422, 429, 503, 504)}
 
-    def _model_label(request: Request) -> str:
+    def _model_label(st: dict) -> str:
         """The model label of error metrics: a served model, else "other" (no label per unknown name)."""
-        name = request.scope.get("state", {}).get("model", "")
+        name = st.get("model", "")
         return name if name in fleet.handles else "other"
 
     @app.exception_handler(RequestValidationError)
@@ -185,36 +220,39 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
         return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    def serving_error(request: Request, exc: ServingError) -> Response:
+    def serving_error(st: dict, exc: ServingError) -> Reply:
         status, code = next((s, c) for cls, s, c in _ERRORS if isinstance(exc, cls))
-        metrics.child(metrics.errors, _model_label(request), code).inc()
+        metrics.child(metrics.errors, _model_label(st), code).inc()
         headers = None
         if isinstance(exc, QueueFull):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         elif status == 503:
             headers = {"Retry-After": "1"}
-        return _error(request, status, code, str(exc), headers)
+        return _error_reply(st, status, code, str(exc), headers)
+
+    def internal_error(st: dict, exc: Exception) -> Reply:
+        log.exception("internal error (request %s)", st.get("request_id"))
+        metrics.errors.labels(_model_label(st), "internal").inc()
+        return _error_reply(st, 500, "internal", f"{type(exc).__name__}: {exc}")
 
     @app.exception_handler(ServingError)
     async def _serving(request: Request, exc: ServingError) -> Response:
-        return serving_error(request, exc)
+        return _respond(serving_error(request.scope.setdefault("state", {}), exc))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("internal error (request %s)", request.scope.get("state", {}).get("request_id"))
-        metrics.errors.labels(_model_label(request), "internal").inc()
-        return _error(request, 500, "internal", f"{type(exc).__name__}: {exc}")
+        return _respond(internal_error(request.scope.setdefault("state", {}), exc))
 
     async def answer_one(name: str, st: dict, entities: dict, fields: dict, user_id: Any,
-                         deadline_ms: float | None) -> Response:
+                         deadline_ms: float | None) -> Reply:
         st["model"] = name
         t0 = time.monotonic()
         inp = PredictInput(entities, fields, _uid(user_id), st["request_id"])
         ans = (await service.predict(name, [inp], deadline_ms))[0]
         st.update(version=ans.version, variant=ans.variant, rung=ans.rung)
-        return _json({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
+        return 200, _dumps({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
                       "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
-                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)}), None
 
     def admit(name: str, st: dict, n: int, noun: str) -> float:
         """The checks every batch request passes before it is predicted (a known model, at most
@@ -226,7 +264,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         return time.monotonic()
 
     async def answer_batch(name: str, st: dict, instances: list[tuple[Any, Any, Any]], user_id: Any,
-                           deadline_ms: float | None, floats: bool = False) -> Response:
+                           deadline_ms: float | None, floats: bool = False) -> Reply:
         """`floats`: every field value of every instance is known to be a float (checked by the caller)."""
         t0 = admit(name, st, len(instances), "instances")
         rid, uid = st["request_id"], _uid(user_id)
@@ -235,7 +273,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         return await answered(name, inputs, rid, t0, deadline_ms, floats)
 
     async def answer_rows(name: str, st: dict, columns: tuple[str, ...], rows: list[list], user_id: Any,
-                          deadline_ms: float | None, floats: bool = False) -> Response:
+                          deadline_ms: float | None, floats: bool = False) -> Reply:
         """A `columns` + `rows` batch: each row is one instance, seen through a `Row` (no dict per row)."""
         t0 = admit(name, st, len(rows), "rows")
         rid, uid = st["request_id"], _uid(user_id)
@@ -245,17 +283,17 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         return await answered(name, inputs, rid, t0, deadline_ms, floats)
 
     async def answered(name: str, inputs: list[PredictInput], rid: str, t0: float, deadline_ms: float | None,
-                       floats: bool) -> Response:
+                       floats: bool) -> Reply:
         answers = await service.predict(name, inputs, deadline_ms, floats)
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
                   "request_id": a.request_id, "cached": a.cached} for a in answers]
-        return _json({"model": name, "predictions": items, "request_id": rid,
-                      "latency_ms": round((time.monotonic() - t0) * 1000, 3)})
+        return 200, _dumps({"model": name, "predictions": items, "request_id": rid,
+                            "latency_ms": round((time.monotonic() - t0) * 1000, 3)}), None
 
-    async def fast(scope: dict, body: bytes) -> Response | None:
-        """The hot path: a well-formed JSON body is answered without FastAPI's per-request machinery;
-        anything else (bad JSON, wrong shapes, another content type) returns None and goes through the
-        documented endpoints below, whose pydantic validation produces the 4xx."""
+    def start(scope: dict, body: bytes) -> Any:
+        """The hot path: a well-formed JSON body is answered without FastAPI's per-request machinery (an
+        awaitable of its Reply); anything else (bad JSON, wrong shapes, another content type) returns None
+        and goes through the documented endpoints below, whose pydantic validation produces the 4xx."""
         if scope.get("root_path"):
             return None
         ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
@@ -267,27 +305,34 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
             return None
         name, _, op = scope["path"][len("/v1/models/"):].rpartition(":")
         st = scope["state"]
-        try:
-            if op == "predict":
-                one = fast_predict(obj)
-                return None if one is None else await answer_one(name, st, *one)
-            if type(obj) is dict and "columns" in obj:
-                split = fast_predict_rows(obj)
-                return None if split is None else await answer_rows(name, st, *split)
-            many = fast_predict_batch(obj)
-            return None if many is None else await answer_batch(name, st, *many)
-        except ServingError as exc:
-            return serving_error(Request(scope), exc)
+        if op == "predict":
+            one = fast_predict(obj)
+            return None if one is None else guarded(st, answer_one(name, st, *one))
+        if type(obj) is dict and "columns" in obj:
+            split = fast_predict_rows(obj)
+            return None if split is None else guarded(st, answer_rows(name, st, *split))
+        many = fast_predict_batch(obj)
+        return None if many is None else guarded(st, answer_batch(name, st, *many))
 
-    app.add_middleware(_AccessMiddleware, metrics=metrics, fast=fast)
+    async def guarded(st: dict, answer: Any) -> Reply:
+        """`answer`'s reply, or the error reply the endpoints' exception handlers would give."""
+        try:
+            return await answer
+        except ServingError as exc:
+            return serving_error(st, exc)
+        except Exception as exc:  # noqa: BLE001 - a 500 that says what failed, as the ASGI handler's
+            return internal_error(st, exc)
+
+    app.add_middleware(_AccessMiddleware, metrics=metrics, start=start)
+    app.fast_lane = _AccessMiddleware(None, metrics, start)   # what FastLaneProtocol answers predictions with
 
     @app.post("/v1/models/{name}:predict", response_model=PredictResponse, responses=errs,
               summary="Predict one instance")
     async def predict(name: str, body: PredictRequest, request: Request) -> Response:
         """Fetch online features for `entities`, compute on-demand features from `fields`, assemble the
         model's vector, route (canary/experiment/holdback by `user_id`), predict through the ladder."""
-        return await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields), body.user_id,
-                                body.deadline_ms)
+        return _respond(await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields),
+                                         body.user_id, body.deadline_ms))
 
     @app.post("/v1/models/{name}:predict_batch", response_model=PredictBatchResponse, responses=errs,
               summary="Predict several instances")
@@ -295,11 +340,11 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
         else); any failing instance fails the request, naming the instance."""
         if body.instances is None:
-            return await answer_rows(name, request.scope["state"], tuple(body.columns or ()), body.rows or [],
-                                     body.user_id, body.deadline_ms)
-        return await answer_batch(name, request.scope["state"],
-                                  [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
-                                  body.user_id, body.deadline_ms)
+            return _respond(await answer_rows(name, request.scope["state"], tuple(body.columns or ()),
+                                              body.rows or [], body.user_id, body.deadline_ms))
+        return _respond(await answer_batch(name, request.scope["state"],
+                                           [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
+                                           body.user_id, body.deadline_ms))
 
     def status(name: str) -> dict:
         h = fleet.get(name)

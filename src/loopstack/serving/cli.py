@@ -82,6 +82,7 @@ def serve(project: Path = ProjectOpt,
     """Serve registered models over HTTP: POST /v1/models/NAME:predict, /metrics, /healthz, /readyz, /docs."""
     import uvicorn
 
+    from loopstack.fast_http import FastLaneProtocol
     from loopstack.features.cli_serve import _is_loopback
     from loopstack.project import Project
     from loopstack.serving.app import create_app
@@ -101,7 +102,7 @@ def serve(project: Path = ProjectOpt,
     configure_logs(access_log)
     try:
         uvicorn.run(create_app(p, cfg), host=host, port=port, log_level=log_level, access_log=False,
-                    timeout_graceful_shutdown=graceful_timeout_s)
+                    timeout_graceful_shutdown=graceful_timeout_s, http=FastLaneProtocol)
     finally:
         p.close()
 

@@ -16,11 +16,15 @@ def free_port() -> int:
 class LoopbackServer:
     """``with LoopbackServer(app) as srv:`` serves `app` at ``srv.url`` until the block ends, then shuts
     down gracefully (in-flight requests finish, the app's lifespan shutdown runs). `http`: uvicorn's
-    HTTP protocol (a name, or a class such as the feature server's `FastReadProtocol`)."""
+    HTTP protocol (a name such as "auto" for uvicorn's own, or a class); by default `FastLaneProtocol`, as
+    `loopstack serve` and `loopstack features serve` run (uvicorn's own for apps without a fast lane)."""
 
     def __init__(self, app: Any, port: int | None = None, ready_path: str | None = "/readyz",
-                 timeout: float = 60.0, http: Any = "auto") -> None:
+                 timeout: float = 60.0, http: Any = None) -> None:
         import uvicorn
+
+        from loopstack.fast_http import FastLaneProtocol
+        http = FastLaneProtocol if http is None else http
         self.app, self.port, self.ready_path, self.timeout = app, port or free_port(), ready_path, timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
