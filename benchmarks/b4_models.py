@@ -11,6 +11,7 @@ loopstack on a frame of the signature's columns (its training code path), the pe
     python benchmarks/b4_models.py --force         # rebuild
     python benchmarks/b4_models.py --direct        # JSON: in-process predict latency at batch 1 and 32
     python benchmarks/b4_models.py --sweep         # time a few MLP hidden sizes (to choose HIDDEN; 1 thread)
+    python benchmarks/b4_models.py --worker mlp --batch 32   # a direct-call process driven over stdin
 
 Needs only numpy/pandas/scikit-learn/lightgbm/joblib (imported lazily): the peer servers import it
 (`load`, `quiet`, `single_thread`) inside their own virtualenvs.
@@ -122,16 +123,17 @@ def score(model, X) -> list[float]:
     return model.predict_proba(X)[:, 1].tolist()
 
 
-def time_predict(model, X, batch: int, seconds: float = 1.0, min_calls: int = 50, frame: bool = False) -> dict:
+def time_predict(model, X, batch: int, seconds: float = 1.0, min_calls: int = 50, frame: bool = False,
+                 warmup: int = 20) -> dict:
     """Latency of `score` on `batch`-row slices of X (cycled; prebuilt, as DataFrames with the training
-    columns when `frame`), after a short warm-up: p50/p99/mean in ms."""
+    columns when `frame`), after a short warm-up (`warmup` calls): p50/p99/mean in ms."""
     import numpy as np
     import pandas as pd
     n = min(len(X) // batch, 64)
     slices = [X[i * batch:(i + 1) * batch] for i in range(n)]
     if frame:
         slices = [pd.DataFrame(s, columns=FEATURES) for s in slices]
-    for i in range(20):
+    for i in range(warmup):
         score(model, slices[i % n])
     out = []
     end = time.perf_counter() + seconds
@@ -161,6 +163,15 @@ def direct(seconds: float) -> dict:
     return out
 
 
+def worker(model_name: str, batch: int) -> None:
+    """A direct-call process that stays up (b4_overhead.py --interleave): loads the model once, prints READY,
+    then for each line read from stdin (seconds) times the model at `batch` rows and prints one JSON line."""
+    X, model = rows(), load(model_name)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(time_predict(model, X, batch, float(line), min_calls=10, warmup=3)), flush=True)
+
+
 def sweep(seconds: float) -> None:
     X, y, R = data()
     for hidden in SWEEP:
@@ -175,12 +186,17 @@ def main() -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--direct", action="store_true", help="print the in-process baseline as one JSON line")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--worker", metavar="MODEL", help="stay up and time MODEL on request (see `worker`)")
+    p.add_argument("--batch", type=int, default=32, help="rows per call for --worker")
     p.add_argument("--seconds", type=float, default=2.0, help="timing per measurement")
     a = p.parse_args()
     single_thread()
     quiet()
     if a.sweep:
         sweep(a.seconds)
+        return
+    if a.worker:
+        worker(a.worker, a.batch)
         return
     info = build(a.force)
     d = direct(a.seconds)
