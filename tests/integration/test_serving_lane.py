@@ -5,7 +5,6 @@ closes the connection when asked."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from loopstack.serving.app import create_app
 from loopstack.serving.config import ModelSpec
 from loopstack.serving.local_server import LoopbackServer
-from tests.features.test_server_protocol import closed, connect, read_responses, req
+from tests.features.test_server_protocol import access_lines, closed, connect, read_responses, req  # noqa: F401
 from tests.integration.serving_env import (ConstantModel, SIGNATURE, SlowModel, body, config, fit_model,
                                            make_project, metric, register)
 
@@ -122,28 +121,15 @@ def test_the_lane_answers_well_formed_requests_and_declines_the_rest(lane):
     assert declined == 5    # fields as a list; a short row; bad JSON; text/plain; empty body
 
 
-def test_lane_requests_are_counted_and_logged(lane):
-    lines: list[dict] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-    logger, handler = logging.getLogger("loopstack.access"), Collect(logging.INFO)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        before = metric(httpx.get(lane.url + "/metrics").text, "loopstack_serving_http_requests_total",
-                        path="predict", status="200")
-        for i in (0, 5):
-            _ask(lane, i)
-        after = metric(httpx.get(lane.url + "/metrics").text, "loopstack_serving_http_requests_total",
-                       path="predict", status="200")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def test_lane_requests_are_counted_and_logged(lane, access_lines):  # noqa: F811
+    before = metric(httpx.get(lane.url + "/metrics").text, "loopstack_serving_http_requests_total",
+                    path="predict", status="200")
+    for i in (0, 5):
+        _ask(lane, i)
+    after = metric(httpx.get(lane.url + "/metrics").text, "loopstack_serving_http_requests_total",
+                   path="predict", status="200")
     assert after == before + 1
-    by_id = {x["request_id"]: x for x in lines}
+    by_id = {x["request_id"]: x for x in access_lines}
     ok, missing = by_id["case-0"], by_id["case-5"]
     assert (ok["status"], ok["model"], ok["version"], ok["variant"]) == (200, "spam", 1, "production")
     assert (missing["status"], missing["error"]) == (404, "unknown_model")
