@@ -37,6 +37,9 @@ class FastLane(Protocol):
     def finish(self, scope: dict, status: int, t0: float) -> None:
         """Count the answered request and write its access-log line."""
 
+    # optional: ``max_body`` (bytes; a larger body is refused) and ``too_large(path, headers, client)``, the
+    # Reply (413) that refuses it. A lane without them takes bodies of any size.
+
 
 def find_lane(app: Any) -> FastLane | None:
     """The ``fast_lane`` of `app` or of an app it wraps (uvicorn's wrappers, middleware), else None."""
@@ -46,6 +49,17 @@ def find_lane(app: Any) -> FastLane | None:
             return lane
         app = getattr(app, "app", None)
     return None
+
+
+class _Discard:
+    """The body of a request refused for its size: its remaining bytes are dropped (the connection closes)."""
+
+    @staticmethod
+    def append(_chunk: bytes) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 class _InFlight:
@@ -67,7 +81,9 @@ class FastLaneProtocol(HttpToolsProtocol):
     """Pass as ``uvicorn.run(..., http=FastLaneProtocol)``; behaves as uvicorn's own protocol for anything
     but a request of the app's fast lane."""
 
-    _fast: list[bytes] | None = None
+    _fast: list[bytes] | _Discard | None = None
+    _size = 0
+    _counting = False         # a body without content-length (chunked): its size is counted as it comes
     _hdr_src: Any = None      # the default-header list `_hdr` was formatted from
     _hdr = b""
 
@@ -104,21 +120,42 @@ class FastLaneProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if self._takes():
-            self._fast = []
+            self._fast, self._size = [], 0
             self._keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            length = next((v for k, v in self.headers if k == b"content-length"), None)
+            self._counting = length is None
+            if length is not None and length.isdigit():
+                self._count(int(length))
             return
         self._fast = None
         super().on_headers_complete()
 
+    def _count(self, n: int) -> None:
+        """Add `n` body bytes; over the lane's ``max_body``, refuse the request (413 and ``connection: close``
+        at once); the rest of its body is read and dropped, and the connection closes when it has come."""
+        self._size += n
+        limit = getattr(self._lane, "max_body", None)
+        if limit is not None and self._size > limit and self._fast is not _DISCARD:
+            self._fast = _DISCARD
+            self._send(self._lane.too_large(self.url.partition(b"?")[0].decode("latin-1"), self.headers,
+                                            self.client), False, close=False)
+
     def on_body(self, body: bytes) -> None:
-        if self._fast is not None:
-            self._fast.append(body)
-        else:
+        fast = self._fast
+        if fast is None:
             super().on_body(body)
+        elif fast is not _DISCARD:
+            fast.append(body)
+            if self._counting:
+                self._count(len(body))
 
     def on_message_complete(self) -> None:
         if self._fast is None:
             super().on_message_complete()
+            return
+        if self._fast is _DISCARD:
+            self._fast = None
+            self.transport.close()
             return
         chunks, self._fast = self._fast, None
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -145,7 +182,7 @@ class FastLaneProtocol(HttpToolsProtocol):
             return
         self._send(out, flight.keep_alive)
 
-    def _send(self, out: Reply, keep_alive: bool) -> None:
+    def _send(self, out: Reply, keep_alive: bool, close: bool = True) -> None:
         status, body, scope, t0, extra = out
         head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), self._default_headers(),
                 b"content-length: %d\r\ncontent-type: application/json\r\nx-request-id: %s\r\n%s"
@@ -156,6 +193,8 @@ class FastLaneProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head))
         self._lane.finish(scope, status, t0)
         if not keep_alive:
-            self.transport.close()
+            if close:
+                self.transport.close()
+            return
         self.on_response_complete()
 

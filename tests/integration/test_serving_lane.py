@@ -10,6 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
+from loopstack.cli import app
 
 from loopstack.serving.app import create_app
 from loopstack.serving.config import ModelSpec
@@ -48,8 +51,11 @@ def project(tmp_path_factory):
     p.close()
 
 
+LIMIT = 32 * 1024     # max_body_bytes of these servers
+
+
 def _cfg() -> Any:
-    return config(max_instances=64, log_predictions=False, model_budget_ms=10_000,
+    return config(max_instances=64, log_predictions=False, model_budget_ms=10_000, max_body_bytes=LIMIT,
                   models=(ModelSpec("spam"), ModelSpec("slow")))
 
 
@@ -69,15 +75,19 @@ def _serve(project: Any, http: Any) -> LoopbackServer:
 
 
 @pytest.fixture(scope="module")
-def answers(project) -> list[tuple[int, dict, dict]]:
-    """Every case under uvicorn's own protocol (the ASGI way): (status, headers, JSON body)."""
+def plain(project):
+    """The same app under uvicorn's own protocol (the ASGI way)."""
     srv = _serve(project, "auto")
-    try:
-        out = [_ask(srv, i) for i in range(len(CASES))]
-        assert srv.app.lane_calls == []      # uvicorn's protocol never calls the lane
-        return out
-    finally:
-        srv.stop()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def answers(plain) -> list[tuple[int, dict, dict]]:
+    """Every case under uvicorn's own protocol: (status, headers, JSON body)."""
+    out = [_ask(plain, i) for i in range(len(CASES))]
+    assert plain.app.lane_calls == []      # uvicorn's protocol never calls the lane
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +178,48 @@ def test_a_client_that_leaves_mid_request_does_not_disturb_the_server(lane):
                   + req("/v1/models/spam:predict", body(author=1), x_request_id="next-2"))
         rs = read_responses(s, 2)
     assert [(r.status, r.headers["x-request-id"]) for r in rs] == [(200, "next"), (200, "next-2")]
+
+
+def _big(n_bytes: int) -> bytes:
+    """A well-formed :predict_batch body of at least `n_bytes`."""
+    inst = body(author=1, text="x" * 200)
+    n = n_bytes // len(json.dumps(inst)) + 1
+    return json.dumps({"instances": [inst] * n}).encode()
+
+
+@pytest.mark.parametrize("which", ["lane", "plain"])
+def test_a_body_over_the_limit_gets_413_and_the_server_goes_on(request, which):
+    srv = request.getfixturevalue(which)
+    r = httpx.post(srv.url + "/v1/models/spam:predict_batch", content=_big(LIMIT + 1),
+                   headers={"content-type": "application/json", "x-request-id": "big-1"}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "payload_too_large" and str(LIMIT) in r.json()["detail"]
+    assert r.headers["x-request-id"] == "big-1" == r.json()["request_id"]
+    assert "--max-body-mb" in r.json()["detail"]
+    assert _ask(srv, 0)[0] == 200
+
+
+def test_the_lane_refuses_a_chunked_body_once_it_passes_the_limit_and_closes_after_it(lane):
+    raw = _big(LIMIT * 2)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (raw[i:i + 4096] for i in range(0, len(raw), 4096)))
+    with connect(lane) as s:
+        s.sendall(req("/v1/models/spam:predict_batch", transfer_encoding="chunked", content_type="application/json",
+                      x_request_id="big-2") + chunks + b"0\r\n\r\n")
+        (r,) = read_responses(s, 1)
+        assert (r.status, r.headers["connection"], r.json()["error"]) == (413, "close", "payload_too_large")
+        assert closed(s)
+
+
+def test_a_body_at_the_limit_is_read(lane):
+    raw = _big(LIMIT - 2000)
+    raw = raw[:-1] + b" " * (LIMIT - len(raw)) + b"}"       # exactly LIMIT bytes
+    assert len(raw) == LIMIT
+    r = httpx.post(lane.url + "/v1/models/spam:predict_batch", content=raw,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422 and "limit is 64" in r.json()["detail"]   # read and checked: too many instances
+
+
+@pytest.mark.parametrize("mb", ["0", "-1"])
+def test_serve_refuses_a_body_limit_that_is_not_positive(tmp_path, mb):
+    out = CliRunner().invoke(app, ["serve", "-p", str(tmp_path), "--model", "spam", "--max-body-mb", mb])
+    assert out.exit_code == 2 and "--max-body-mb must be a positive number of MiB" in out.output

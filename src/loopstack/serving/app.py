@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -24,10 +23,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loopstack.asgi import AccessMiddleware, request_id
 from loopstack.serving.batcher import BatcherClosed, QueueFull
 from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import NoRoute, ServingError
+from loopstack.serving.http_layer import (Reply, ServingAccess, dumps, error_reply, error_response, json_response,
+                                          respond)
 from loopstack.serving.metrics import ServingMetrics
 from loopstack.serving.models import ModelFleet, UnknownModel
 from loopstack.serving.predict import DeadlineError, NotReady, PredictService, Unavailable
@@ -43,117 +43,12 @@ if TYPE_CHECKING:
     from loopstack.project import Project
 
 log = logging.getLogger("loopstack.serving")
-_FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
-_FAST_PATH_B = re.compile(rb"^/v1/models/[^/%]+:predict(_batch)?$")   # the fast lane's (percent-escapes: ASGI)
-Reply = tuple[int, bytes, "dict | None"]   # status, JSON body, extra headers
 # (error class, HTTP status, code); first match wins
 _ERRORS: list[tuple[type, int, str]] = [
     (UnknownModel, 404, "unknown_model"), (InputError, 422, "invalid_input"), (QueueFull, 429, "overloaded"),
     (DeadlineError, 504, "deadline_exceeded"), (NotReady, 503, "not_ready"), (NoRoute, 503, "not_ready"),
     (FeatureUnavailable, 503, "unavailable"), (Unavailable, 503, "unavailable"), (BatcherClosed, 503, "unavailable"),
     (ServingError, 503, "unavailable")]
-
-
-def _dumps(body: Any) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _respond(reply: Reply) -> Response:
-    return Response(reply[1], status_code=reply[0], media_type="application/json", headers=reply[2])
-
-
-def _error_reply(st: dict, status: int, code: str, detail: str, headers: dict | None = None,
-                 **extra: Any) -> Reply:
-    st["error"] = code
-    body = {"error": code, "detail": detail, "request_id": st.get("request_id"),
-            **{k: v for k, v in extra.items() if v is not None}}
-    return status, _dumps(body), headers
-
-
-def _error(request: Request, status: int, code: str, detail: str, headers: dict | None = None,
-           **extra: Any) -> Response:
-    return _respond(_error_reply(request.scope.setdefault("state", {}), status, code, detail, headers, **extra))
-
-
-class _AccessMiddleware(AccessMiddleware):
-    """Request id in and out, HTTP metrics, and one JSON access-log line per request.
-
-    ``start(scope, body)`` may take a prediction request (an awaitable of its `Reply`) or decline (None):
-    then the body is replayed to FastAPI, which validates it with pydantic and answers as documented.
-    The same object (with no app) is the server's fast lane (loopstack.fast_http): `accepts` and `begin`
-    answer predictions under `FastLaneProtocol` with no ASGI cycle, through the same `start`."""
-
-    ACCESS_FIELDS = ("model", "version", "variant", "rung", "instances", "error")
-
-    def __init__(self, app: Any, metrics: ServingMetrics, start: Any = None) -> None:
-        super().__init__(app)
-        self.metrics, self.start = metrics, start
-
-    def accepts(self, path: bytes) -> bool:
-        return self.start is not None and _FAST_PATH_B.match(path) is not None
-
-    def begin(self, raw: bytes, path: str, headers: list, client: Any) -> Any:
-        """The fast lane's answer to a POST of `raw` to `path`: an awaitable of (status, body, scope, t0,
-        extra header lines), or None to go the ASGI way (the same request id either way)."""
-        t0 = time.perf_counter()
-        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": client,
-                 "root_path": ""}
-        scope["state"] = {"request_id": request_id(scope), "t0": t0}
-        reply = self.start(scope, raw)
-        return None if reply is None else self._lane_reply(reply, scope, t0)
-
-    @staticmethod
-    async def _lane_reply(reply: Any, scope: dict, t0: float) -> tuple[int, bytes, dict, float, bytes]:
-        status, body, headers = await reply
-        extra = b"".join(b"%s: %s\r\n" % (k.lower().encode(), v.encode()) for k, v in headers.items()) \
-            if headers else b""
-        return status, body, scope, t0, extra
-
-    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.start is not None and scope["method"] == "POST" and _FAST_PATH.match(scope["path"]):
-            receive = await self._fast(scope, receive, send)
-            if receive is None:
-                return
-        await self.app(scope, receive, send)
-
-    def record(self, scope: dict, status: int, seconds: float) -> None:
-        path = scope["path"]
-        route = path.rsplit(":", 1)[-1] if path.startswith("/v1/models/") and ":" in path else path
-        route = route if route in ("predict", "predict_batch", "/metrics", "/healthz", "/readyz") else "other"
-        self.metrics.child(self.metrics.http, route, str(status)).inc()
-
-    async def _fast(self, scope: dict, receive: Any, send: Any) -> Any:
-        """Read the body and let `fast` answer; None when it did, else a `receive` that replays the body."""
-        chunks, more = [], True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":   # the client went away: nobody to answer
-                return None
-            chunks.append(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        reply = self.start(scope, body)
-        if reply is None:
-            return _replay(body, receive)
-        await _respond(await reply)(scope, receive, send)
-        return None
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """An ASGI `receive` that yields `body` once, then defers to the real one."""
-    sent = False
-
-    async def again() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-    return again
 
 
 def _uid(v: Any) -> str | None:
@@ -208,17 +103,17 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
                    "type": str(e.get("type", ""))} for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
-            return _error(request, 400, "invalid_json", "the body is not valid JSON: " + "; ".join(
+            return error_response(request, 400, "invalid_json", "the body is not valid JSON: " + "; ".join(
                 f"{e['msg']} at {'.'.join(e['loc'][1:]) or 'start'}" for e in errors if e["type"] == "json_invalid"))
         text = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
         if "json" not in request.headers.get("content-type", ""):
             text += " (send the body as JSON with the header content-type: application/json)"
-        return _error(request, 422, "invalid_request", f"malformed request: {text}", errors=errors)
+        return error_response(request, 422, "invalid_request", f"malformed request: {text}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
-        return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     def serving_error(st: dict, exc: ServingError) -> Reply:
         status, code = next((s, c) for cls, s, c in _ERRORS if isinstance(exc, cls))
@@ -228,20 +123,20 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         elif status == 503:
             headers = {"Retry-After": "1"}
-        return _error_reply(st, status, code, str(exc), headers)
+        return error_reply(st, status, code, str(exc), headers)
 
     def internal_error(st: dict, exc: Exception) -> Reply:
         log.exception("internal error (request %s)", st.get("request_id"))
         metrics.errors.labels(_model_label(st), "internal").inc()
-        return _error_reply(st, 500, "internal", f"{type(exc).__name__}: {exc}")
+        return error_reply(st, 500, "internal", f"{type(exc).__name__}: {exc}")
 
     @app.exception_handler(ServingError)
     async def _serving(request: Request, exc: ServingError) -> Response:
-        return _respond(serving_error(request.scope.setdefault("state", {}), exc))
+        return respond(serving_error(request.scope.setdefault("state", {}), exc))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        return _respond(internal_error(request.scope.setdefault("state", {}), exc))
+        return respond(internal_error(request.scope.setdefault("state", {}), exc))
 
     async def answer_one(name: str, st: dict, entities: dict, fields: dict, user_id: Any,
                          deadline_ms: float | None) -> Reply:
@@ -250,7 +145,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         inp = PredictInput(entities, fields, _uid(user_id), st["request_id"])
         ans = (await service.predict(name, [inp], deadline_ms))[0]
         st.update(version=ans.version, variant=ans.variant, rung=ans.rung)
-        return 200, _dumps({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
+        return 200, dumps({"prediction": ans.prediction, "model": name, "version": ans.version, "variant": ans.variant,
                       "rung": ans.rung, "request_id": ans.request_id, "cached": ans.cached,
                       "latency_ms": round((time.monotonic() - t0) * 1000, 3)}), None
 
@@ -287,7 +182,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         answers = await service.predict(name, inputs, deadline_ms, floats)
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
                   "request_id": a.request_id, "cached": a.cached} for a in answers]
-        return 200, _dumps({"model": name, "predictions": items, "request_id": rid,
+        return 200, dumps({"model": name, "predictions": items, "request_id": rid,
                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)}), None
 
     def start(scope: dict, body: bytes) -> Any:
@@ -323,15 +218,15 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - a 500 that says what failed, as the ASGI handler's
             return internal_error(st, exc)
 
-    app.add_middleware(_AccessMiddleware, metrics=metrics, start=start)
-    app.fast_lane = _AccessMiddleware(None, metrics, start)   # what FastLaneProtocol answers predictions with
+    app.add_middleware(ServingAccess, metrics=metrics, start=start, max_body=cfg.max_body_bytes)
+    app.fast_lane = ServingAccess(None, metrics, start, cfg.max_body_bytes)   # FastLaneProtocol's
 
     @app.post("/v1/models/{name}:predict", response_model=PredictResponse, responses=errs,
               summary="Predict one instance")
     async def predict(name: str, body: PredictRequest, request: Request) -> Response:
         """Fetch online features for `entities`, compute on-demand features from `fields`, assemble the
         model's vector, route (canary/experiment/holdback by `user_id`), predict through the ladder."""
-        return _respond(await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields),
+        return respond(await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields),
                                          body.user_id, body.deadline_ms))
 
     @app.post("/v1/models/{name}:predict_batch", response_model=PredictBatchResponse, responses=errs,
@@ -340,9 +235,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
         else); any failing instance fails the request, naming the instance."""
         if body.instances is None:
-            return _respond(await answer_rows(name, request.scope["state"], tuple(body.columns or ()),
+            return respond(await answer_rows(name, request.scope["state"], tuple(body.columns or ()),
                                               body.rows or [], body.user_id, body.deadline_ms))
-        return _respond(await answer_batch(name, request.scope["state"],
+        return respond(await answer_batch(name, request.scope["state"],
                                            [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
                                            body.user_id, body.deadline_ms))
 
@@ -364,17 +259,17 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
 
     @app.get("/v1/models", response_model=ModelsResponse, summary="Served models and their traffic policy")
     async def list_models() -> Response:
-        return _json({"models": [status(n) for n in sorted(fleet.handles)]})
+        return json_response({"models": [status(n) for n in sorted(fleet.handles)]})
 
     @app.get("/v1/models/{name}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}},
              summary="One model: policy, loaded versions, breakers, refused versions")
     async def show_model(name: str) -> Response:
-        return _json(status(name))
+        return json_response(status(name))
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:
         """200 while the process serves HTTP (liveness)."""
-        return _json({"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3)})
+        return json_response({"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3)})
 
     @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def readyz() -> Response:
@@ -382,7 +277,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         models = {n: {"ready": h.ready, "versions": sorted(h.snapshot.versions), "error": h.error}
                   for n, h in fleet.handles.items()}
         ready = all(m["ready"] for m in models.values())
-        return _json({"ready": ready, "models": models}, 200 if ready else 503)
+        return json_response({"ready": ready, "models": models}, 200 if ready else 503)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_endpoint() -> Response:

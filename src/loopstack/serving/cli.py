@@ -67,6 +67,7 @@ def serve(project: Path = ProjectOpt,
           preferred_batch_sizes: Optional[str] = typer.Option(None, help="Sizes the model is efficient at, "
                                                                          "e.g. 8,16,32."),
           max_queue: int = typer.Option(1024, help="Requests waiting per version before 429."),
+          max_body_mb: float = typer.Option(16.0, help="Largest request body in MiB (a larger one gets 413)."),
           deadline_ms: float = typer.Option(2000.0, help="Default request deadline."),
           model_budget_ms: float = typer.Option(1000.0, help="Model rung budget."),
           fallback_budget_ms: float = typer.Option(500.0, help="Fallback rung budget."),
@@ -93,7 +94,7 @@ def serve(project: Path = ProjectOpt,
         batch=BatchConfig(max_batch_size, max_latency_ms, _sizes(preferred_batch_sizes), max_queue),
         poll_interval_s=poll_interval_s, default_deadline_ms=deadline_ms, model_budget_ms=model_budget_ms,
         fallback_budget_ms=fallback_budget_ms, cache_entries=cache_entries, cache_ttl_s=cache_ttl_s,
-        feature_sample=feature_sample, log_predictions=log_predictions)
+        feature_sample=feature_sample, log_predictions=log_predictions, max_body_bytes=_mib(max_body_mb))
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] binding {host}: the model server has no authentication")
     p = Project(project)
@@ -105,6 +106,13 @@ def serve(project: Path = ProjectOpt,
                     timeout_graceful_shutdown=graceful_timeout_s, http=FastLaneProtocol)
     finally:
         p.close()
+
+
+def _mib(mb: float) -> int:
+    """--max-body-mb in bytes; a clear error for a size that is not positive."""
+    if not mb > 0:
+        raise typer.BadParameter(f"--max-body-mb must be a positive number of MiB, got {mb}")
+    return max(1, int(mb * 2**20))
 
 
 def _baseline(text: str | None) -> Any:

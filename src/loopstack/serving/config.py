@@ -57,6 +57,7 @@ class ServingConfig:
     log_predictions: bool = True
     log_queue: int = 10_000                  # prediction-log records waiting for the writer, at most
     max_instances: int = 1000                # per :predict_batch request
+    max_body_bytes: int = 16 * 2**20         # a larger request body gets 413 (the server never buffers more)
     batch_timeout_s: float = 30.0            # process runtime: a batch running longer means a hung worker
     load_timeout_s: float = 120.0            # process runtime: worker start + model load
     drain_timeout_s: float = 10.0            # hot swap / shutdown: wait this long for in-flight requests
@@ -73,7 +74,7 @@ class ServingConfig:
         if not 0 <= self.feature_sample <= 1:
             raise ServingConfigError(f"serving setting feature_sample={self.feature_sample!r} is not allowed: "
                                      "use a fraction from 0 to 1")
-        for key in ("cache_entries", "log_queue", "max_instances"):
+        for key in ("cache_entries", "log_queue", "max_instances", "max_body_bytes"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "cache_entries" else 1):
                 raise ServingConfigError(f"serving setting {key}={v!r} is not allowed: use an integer "
