@@ -395,3 +395,4 @@ def test_pipelined_reads_not_read_by_the_client_are_not_buffered_without_bound(r
     finally:
         s.close()
 
+

@@ -18,6 +18,13 @@ app = typer.Typer(no_args_is_help=True)   # its `serve` command is mounted on `l
 ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
 
 
+def mib_bytes(mb: float) -> int:
+    """A --max-body-mb value in bytes; a clear error for a size that is not positive."""
+    if not mb > 0:
+        raise typer.BadParameter(f"--max-body-mb must be a positive number of MiB, got {mb}")
+    return max(1, int(mb * 2**20))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -51,6 +58,7 @@ def serve(project: Path = ProjectOpt,
           reload_interval: float = typer.Option(5.0, help="Seconds between checks for `loopstack apply` changes "
                                                           "(0: only on POST /reload)."),
           access_log: bool = typer.Option(True, help="JSON-lines access log on stdout."),
+          max_body_mb: float = typer.Option(16.0, help="Largest request body in MiB (a larger one gets 413)."),
           log_level: str = typer.Option("info", help="uvicorn log level (critical|error|warning|info|debug).")
           ) -> None:
     """Serve online features over HTTP: POST /get-online-features, /health, /freshness, /metrics, /docs."""
@@ -62,12 +70,14 @@ def serve(project: Path = ProjectOpt,
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] binding {host}: the feature server has no authentication; "
                           "put it behind a proxy or firewall")
+    max_body = mib_bytes(max_body_mb)
     configure_access_log(access_log)
     common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "http": FastLaneProtocol}
     if workers == 1:
         p = Project(project)   # fails here, before binding, if the project or its views are broken
         try:
-            uvicorn.run(create_app(p, reload_interval=reload_interval, server_gc=True), **common)
+            uvicorn.run(create_app(p, reload_interval=reload_interval, server_gc=True, max_body_bytes=max_body),
+                        **common)
         finally:
             p.close()
         return
@@ -75,4 +85,5 @@ def serve(project: Path = ProjectOpt,
     os.environ["LOOPSTACK_SERVE_PROJECT"] = str(project.resolve())
     os.environ["LOOPSTACK_SERVE_RELOAD_INTERVAL"] = str(reload_interval)
     os.environ["LOOPSTACK_SERVE_ACCESS_LOG"] = "1" if access_log else "0"
+    os.environ["LOOPSTACK_SERVE_MAX_BODY"] = str(max_body)
     uvicorn.run("loopstack.features.server:app_from_env", factory=True, workers=workers, **common)

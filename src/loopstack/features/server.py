@@ -177,14 +177,30 @@ class _AccessMiddleware(AccessMiddleware):
         """The fast lane (loopstack.fast_http) answers the online reads."""
         return path == _READ_PATH_BYTES
 
+    @property
+    def max_body(self) -> int:
+        """The largest body the fast lane reads (`FeatureReads.max_body`)."""
+        return self.reads.max_body
+
+    @staticmethod
+    def _scope(headers: list, client: Any) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        scope = {"type": "http", "method": "POST", "path": READ_PATH, "headers": headers, "client": client}
+        scope["state"] = {"request_id": request_id(scope), "t0": t0}
+        return scope, t0
+
+    def too_large(self, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
+        """The fast lane's 413 for a body over `max_body` (the connection is closed after it)."""
+        scope, t0 = self._scope(headers, client)
+        return (*self.reads.too_large(scope["state"]), scope, t0, b"")
+
     def begin(self, raw: bytes, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
         """``POST /get-online-features`` for `fast_http.FastLaneProtocol`, which answers it without an ASGI
         cycle: the same handler and request id as `handle`. Returns (status, body, scope, t0, b""); the
         caller writes the answer, then calls `finish(scope, status, t0)` for the metrics and access log."""
-        t0 = time.perf_counter()
-        scope = {"type": "http", "method": "POST", "path": READ_PATH, "headers": headers, "client": client}
-        rid = request_id(scope)
-        st = scope["state"] = {"request_id": rid, "t0": t0}
+        scope, t0 = self._scope(headers, client)
+        st = scope["state"]
+        rid = st["request_id"]
         ct = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), None)
         try:
             status, body = self.reads.handle(raw, ct, st)
@@ -242,11 +258,12 @@ def tune_gc(gen0_threshold: int = 20_000) -> None:
 
 
 def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: int = 10_000,
-               server_gc: bool = False) -> FastAPI:
+               server_gc: bool = False, max_body_bytes: int = 16 * 2**20) -> FastAPI:
     """The feature server for `project`: views are loaded now; definitions are re-checked every
     `reload_interval` seconds while the app runs (0 = only on ``POST /reload``); requests with more
-    than `max_rows` entity rows are refused (422). `server_gc`: apply `tune_gc` when the app starts
-    (for a process that only serves this app: `loopstack features serve` sets it)."""
+    than `max_rows` entity rows are refused (422), bodies over `max_body_bytes` too (413). `server_gc`:
+    apply `tune_gc` when the app starts (for a process that only serves this app: `loopstack features
+    serve` sets it)."""
     state = ServerState(project)
 
     @contextlib.asynccontextmanager
@@ -273,7 +290,7 @@ def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: in
                            description="Online features over HTTP. Request shape follows Feast's "
                                        "`/get-online-features`.")
     app.state.server = state
-    reads = FeatureReads(lambda: state.online, max_rows, state.metrics.count_rows)
+    reads = FeatureReads(lambda: state.online, max_rows, state.metrics.count_rows, max_body_bytes)
     app.access = _AccessMiddleware(app._fastapi, state=state, reads=reads)
     _with_request_schema(app)
     errors = {c: {"model": ErrorResponse} for c in (404, 422, 500, 503)}
@@ -339,4 +356,5 @@ def app_from_env() -> FastAPI:
     from loopstack.project import Project
     configure_access_log(os.environ.get("LOOPSTACK_SERVE_ACCESS_LOG", "1") == "1")
     return create_app(Project(os.environ.get("LOOPSTACK_SERVE_PROJECT", ".")),
-                      reload_interval=float(os.environ.get("LOOPSTACK_SERVE_RELOAD_INTERVAL", "5")), server_gc=True)
+                      reload_interval=float(os.environ.get("LOOPSTACK_SERVE_RELOAD_INTERVAL", "5")), server_gc=True,
+                      max_body_bytes=int(os.environ.get("LOOPSTACK_SERVE_MAX_BODY", str(16 * 2**20))))

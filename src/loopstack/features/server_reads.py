@@ -153,8 +153,14 @@ class FeatureReads:
     """Answers ``POST /get-online-features`` from `online()` (the server's current OnlineFeatures)."""
 
     def __init__(self, online: Callable[[], "OnlineFeatures"], max_rows: int,
-                 count_rows: Callable[[int], None]) -> None:
-        self.online, self.max_rows, self.count_rows = online, max_rows, count_rows
+                 count_rows: Callable[[int], None], max_body: int = 16 * 2**20) -> None:
+        self.online, self.max_rows, self.count_rows, self.max_body = online, max_rows, count_rows, max_body
+
+    def too_large(self, st: dict) -> tuple[int, bytes]:
+        """The 413 answer to a body over `max_body` bytes (read no further than that)."""
+        return error_body(413, "payload_too_large", f"the request body is larger than {self.max_body} bytes "
+                          f"({self.max_body / 2**20:g} MiB): ask for fewer entities per request, or start the "
+                          "server with a larger --max-body-mb", st.get("request_id"), st)
 
     def handle(self, raw: bytes, content_type: str | None, st: dict) -> tuple[int, bytes]:
         """Status and JSON body for one request body; `st` is the request state (request id in, notes out)."""
@@ -196,17 +202,25 @@ class FeatureReads:
 
     async def asgi(self, scope: dict, receive: Callable, send: Callable) -> None:
         """The route as a bare ASGI app: read the body, `handle` it, send the answer."""
-        chunks = []
+        chunks, size, st = [], 0, scope.setdefault("state", {})
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 return   # the client left before sending its body: nobody to answer
-            chunks.append(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                chunks = None
+                break
+            chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
-        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        ct = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
-        status, body = self.handle(raw, ct, scope.setdefault("state", {}))
+        if chunks is None:
+            status, body = self.too_large(st)
+        else:
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            ct = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
+            status, body = self.handle(raw, ct, st)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", b"%d" % len(body)), JSON_HEADERS]})
         await send({"type": "http.response.body", "body": body})

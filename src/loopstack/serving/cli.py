@@ -84,7 +84,7 @@ def serve(project: Path = ProjectOpt,
     import uvicorn
 
     from loopstack.fast_http import FastLaneProtocol
-    from loopstack.features.cli_serve import _is_loopback
+    from loopstack.features.cli_serve import _is_loopback, mib_bytes
     from loopstack.project import Project
     from loopstack.serving.app import create_app
     from loopstack.serving.batcher import BatchConfig
@@ -94,7 +94,7 @@ def serve(project: Path = ProjectOpt,
         batch=BatchConfig(max_batch_size, max_latency_ms, _sizes(preferred_batch_sizes), max_queue),
         poll_interval_s=poll_interval_s, default_deadline_ms=deadline_ms, model_budget_ms=model_budget_ms,
         fallback_budget_ms=fallback_budget_ms, cache_entries=cache_entries, cache_ttl_s=cache_ttl_s,
-        feature_sample=feature_sample, log_predictions=log_predictions, max_body_bytes=_mib(max_body_mb))
+        feature_sample=feature_sample, log_predictions=log_predictions, max_body_bytes=mib_bytes(max_body_mb))
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] binding {host}: the model server has no authentication")
     p = Project(project)
@@ -106,13 +106,6 @@ def serve(project: Path = ProjectOpt,
                     timeout_graceful_shutdown=graceful_timeout_s, http=FastLaneProtocol)
     finally:
         p.close()
-
-
-def _mib(mb: float) -> int:
-    """--max-body-mb in bytes; a clear error for a size that is not positive."""
-    if not mb > 0:
-        raise typer.BadParameter(f"--max-body-mb must be a positive number of MiB, got {mb}")
-    return max(1, int(mb * 2**20))
 
 
 def _baseline(text: str | None) -> Any:
