@@ -34,10 +34,20 @@ def test_env_overrides_every_section_and_wins_over_file():
     ({"log": "local"}, {}, r"section 'log' must be a mapping"),
     ({}, {"LOOPSTACK_LOGG__BACKEND": "x"}, r"LOOPSTACK_LOGG__BACKEND: no section 'logg'"),
     ({}, {"LOOPSTACK_LOG__BACKEND": "nope"}, r"log.backend = 'nope' is not allowed"),
+    ({"online": {"populate": "maybe"}}, {}, r"online.populate = 'maybe' is not true or false"),
 ])
 def test_invalid_config_names_key_value_and_allowed(raw, env, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, env=env)
+
+
+@pytest.mark.parametrize("raw, env, want", [
+    ({}, {}, True), ({"online": {"populate": False}}, {}, False), ({"online": {"populate": "yes"}}, {}, True),
+    ({"online": {"populate": True}}, {"LOOPSTACK_ONLINE__POPULATE": "off"}, False),
+    ({}, {"LOOPSTACK_ONLINE__POPULATE": "0"}, False),
+])
+def test_boolean_settings_take_yaml_booleans_and_words(raw, env, want):
+    assert parse_config(raw, env=env).online.populate is want
 
 
 def test_postgresql_without_url_says_what_to_set():

@@ -76,6 +76,7 @@ class OnlineConfig:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "loopstack"
     spin_us: int = 200                  # redis: a serving read polls this long for the reply before sleeping
+    populate: bool = True               # sqlite: a serving reader maps the whole file at its first read
 
     ALLOWED = {"backend": ("sqlite", "redis")}
 
@@ -170,6 +171,9 @@ def resolve(root: Path, p: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
     where = f"{section}.{key}" if section else key
     t = str(ftype)  # annotations are strings here: "str", "int | None", ...
@@ -184,6 +188,11 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
         return value  # checked by the section's __post_init__
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{where} = {value!r} must be a single value, not a {type(value).__name__}")
+    if t.startswith("bool"):
+        word = str(value).strip().lower()
+        if isinstance(value, bool) or word in _TRUE or word in _FALSE:
+            return value if isinstance(value, bool) else word in _TRUE
+        raise ConfigError(f"{where} = {value!r} is not true or false (use true/false, yes/no, on/off or 1/0)")
     if t.startswith("int"):
         try:
             return int(value)
