@@ -45,6 +45,9 @@ def test_the_first_lookup_maps_the_whole_file_only_when_asked(db, populate):
     try:
         got = store.lookup(["h7"])
         assert len(got["h7"]["f"]) == 400
+        assert (store.populating is not None) is populate
+        if populate:
+            store.populating.join(30)
         mapped = _mapped_kib(db)
         if populate:
             assert mapped >= 0.95 * size_kib

@@ -71,6 +71,7 @@ class SQLiteOnlineStore(OnlineStore):
                  populate: bool = True) -> None:
         self.path = str(path)
         self.populate = populate
+        self.populating: threading.Thread | None = None   # the thread of the last populate_map started
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
@@ -126,17 +127,20 @@ class SQLiteOnlineStore(OnlineStore):
         kernel's readahead (at a million entities, 4 KiB reads from disk made a fresh process ~5x slower).
         Batch jobs `read` unmapped, so scanning a big store does not count the file in their RSS.
 
-        With `populate`, a thread's first `lookup` also maps every page of the file into the process
-        (`populate_map`): a first touch of a page otherwise costs a page fault, which on this project's
-        virtual machine put 0.1 ms into the p99 of a fresh process (benchmarks/b2_first_touch.py). It costs
-        a pass over the file's pages once (from the page cache, or from disk if the file is not cached),
-        and the process's RSS then counts the file (shared page-cache pages, not private memory)."""
+        With `populate`, a thread's first `lookup` also starts a background thread (`populating`) that maps
+        every page of the file into the process (`populate_map`, with the GIL released): a first touch of a
+        page otherwise costs a page fault, which on this project's virtual machine put 0.1 ms into the p99
+        of a fresh process (benchmarks/b2_first_touch.py). Reads go on meanwhile. It costs one pass over
+        the file's pages (78 ms for the 1.1 GB B2 store in the page cache; from disk if the file is not
+        cached), and the process's RSS then counts the file (shared page-cache pages, not private memory)."""
         con = self._con(mapped=bool(self.mmap))
         out = self._read(con, hash_keys, None)
         loc = self._local
         if self.populate and self.mmap and not getattr(loc, "populated", False):
             loc.populated = True
-            populate_map(self.path)
+            self.populating = threading.Thread(target=populate_map, args=(self.path,), daemon=True,
+                                               name="online-populate")
+            self.populating.start()
         return out
 
     def _read(self, con: sqlite3.Connection, hash_keys: Iterable[str],
