@@ -77,7 +77,8 @@ def machine_info() -> dict:
     m["git_commit"] = out.stdout.strip()
     out = subprocess.run(git + ["status", "--porcelain", "src"], capture_output=True, text=True)
     m["git_src_modified"] = [ln[3:] for ln in out.stdout.splitlines()]
-    m["note"] = "shared 2-core machine: other engineers' test suites and benchmarks ran concurrently"
+    m["note"] = ("a 2-core virtual machine on shared hardware: its speed drifts with the host's load, so the "
+                 "same code measures differently from run to run")
     return m
 
 

@@ -201,7 +201,9 @@ def docs_section(results: dict, n: int) -> str:
          "in its first case only" + _warm_sizes(results, n) + ". Nothing is done for Redis (its data is in "
          "redis-server's memory). Process-level state (SQLite's own page cache; the page-table entries of "
          "loopstack's memory map of the file) starts empty in each fresh process and is warmed only by each "
-         "case's warm-up.", "",
+         "case's warm-up; for loopstack that includes its store's own step at a process's first serving read, "
+         "which maps the whole file in a background thread (`online.populate`, on by default; "
+         "docs/online-store.md).", "",
          f"**In-process**: every system in a fresh process; {cfg.get('requests', '?'):,} timed sequential requests "
          f"for 1×10 and {cfg.get('requests_100', '?'):,} for 100×10, after a warm-up of 10 %; each call timed with "
          f"`perf_counter_ns`; req/s = requests / wall time of the timed loop (one thread). Repeated "
@@ -233,8 +235,8 @@ def docs_section(results: dict, n: int) -> str:
          "The load generator shares the 2 cores with the server.", "",
          f"Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB RAM, "
          f"{m.get('os', '?')}, Python {m.get('python', '?')}, SQLite {m.get('sqlite', '?')}, "
-         f"{m.get('redis_server', 'redis-server ?').split(' sha')[0]}; **shared machine — other engineers' test "
-         "suites and benchmarks ran concurrently**"
+         f"{m.get('redis_server', 'redis-server ?').split(' sha')[0]}; "
+         f"**{m.get('note', 'a shared 2-core virtual machine')}**"
          + (f" (1-minute load average before the timed runs: {min(all_loads):.1f}–{max(all_loads):.1f} on 2 cores)"
             if all_loads else "") + ". Versions: loopstack "
          f"{le.get('loopstack')} (redis-py {le.get('redis')}, fastapi {le.get('fastapi')}, uvicorn "
