@@ -17,6 +17,11 @@ import orjson
 
 ACCESS_LOG = logging.getLogger("loopstack.access")
 _RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_BODY_BYTES = 16 * 2**20   # the servers' default request-body limit (--max-body-mb 16)
+
+
+class BodyTooLarge(Exception):
+    """A request body passed the server's limit (HTTP 413); it was read no further."""
 
 
 def request_id(scope: dict) -> str:
@@ -24,6 +29,32 @@ def request_id(scope: dict) -> str:
     128), else a new random one: ids from clients are echoed so a request can be traced end to end."""
     rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
     return rid if rid and _RID.match(rid) else f"{random.getrandbits(128):032x}"
+
+
+def lane_scope(path: str, headers: list, client: Any) -> tuple[dict, float]:
+    """The scope (with its request id) and arrival time of a POST answered outside ASGI by a fast lane
+    (loopstack.fast_http), as `AccessMiddleware` would set them up."""
+    t0 = time.perf_counter()
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": client}
+    scope["state"] = {"request_id": request_id(scope), "t0": t0}
+    return scope, t0
+
+
+async def read_body(receive: Any, limit: int | None) -> bytes | None:
+    """The whole body of an ASGI request; None when the client left first; `BodyTooLarge` once it passes
+    `limit` bytes (None: no limit), without reading more."""
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":   # the client went away: nobody to answer
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class TaggedSend:

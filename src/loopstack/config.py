@@ -189,9 +189,11 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{where} = {value!r} must be a single value, not a {type(value).__name__}")
     if t.startswith("bool"):
+        if isinstance(value, bool):
+            return value
         word = str(value).strip().lower()
-        if isinstance(value, bool) or word in _TRUE or word in _FALSE:
-            return value if isinstance(value, bool) else word in _TRUE
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
         raise ConfigError(f"{where} = {value!r} is not true or false (use true/false, yes/no, on/off or 1/0)")
     if t.startswith("int"):
         try:

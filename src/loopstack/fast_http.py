@@ -84,6 +84,7 @@ class FastLaneProtocol(HttpToolsProtocol):
     _fast: list[bytes] | _Discard | None = None
     _size = 0
     _counting = False         # a body without content-length (chunked): its size is counted as it comes
+    _path = b""               # the URL path of the request being parsed (no query)
     _hdr_src: Any = None      # the default-header list `_hdr` was formatted from
     _hdr = b""
 
@@ -106,7 +107,8 @@ class FastLaneProtocol(HttpToolsProtocol):
     def _takes(self) -> bool:
         """True when this request (headers just parsed) can be answered here."""
         lane = self._lane
-        if lane is None or not lane.accepts(self.url.partition(b"?")[0]):
+        self._path = self.url.partition(b"?")[0]
+        if lane is None or not lane.accepts(self._path):
             return False
         if self.flow.write_paused:
             return False   # the client is not reading its answers: the ASGI way waits for the drain
@@ -137,8 +139,8 @@ class FastLaneProtocol(HttpToolsProtocol):
         limit = getattr(self._lane, "max_body", None)
         if limit is not None and self._size > limit and self._fast is not _DISCARD:
             self._fast = _DISCARD
-            self._send(self._lane.too_large(self.url.partition(b"?")[0].decode("latin-1"), self.headers,
-                                            self.client), False, close=False)
+            self._send(self._lane.too_large(self._path.decode("latin-1"), self.headers, self.client), False,
+                       close=False)
 
     def on_body(self, body: bytes) -> None:
         fast = self._fast
@@ -159,7 +161,7 @@ class FastLaneProtocol(HttpToolsProtocol):
             return
         chunks, self._fast = self._fast, None
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        out = self._lane.begin(raw, self.url.partition(b"?")[0].decode("latin-1"), self.headers, self.client)
+        out = self._lane.begin(raw, self._path.decode("latin-1"), self.headers, self.client)
         if out is None:          # declined: the ASGI way, with the body already read
             super().on_headers_complete()
             if raw:

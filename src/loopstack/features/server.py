@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from loopstack.asgi import AccessMiddleware, request_id
+from loopstack.asgi import MAX_BODY_BYTES, AccessMiddleware, lane_scope
 from loopstack.features.online.service import OnlineFeatures
 from loopstack.features.online.state import meta_key
 from loopstack.features.server_models import (ErrorResponse, FreshnessResponse, GetOnlineFeaturesRequest,
@@ -182,23 +182,16 @@ class _AccessMiddleware(AccessMiddleware):
         """The largest body the fast lane reads (`FeatureReads.max_body`)."""
         return self.reads.max_body
 
-    @staticmethod
-    def _scope(headers: list, client: Any) -> tuple[dict, float]:
-        t0 = time.perf_counter()
-        scope = {"type": "http", "method": "POST", "path": READ_PATH, "headers": headers, "client": client}
-        scope["state"] = {"request_id": request_id(scope), "t0": t0}
-        return scope, t0
-
     def too_large(self, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
         """The fast lane's 413 for a body over `max_body` (the connection is closed after it)."""
-        scope, t0 = self._scope(headers, client)
+        scope, t0 = lane_scope(READ_PATH, headers, client)
         return (*self.reads.too_large(scope["state"]), scope, t0, b"")
 
     def begin(self, raw: bytes, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
         """``POST /get-online-features`` for `fast_http.FastLaneProtocol`, which answers it without an ASGI
         cycle: the same handler and request id as `handle`. Returns (status, body, scope, t0, b""); the
         caller writes the answer, then calls `finish(scope, status, t0)` for the metrics and access log."""
-        scope, t0 = self._scope(headers, client)
+        scope, t0 = lane_scope(READ_PATH, headers, client)
         st = scope["state"]
         rid = st["request_id"]
         ct = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), None)
@@ -258,7 +251,7 @@ def tune_gc(gen0_threshold: int = 20_000) -> None:
 
 
 def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: int = 10_000,
-               server_gc: bool = False, max_body_bytes: int = 16 * 2**20) -> FastAPI:
+               server_gc: bool = False, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The feature server for `project`: views are loaded now; definitions are re-checked every
     `reload_interval` seconds while the app runs (0 = only on ``POST /reload``); requests with more
     than `max_rows` entity rows are refused (422), bodies over `max_body_bytes` too (413). `server_gc`:
@@ -357,4 +350,4 @@ def app_from_env() -> FastAPI:
     configure_access_log(os.environ.get("LOOPSTACK_SERVE_ACCESS_LOG", "1") == "1")
     return create_app(Project(os.environ.get("LOOPSTACK_SERVE_PROJECT", ".")),
                       reload_interval=float(os.environ.get("LOOPSTACK_SERVE_RELOAD_INTERVAL", "5")), server_gc=True,
-                      max_body_bytes=int(os.environ.get("LOOPSTACK_SERVE_MAX_BODY", str(16 * 2**20))))
+                      max_body_bytes=int(os.environ.get("LOOPSTACK_SERVE_MAX_BODY", str(MAX_BODY_BYTES))))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 
+from loopstack.asgi import MAX_BODY_BYTES, BodyTooLarge, read_body
 from loopstack.errors import FeatureReferenceError, LoopstackError, RetrievalError
 from loopstack.features.online.partials import has_long_int
 from loopstack.features.online.service import OnlineColumns
@@ -153,7 +154,7 @@ class FeatureReads:
     """Answers ``POST /get-online-features`` from `online()` (the server's current OnlineFeatures)."""
 
     def __init__(self, online: Callable[[], "OnlineFeatures"], max_rows: int,
-                 count_rows: Callable[[int], None], max_body: int = 16 * 2**20) -> None:
+                 count_rows: Callable[[int], None], max_body: int = MAX_BODY_BYTES) -> None:
         self.online, self.max_rows, self.count_rows, self.max_body = online, max_rows, count_rows, max_body
 
     def too_large(self, st: dict) -> tuple[int, bytes]:
@@ -202,23 +203,14 @@ class FeatureReads:
 
     async def asgi(self, scope: dict, receive: Callable, send: Callable) -> None:
         """The route as a bare ASGI app: read the body, `handle` it, send the answer."""
-        chunks, size, st = [], 0, scope.setdefault("state", {})
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return   # the client left before sending its body: nobody to answer
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                chunks = None
-                break
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        if chunks is None:
+        st = scope.setdefault("state", {})
+        try:
+            raw = await read_body(receive, self.max_body)
+        except BodyTooLarge:
             status, body = self.too_large(st)
         else:
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if raw is None:
+                return   # the client left before sending its body: nobody to answer
             ct = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
             status, body = self.handle(raw, ct, st)
         await send({"type": "http.response.start", "status": status,

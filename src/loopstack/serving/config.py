@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from loopstack.asgi import MAX_BODY_BYTES
 from loopstack.serving.batcher import BatchConfig
 from loopstack.serving.errors import ServingConfigError
 
@@ -57,7 +58,7 @@ class ServingConfig:
     log_predictions: bool = True
     log_queue: int = 10_000                  # prediction-log records waiting for the writer, at most
     max_instances: int = 1000                # per :predict_batch request
-    max_body_bytes: int = 16 * 2**20         # a larger request body gets 413 (the server never buffers more)
+    max_body_bytes: int = MAX_BODY_BYTES     # a larger request body gets 413 (the server never buffers more)
     batch_timeout_s: float = 30.0            # process runtime: a batch running longer means a hung worker
     load_timeout_s: float = 120.0            # process runtime: worker start + model load
     drain_timeout_s: float = 10.0            # hot swap / shutdown: wait this long for in-flight requests

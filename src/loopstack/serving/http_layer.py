@@ -3,14 +3,13 @@ server's fast lane (loopstack.fast_http) for predictions."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from loopstack.asgi import AccessMiddleware, request_id
+from loopstack.asgi import AccessMiddleware, BodyTooLarge, lane_scope, read_body
 from loopstack.serving.metrics import ServingMetrics
 
 _FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
@@ -70,11 +69,8 @@ class ServingAccess(AccessMiddleware):
 
     def too_large(self, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
         """The fast lane's 413 for a body over `max_body` (the connection is closed after it)."""
-        t0 = time.perf_counter()
-        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": client,
-                 "root_path": ""}
-        st = scope["state"] = {"request_id": request_id(scope), "t0": t0}
-        status, body, _ = self._too_large(st)
+        scope, t0 = lane_scope(path, headers, client)
+        status, body, _ = self._too_large(scope["state"])
         return status, body, scope, t0, b""
 
     def accepts(self, path: bytes) -> bool:
@@ -83,10 +79,7 @@ class ServingAccess(AccessMiddleware):
     def begin(self, raw: bytes, path: str, headers: list, client: Any) -> Any:
         """The fast lane's answer to a POST of `raw` to `path`: an awaitable of (status, body, scope, t0,
         extra header lines), or None to go the ASGI way (the same request id either way)."""
-        t0 = time.perf_counter()
-        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": client,
-                 "root_path": ""}
-        scope["state"] = {"request_id": request_id(scope), "t0": t0}
+        scope, t0 = lane_scope(path, headers, client)
         reply = self.start(scope, raw)
         return None if reply is None else self._lane_reply(reply, scope, t0)
 
@@ -111,20 +104,14 @@ class ServingAccess(AccessMiddleware):
         self.metrics.child(self.metrics.http, route, str(status)).inc()
 
     async def _fast(self, scope: dict, receive: Any, send: Any) -> Any:
-        """Read the body and let `fast` answer; None when it did, else a `receive` that replays the body."""
-        chunks, more, size = [], True, 0
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":   # the client went away: nobody to answer
-                return None
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if self.max_body is not None and size > self.max_body:
-                await respond(self._too_large(scope["state"]))(scope, receive, send)
-                return None
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        """Read the body and let `start` answer; None when it did, else a `receive` that replays the body."""
+        try:
+            body = await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            await respond(self._too_large(scope["state"]))(scope, receive, send)
+            return None
+        if body is None:
+            return None
         reply = self.start(scope, body)
         if reply is None:
             return _replay(body, receive)
