@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import orjson
@@ -24,6 +25,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopstack.serving.batcher import BatcherClosed, QueueFull
+from loopstack.serving.block import Block, block_body, predict_block
 from loopstack.serving.config import ServingConfig
 from loopstack.serving.errors import NoRoute, ServingError
 from loopstack.serving.http_layer import (Reply, ServingAccess, dumps, error_reply, error_response, json_response,
@@ -163,23 +165,38 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         """`floats`: every field value of every instance is known to be a float (checked by the caller)."""
         t0 = admit(name, st, len(instances), "instances")
         rid, uid = st["request_id"], _uid(user_id)
-        inputs = [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
-                  for n, (e, f, u) in enumerate(instances)]
-        return await answered(name, inputs, rid, t0, deadline_ms, floats)
+
+        def inputs() -> list[PredictInput]:
+            return [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
+                    for n, (e, f, u) in enumerate(instances)]
+        got = None
+        if set(map(itemgetter(2), instances)) == {None}:   # one user for all: may be one block
+            got = await predict_block(service, name, uid, rid, len(instances), lambda b: b.plain_fields(
+                list(map(itemgetter(1), instances)), floats), deadline_ms, inputs)
+        if got is None:
+            got = await service.predict(name, inputs(), deadline_ms, floats)
+        return answered(name, got, rid, t0)
 
     async def answer_rows(name: str, st: dict, columns: tuple[str, ...], rows: list[list], user_id: Any,
                           deadline_ms: float | None, floats: bool = False) -> Reply:
         """A `columns` + `rows` batch: each row is one instance, seen through a `Row` (no dict per row)."""
         t0 = admit(name, st, len(rows), "rows")
         rid, uid = st["request_id"], _uid(user_id)
-        index = {c: i for i, c in enumerate(columns)}
-        inputs = [PredictInput(r, r, uid, f"{rid}:{n}") for n, r in
-                  enumerate(Row(columns, index, values) for values in rows)]
-        return await answered(name, inputs, rid, t0, deadline_ms, floats)
 
-    async def answered(name: str, inputs: list[PredictInput], rid: str, t0: float, deadline_ms: float | None,
-                       floats: bool) -> Reply:
-        answers = await service.predict(name, inputs, deadline_ms, floats)
+        def inputs() -> list[PredictInput]:
+            index = {c: i for i, c in enumerate(columns)}
+            return [PredictInput(r, r, uid, f"{rid}:{n}") for n, r in
+                    enumerate(Row(columns, index, values) for values in rows)]
+        got = await predict_block(service, name, uid, rid, len(rows), lambda b: b.plain_rows(columns, rows, floats),
+                                  deadline_ms, inputs)
+        if got is None:
+            got = await service.predict(name, inputs(), deadline_ms, floats)
+        return answered(name, got, rid, t0)
+
+    def answered(name: str, answers: Block | list, rid: str, t0: float) -> Reply:
+        """The 200 answer of a batch request: a block's from its template, else one item per Answer."""
+        if type(answers) is Block:
+            return 200, block_body(name, rid, answers, round((time.monotonic() - t0) * 1000, 3)), None
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
                   "request_id": a.request_id, "cached": a.cached} for a in answers]
         return 200, dumps({"model": name, "predictions": items, "request_id": rid,

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from loopstack.serving.batcher import BatcherClosed, DeadlineExceeded, QueueFull, time_out
 from loopstack.serving.cache import ResultCache, cache_key
@@ -115,15 +115,14 @@ class PredictService:
         finally:
             for lv in held:
                 lv.release()
-        latency = time.monotonic() - t0
-        plog = self.plog
-        make = functools.partial(records, name, requests, answers, latency, self.cfg.feature_sample, self.metrics)
-        if plog is not None and plog.has_room(len(requests)):
-            plog.defer(make, len(requests))   # made right after this answer is written, not before (the usual case)
-        else:   # no log, or a full queue: made now, and a full queue holds the answer back (backpressure)
-            recs = make()
-            if recs and plog is not None:
-                await plog.put_many_async(recs)
+        return await self.finish(name, handle, snap, requests, answers, time.monotonic() - t0)
+
+    async def finish(self, name: str, handle: ModelHandle, snap: Snapshot, requests: Sequence[Request],
+                     answers: list, latency: float) -> list[Answer]:
+        """After the answers of one call: their records and metrics (made once the answer is written, when the
+        log has room), the first failure raised, the shadow copies sent."""
+        await self.log_records(functools.partial(records, name, requests, answers, latency, self.cfg.feature_sample,
+                                                 self.metrics), len(requests))
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
@@ -132,6 +131,18 @@ class PredictService:
                 if ans.assignment is not None and ans.assignment.shadow_version is not None and ans.rung == "model":
                     self._spawn(send_shadow(self, handle, snap, r, ans))
         return answers  # type: ignore[return-value]
+
+    async def log_records(self, make: Callable[[], list[dict]], n: int) -> None:
+        """The prediction-log records (and metrics) `make()` returns for `n` instances: made right after the
+        answer is written when the log has room (the usual case), else now, a full queue holding the answer
+        back (backpressure)."""
+        plog = self.plog
+        if plog is not None and plog.has_room(n):
+            plog.defer(make, n)
+            return
+        recs = make()
+        if recs and plog is not None:
+            await plog.put_many_async(recs)
 
     def _route(self, handle: ModelHandle, requests: Sequence[Request], held: list[LoadedVersion]
                ) -> tuple[Snapshot, list[tuple[Assignment, LoadedVersion]]]:
@@ -190,7 +201,7 @@ class PredictService:
         awaited together, with no task per instance; the others, and those whose model rung failed, go
         through the whole ladder."""
         loop = asyncio.get_running_loop()
-        policy, t = snap.policy, time.monotonic()
+        t = time.monotonic()
         left = deadline - t
         out: list[Any] = [None] * len(requests)   # Answer | failure of the model rung (str) | None
         groups: dict[int, list[int]] = {}          # id(loaded version) -> instances: one queue block each
@@ -211,8 +222,7 @@ class PredictService:
         try:
             for idxs in groups.values():
                 a, lv = routed[idxs[0]]
-                fb = policy.fallback not in (None, a.version) and policy.fallback in snap.versions
-                budget = left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
+                budget = self.model_budget(snap, a.version, left)
                 rows = vectors if len(idxs) == len(vectors) else [vectors[i] for i in idxs]
                 fut = lv.batcher.submit_block(rows, deadline=t + budget)
                 blocks.append((idxs, lv, budget))
@@ -250,16 +260,37 @@ class PredictService:
                     out[i] = Answer(value, version, a.variant, "model", requests[i].request_id, False, vectors[i],
                                     a, [], cols)
                 continue
-            if isinstance(res, (asyncio.TimeoutError, DeadlineExceeded)):
-                why, reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
-                if budget >= left:   # the block had all the time left: the request's deadline passed
-                    expired.update(idxs)
-            else:
-                reason = "closed" if isinstance(res, BatcherClosed) else "error"
-                why = f"model (v{lv.version}): {res}"
+            why, late = self.block_failed(handle.name, lv, res, budget, left, len(idxs))
             for i in idxs:
                 out[i] = why
-            self.metrics.rung_failures.labels(handle.name, str(lv.version), "model", reason).inc(len(idxs))
+            if late:
+                expired.update(idxs)
+        return await self.rescue(handle, snap, routed, vectors, requests, deadline, held, out, expired)
+
+    def model_budget(self, snap: Snapshot, version: int, left: float) -> float:
+        """The model rung's time of a block: all that is `left` when no other rung could answer, else at
+        most the rung's budget."""
+        policy = snap.policy
+        fb = policy.fallback not in (None, version) and policy.fallback in snap.versions
+        return left if not fb and policy.baseline is None else min(self.cfg.model_budget_ms / 1000, left)
+
+    def block_failed(self, model: str, lv: LoadedVersion, res: BaseException, budget: float, left: float,
+                     n: int) -> tuple[str, bool]:
+        """Why the model rung of a block of `n` instances failed (counted in metrics), and whether the
+        request's deadline passed with it (it timed out having all the time left)."""
+        if isinstance(res, (asyncio.TimeoutError, DeadlineExceeded)):
+            why, reason = f"model (v{lv.version}): no answer within {budget * 1000:.0f} ms", "timeout"
+        else:
+            reason = "closed" if isinstance(res, BatcherClosed) else "error"
+            why = f"model (v{lv.version}): {res}"
+        self.metrics.rung_failures.labels(model, str(lv.version), "model", reason).inc(n)
+        return why, reason == "timeout" and budget >= left
+
+    async def rescue(self, handle: ModelHandle, snap: Snapshot, routed: list, vectors: Sequence,
+                     requests: Sequence[Request], deadline: float, held: list[LoadedVersion], out: list,
+                     expired: set[int]) -> list:
+        """`out` with each instance that has no Answer yet (its model rung failed: `out[i]` says why)
+        answered by the rest of its ladder (or the exception it ends with)."""
         rest = [i for i, ans in enumerate(out) if not isinstance(ans, Answer)]
         if rest:
             more = await asyncio.gather(*(self._ladder(handle, snap, *routed[i], vectors[i], requests[i], deadline,

@@ -43,12 +43,7 @@ def records(name: str, requests: Sequence[Any], answers: list, latency: float, f
             if base is None:
                 base = bases[key] = [_record(name, req.user_id, ans, "ok", ts, lat_ms), 0]
             base[1] += 1
-            rec = base[0].copy()
-            rec["request_id"] = rid = ans.request_id
-            rec["output"] = ans.prediction
-            if rate > 0 and sampled(rid, rate):
-                rec["features"] = dict(zip(ans.columns, ans.vector or []))
-            recs.append(rec)
+            recs.append(_copy(base[0], ans.request_id, ans.prediction, ans.columns, ans.vector, rate))
             continue
         error = None
         if failed:
@@ -69,10 +64,36 @@ def records(name: str, requests: Sequence[Any], answers: list, latency: float, f
         recs.append(rec)
     for (_, version, variant, _, _), (_, n) in bases.items():
         counts[(version, variant, "model")] = counts.get((version, variant, "model"), 0) + n
+    _count(metrics, name, counts, latency)
+    return recs
+
+
+def block_records(name: str, user_id: str | None, first: Any, request_ids: Sequence[str], outputs: Sequence[Any],
+                  vectors: Sequence[Any], latency: float, feature_sample: float, metrics: Any) -> list[dict]:
+    """`records` of a block: plain model answers that share one assignment, version and user (`first`: the
+    Answer of the first instance), without an Answer per instance. Same records, same counts."""
+    base = _record(name, user_id, first, "ok", int(time.time() * 1e6), round(latency * 1000, 3))
+    cols = first.columns
+    recs = [_copy(base, rid, out, cols, vec, feature_sample) for rid, out, vec in zip(request_ids, outputs, vectors)]
+    _count(metrics, name, {(first.version, first.variant, "model"): len(recs)}, latency)
+    return recs
+
+
+def _copy(base: dict, request_id: str, output: Any, columns: Sequence[str], vector: Any, rate: float) -> dict:
+    """One instance's record from its template: its own id and output, and its vector when sampled."""
+    rec = base.copy()
+    rec["request_id"] = request_id
+    rec["output"] = output
+    if rate > 0 and sampled(request_id, rate):
+        rec["features"] = dict(zip(columns, vector or []))
+    return rec
+
+
+def _count(metrics: Any, name: str, counts: dict[tuple, int], latency: float) -> None:
+    """Count answers per (version, variant, rung) label set; one latency observation per call and variant."""
     m = metrics
     for (version, variant, rung), n in counts.items():
         m.child(m.requests, name, str(version), variant, rung, "ok").inc(n)
         m.child(m.rungs, name, rung).inc(n)
-    for variant in {variant for _, variant, _ in counts}:   # one observation per call and variant
+    for variant in {variant for _, variant, _ in counts}:
         m.child(m.latency, name, variant).observe(latency)
-    return recs

@@ -143,22 +143,19 @@ class VectorBuilder:
     def _build_fields(self, instances: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
                       where: Sequence[str], floats: bool = False) -> list[Sequence[Any]]:
         """`build` when every input is a request field (no store read, no on-demand feature). The common
-        case — every input a float, every value a JSON float — is done for the whole batch at once: the
-        rows by one C-level `itemgetter` call each and one type check over all values (tuples come back).
-        Anything else (a missing field, a value needing conversion) takes the per-value checks."""
+        case — every input a float, every value a JSON float — is done for the whole batch at once
+        (`plain_rows`, `plain_fields`); anything else (a missing field, a value needing conversion) takes
+        the per-value checks."""
         names, plan = self._fields_only, self._plan
-        if self._all_float and type(instances[0][1]) is Row:
-            rows = self._rows_by_position(instances)
-            if rows is not None and (floats or _FLOAT.issuperset(map(type, chain.from_iterable(rows)))):
-                return rows
         if self._all_float:
-            get = self._getter
-            try:
-                rows = [get(flds) for _, flds in instances]
-            except KeyError:
-                rows = None
-            if rows is not None and (floats or _FLOAT.issuperset(map(type, chain.from_iterable(rows)))):
-                return rows
+            first = instances[0][1]
+            if type(first) is Row:
+                rows = [r.values for _, r in instances if type(r) is Row and r.columns is first.columns]
+                vecs = self.plain_rows(first.columns, rows, floats) if len(rows) == len(instances) else None
+            else:
+                vecs = self.plain_fields([flds for _, flds in instances], floats)
+            if vecs is not None:
+                return vecs
         vectors = []
         for (ents, flds), w in zip(instances, where):
             try:
@@ -172,11 +169,14 @@ class VectorBuilder:
             vectors.append(vec)
         return vectors
 
-    def _rows_by_position(self, instances: Sequence[tuple[Any, Any]]) -> list[Sequence[Any]] | None:
-        """The vectors of `Row` instances read by position: the rows themselves when their columns are the
-        model's inputs in order, else one C-level `itemgetter` per row; None when a column is missing or
-        the rows do not all share one set of columns (the per-value path then says what is wrong)."""
-        columns = instances[0][1].columns
+    def plain_rows(self, columns: tuple[str, ...], rows: Sequence[Sequence[Any]], floats: bool = False
+                   ) -> list[Sequence[Any]] | None:
+        """The vectors of a `columns` + `rows` batch when every model input is a float request field and each
+        value it reads is a float: the rows themselves when their columns are the inputs in order, else one
+        C-level `itemgetter` call per row. None otherwise (a missing column, a value to convert), for the
+        per-value path to build or refuse. `floats`: every value is known to be a float."""
+        if not self._all_float:
+            return None
         get = self._by_columns.get(columns)
         if get is None:
             pos = {c: i for i, c in enumerate(columns)}
@@ -188,10 +188,21 @@ class VectorBuilder:
             if len(self._by_columns) >= 64:
                 self._by_columns.clear()
             self._by_columns[columns] = get
-        rows = [r.values for _, r in instances if type(r) is Row and r.columns is columns]
-        if len(rows) != len(instances):
+        vecs = rows if get is True else [get(v) for v in rows]
+        return vecs if floats or _FLOAT.issuperset(map(type, chain.from_iterable(vecs))) else None
+
+    def plain_fields(self, fields: Sequence[Mapping[str, Any]], floats: bool = False) -> list[Sequence[Any]] | None:
+        """The vectors of instances given by their request fields, when every model input is a float request
+        field and each value is a float (one C-level `itemgetter` call per instance, tuples come back);
+        None otherwise (see `plain_rows`)."""
+        if not self._all_float:
             return None
-        return rows if get is True else [get(v) for v in rows]
+        get = self._getter
+        try:
+            vecs = [get(flds) for flds in fields]
+        except KeyError:
+            return None
+        return vecs if floats or _FLOAT.issuperset(map(type, chain.from_iterable(vecs))) else None
 
     def _name(self, ref: str) -> str:
         return ref.replace(":", "__") if self.full_names else ref.split(":", 1)[1]
