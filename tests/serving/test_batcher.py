@@ -242,6 +242,19 @@ def test_blocks_run_whole_in_one_batch_and_count_their_rows(batchers):
     assert s["requests"] == 10 and s["batch_sizes"] == {4: 1, 6: 1} and s["queue_depth"] == 0
 
 
+def test_a_one_row_block_gets_a_list_alone_or_beside_single_requests(batchers):
+    """A block's future resolves to the list of its rows' results even when it has one row, whether the
+    batch holds only blocks of one row or single requests beside it (then items and rows are as many)."""
+    gate = Gate(blocked=False)
+    b = make(batchers, BatchConfig(max_batch_size=2, max_latency_ms=600_000), gate)
+
+    async def main():
+        return [await asyncio.gather(b.submit_block([1]), b.submit_block([2])),
+                await asyncio.gather(b.submit_future(3), b.submit_block([4]))]
+
+    assert asyncio.run(main()) == [[[2], [4]], [6, [8]]]
+
+
 def test_a_block_that_does_not_fit_waits_for_the_next_batch(batchers):
     gate = Gate(blocked=False)
     clock = FakeClock()

@@ -265,7 +265,7 @@ class DynamicBatcher:
             if len(results) != len(payloads):
                 raise RuntimeError(f"run_batch of {self.name!r} returned {len(results)} results for a batch of "
                                    f"{len(payloads)}: it must return exactly one result per payload, in order")
-            if len(payloads) != len(items):   # blocks get the list of their rows' results
+            if any(item.block for item in items):   # blocks get the list of their rows' results (a 1-row block too)
                 per_item, at = [], 0
                 for item in items:
                     per_item.append(results[at:at + item.rows] if item.block else results[at])
