@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from loopstack.serving.answers import DeadlineError, Request, Unavailable
 from loopstack.serving.config import ModelSpec, ServingConfig
 from loopstack.serving.ladder import CircuitBreaker
 from loopstack.serving.metrics import ServingMetrics
-from loopstack.serving.predict import DeadlineError, PredictService, Request, Unavailable
+from loopstack.serving.predict import PredictService
 from loopstack.serving.router import Assignment, TrafficPolicy
 
 METRICS = ServingMetrics()

@@ -3,9 +3,9 @@ model answers must be exactly what the per-instance rule gives (metadata for all
 errors and non-model rungs)."""
 from __future__ import annotations
 
+from loopstack.serving.answers import Answer, Request, Unavailable
 from loopstack.serving.batcher import QueueFull
 from loopstack.serving.metrics import ServingMetrics
-from loopstack.serving.predict import Answer, Request, Unavailable
 from loopstack.serving.prediction_log import sampled
 from loopstack.serving.records import records
 from loopstack.serving.router import Assignment

@@ -24,6 +24,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loopstack.serving.answers import DeadlineError, NotReady, Unavailable
+from loopstack.serving.answers import Request as PredictInput
 from loopstack.serving.batcher import BatcherClosed, QueueFull
 from loopstack.serving.block import Block, block_body, predict_block
 from loopstack.serving.config import ServingConfig
@@ -32,8 +34,7 @@ from loopstack.serving.http_layer import (Reply, ServingAccess, dumps, error_rep
                                           respond)
 from loopstack.serving.metrics import ServingMetrics
 from loopstack.serving.models import ModelFleet, UnknownModel
-from loopstack.serving.predict import DeadlineError, NotReady, PredictService, Unavailable
-from loopstack.serving.predict import Request as PredictInput
+from loopstack.serving.predict import PredictService
 from loopstack.serving.prediction_log import PredictionLog
 from loopstack.serving.schemas import (ErrorResponse, HealthResponse, ModelsResponse, ModelStatus,
                                        PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse,

@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from loopstack.serving.answers import Answer, Request
 from loopstack.serving.batcher import time_out
 from loopstack.serving.errors import NoRoute
-from loopstack.serving.predict import Answer, PredictService, Request
+from loopstack.serving.predict import PredictService
 from loopstack.serving.records import block_records
 from loopstack.serving.router import route
 from loopstack.serving.vector import VectorBuilder

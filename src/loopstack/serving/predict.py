@@ -14,9 +14,9 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from loopstack.serving.answers import Answer, DeadlineError, NotReady, Request, Unavailable
 from loopstack.serving.batcher import BatcherClosed, DeadlineExceeded, QueueFull, time_out
 from loopstack.serving.cache import ResultCache, cache_key
 from loopstack.serving.config import ServingConfig
@@ -43,40 +43,6 @@ class _Where(Sequence[str]):
         if isinstance(k, slice):
             return [f"instance {i}: " for i in self.idxs[k]]
         return f"instance {self.idxs[k]}: "
-
-
-class NotReady(ServingError):
-    """The model has no loaded version that can answer yet (HTTP 503)."""
-
-
-class Unavailable(ServingError):
-    """Every rung of the ladder failed (HTTP 503)."""
-
-
-class DeadlineError(ServingError):
-    """The request's deadline passed before any rung answered and there is no baseline (HTTP 504)."""
-
-
-@dataclass(slots=True)
-class Answer:
-    prediction: Any
-    version: int | None
-    variant: str
-    rung: str
-    request_id: str
-    cached: bool = False
-    vector: list | None = None
-    assignment: Assignment | None = None
-    failures: list[str] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Request:
-    entities: dict
-    fields: dict
-    user_id: str | None
-    request_id: str
 
 
 class PredictService:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from loopstack.serving.batcher import QueueFull
 
 if TYPE_CHECKING:
+    from loopstack.serving.answers import Answer, Request
     from loopstack.serving.models import ModelHandle, Snapshot
-    from loopstack.serving.predict import Answer, PredictService, Request
+    from loopstack.serving.predict import PredictService
 
 
 async def send_shadow(svc: "PredictService", handle: "ModelHandle", snap: "Snapshot", req: "Request",
