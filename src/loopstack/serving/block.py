@@ -85,11 +85,13 @@ async def predict_block(service: PredictService, name: str, user_id: str | None,
     latency = time.monotonic() - t0
     if isinstance(res, BaseException):
         return await service.finish(name, handle, snap, requests, answers, latency)
-    first = Answer(res[0], lv.version, a.variant, "model", f"{request_id}:0", False, vecs[0], a, [],
-                   lv.builder.columns)
-    await service.log_records(lambda: block_records(
-        name, user_id, first, [f"{request_id}:{i}" for i in range(n)], res, vecs, latency,
-        service.cfg.feature_sample, service.metrics), n)
+
+    def make() -> list[dict]:   # after the answer is written, as a rule (see `PredictService.log_records`)
+        first = Answer(res[0], lv.version, a.variant, "model", f"{request_id}:0", False, vecs[0], a, [],
+                       lv.builder.columns)
+        return block_records(name, user_id, first, [f"{request_id}:{i}" for i in range(n)], res, vecs, latency,
+                             service.cfg.feature_sample, service.metrics)
+    await service.log_records(make, n)
     return Block(lv.version, a.variant, res)
 
 
