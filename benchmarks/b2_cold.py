@@ -51,45 +51,47 @@ def timed(fn, args: list, gap: float) -> dict:
 
 
 def worker(system: str, backend: str, calls: int, gaps: list[float]) -> dict:
-    """The cases of one system, each at each gap (ms)."""
+    """The cases of one system, each at each gap (ms). Each case is (function, its argument per call): the
+    arguments (entity rows, request bodies) are built before the timing, as a client would send them."""
     os.sched_setaffinity(0, {1})
     root = HERE.parent / ".bench" / "b2" / "n1000000"   # b2_load.WORK (not imported: Feast's venv runs this too)
     keys = [int(k[0]) for k in b2_data.request_keys(1_000_000, calls, 1, seed=3)]
     refs = [f"plain:{f}" for f in b2_data.FEATURES]
+    rows = [[{"user_id": k}] for k in keys]
     cases = {}
     if system == "python":
         data = {i: str(i) for i in range(20000)}
         probe = list(range(0, 20000, 7))
-        cases["python loop"] = lambda _k: sum(len(data[x]) for x in probe)
+        cases["python loop"] = (lambda _k: sum(len(data[x]) for x in probe), keys)
         fd = os.open(__file__, os.O_RDONLY)
-        cases["python os.fstat (one system call)"] = lambda _k: os.fstat(fd)
+        cases["python os.fstat (one system call)"] = (lambda _k: os.fstat(fd), keys)
     elif system == "feast":
         from feast import FeatureStore
         store = FeatureStore(repo_path=str(root / f"feast-{backend}"))
-        cases["feast get_online_features"] = lambda k: store.get_online_features(
-            features=refs, entity_rows=[{"user_id": k}]).to_dict()
+        cases["feast get_online_features"] = (
+            lambda r: store.get_online_features(features=refs, entity_rows=r).to_dict(), rows)
     else:
         from loopstack.fast_http import find_lane
         from loopstack.features.server import create_app
         from loopstack.project import Project
         from b2_load import loopstack_env
-        os.environ.update(loopstack_env(backend, os.environ.get("B2_REDIS_URL", "")))
+        os.environ.update(loopstack_env(backend, ""))
         project = Project(str(root / "loopstack"))
         online = project.online
-        online.get_online_features(refs, [{"user_id": keys[0]}])
+        online.get_online_features(refs, rows[0])
         populating = getattr(online.store, "populating", None)
         if populating is not None:   # the first read maps the store in a background thread: let it finish
             populating.join()
-        cases["loopstack get_online_features"] = lambda k: online.get_online_features(refs, [{"user_id": k}])
+        cases["loopstack get_online_features"] = (lambda r: online.get_online_features(refs, r), rows)
         lane = find_lane(create_app(project, reload_interval=0))
         hdrs = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+        bodies = [json.dumps({"features": refs, "entities": {"user_id": [k]}}).encode() for k in keys]
 
-        def answer(k: int) -> None:
-            body = json.dumps({"features": refs, "entities": {"user_id": [k]}}).encode()
+        def answer(body: bytes) -> None:
             status, _body, scope, t0, _ = lane.begin(body, "/get-online-features", hdrs, ("127.0.0.1", 1))
             lane.finish(scope, status, t0)
-        cases["loopstack server answer (lane)"] = answer
-    return {name: {str(g): timed(fn, keys, g / 1e3) for g in gaps} for name, fn in cases.items()}
+        cases["loopstack server answer (lane)"] = (answer, bodies)
+    return {name: {str(g): timed(fn, args, g / 1e3) for g in gaps} for name, (fn, args) in cases.items()}
 
 
 def main() -> None:
