@@ -24,6 +24,13 @@ class BodyTooLarge(Exception):
     """A request body passed the server's limit (HTTP 413); it was read no further."""
 
 
+def too_large_detail(limit: int, fewer: str) -> str:
+    """The detail of a 413 for a body over `limit` bytes: the limit, and what to do (`fewer`: what to send
+    fewer of per request) -- the same words from every server."""
+    return (f"the request body is larger than {limit} bytes ({limit / 2**20:g} MiB): send fewer {fewer} per "
+            "request, or start the server with a larger --max-body-mb")
+
+
 def request_id(scope: dict) -> str:
     """The request's own ``x-request-id`` when it is a sane token (letters, digits, ``._:-``, at most
     128), else a new random one: ids from clients are echoed so a request can be traced end to end."""

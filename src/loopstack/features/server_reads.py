@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from loopstack.asgi import MAX_BODY_BYTES, BodyTooLarge, read_body
+from loopstack.asgi import MAX_BODY_BYTES, BodyTooLarge, read_body, too_large_detail
 from loopstack.errors import FeatureReferenceError, LoopstackError, RetrievalError
 from loopstack.features.online.partials import has_long_int
 from loopstack.features.online.service import OnlineColumns
@@ -159,9 +159,8 @@ class FeatureReads:
 
     def too_large(self, st: dict) -> tuple[int, bytes]:
         """The 413 answer to a body over `max_body` bytes (read no further than that)."""
-        return error_body(413, "payload_too_large", f"the request body is larger than {self.max_body} bytes "
-                          f"({self.max_body / 2**20:g} MiB): ask for fewer entities per request, or start the "
-                          "server with a larger --max-body-mb", st.get("request_id"), st)
+        return error_body(413, "payload_too_large", too_large_detail(self.max_body, "entities"),
+                          st.get("request_id"), st)
 
     def handle(self, raw: bytes, content_type: str | None, st: dict) -> tuple[int, bytes]:
         """Status and JSON body for one request body; `st` is the request state (request id in, notes out)."""

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import orjson
 from fastapi import FastAPI, Request
@@ -170,13 +170,9 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
         def inputs() -> list[PredictInput]:
             return [PredictInput(e, f, uid if u is None else str(u), f"{rid}:{n}")
                     for n, (e, f, u) in enumerate(instances)]
-        got = None
-        if set(map(itemgetter(2), instances)) == {None}:   # one user for all: may be one block
-            got = await predict_block(service, name, uid, rid, len(instances), lambda b: b.plain_fields(
-                list(map(itemgetter(1), instances)), floats), deadline_ms, inputs)
-        if got is None:
-            got = await service.predict(name, inputs(), deadline_ms, floats)
-        return answered(name, got, rid, t0)
+        one_user = set(map(itemgetter(2), instances)) == {None}   # one user for all: may be one block
+        return await answered(name, rid, uid, t0, len(instances), (lambda b: b.plain_fields(
+            list(map(itemgetter(1), instances)), floats)) if one_user else None, inputs, deadline_ms, floats)
 
     async def answer_rows(name: str, st: dict, columns: tuple[str, ...], rows: list[list], user_id: Any,
                           deadline_ms: float | None, floats: bool = False) -> Reply:
@@ -188,18 +184,24 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
             index = {c: i for i, c in enumerate(columns)}
             return [PredictInput(r, r, uid, f"{rid}:{n}") for n, r in
                     enumerate(Row(columns, index, values) for values in rows)]
-        got = await predict_block(service, name, uid, rid, len(rows), lambda b: b.plain_rows(columns, rows, floats),
-                                  deadline_ms, inputs)
+        return await answered(name, rid, uid, t0, len(rows), lambda b: b.plain_rows(columns, rows, floats), inputs,
+                              deadline_ms, floats)
+
+    async def answered(name: str, rid: str, uid: str | None, t0: float, n: int,
+                       vectors_of: Callable[[Any], Any] | None, inputs: Callable[[], list[PredictInput]],
+                       deadline_ms: float | None, floats: bool) -> Reply:
+        """The 200 answer of a batch request of `n` instances: as one block when `vectors_of` is given and the
+        request is one (`predict_block`; its answer from a template), else through the general path on
+        `inputs()`, one item per Answer."""
+        got = None
+        if vectors_of is not None:
+            got = await predict_block(service, name, uid, rid, n, vectors_of, deadline_ms, inputs)
         if got is None:
             got = await service.predict(name, inputs(), deadline_ms, floats)
-        return answered(name, got, rid, t0)
-
-    def answered(name: str, answers: Block | list, rid: str, t0: float) -> Reply:
-        """The 200 answer of a batch request: a block's from its template, else one item per Answer."""
-        if type(answers) is Block:
-            return 200, block_body(name, rid, answers, round((time.monotonic() - t0) * 1000, 3)), None
+        if type(got) is Block:
+            return 200, block_body(name, rid, got, round((time.monotonic() - t0) * 1000, 3)), None
         items = [{"prediction": a.prediction, "version": a.version, "variant": a.variant, "rung": a.rung,
-                  "request_id": a.request_id, "cached": a.cached} for a in answers]
+                  "request_id": a.request_id, "cached": a.cached} for a in got]
         return 200, dumps({"model": name, "predictions": items, "request_id": rid,
                             "latency_ms": round((time.monotonic() - t0) * 1000, 3)}), None
 

@@ -9,7 +9,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from loopstack.asgi import AccessMiddleware, BodyTooLarge, lane_scope, read_body
+from loopstack.asgi import AccessMiddleware, BodyTooLarge, lane_scope, read_body, too_large_detail
 from loopstack.serving.metrics import ServingMetrics
 
 _FAST_PATH = re.compile(r"^/v1/models/[^/]+:predict(_batch)?$")
@@ -62,10 +62,7 @@ class ServingAccess(AccessMiddleware):
         self.metrics, self.start, self.max_body = metrics, start, max_body
 
     def _too_large(self, st: dict) -> Reply:
-        mib = self.max_body / 2**20
-        return error_reply(st, 413, "payload_too_large", f"the request body is larger than {self.max_body} bytes "
-                            f"({mib:g} MiB): send fewer instances per request, or start the server with a larger "
-                            "--max-body-mb")
+        return error_reply(st, 413, "payload_too_large", too_large_detail(self.max_body, "instances"))
 
     def too_large(self, path: str, headers: list, client: Any) -> tuple[int, bytes, dict, float, bytes]:
         """The fast lane's 413 for a body over `max_body` (the connection is closed after it)."""
