@@ -227,3 +227,28 @@ def test_segments_roll_and_sparse_index_bounds_reads(tmp_path, monkeypatch):
     assert fresh.offset_for_time("big", 0, ts) == 7000
     assert len(calls) <= 2
 
+
+
+def test_opening_a_long_segment_costs_a_few_file_checks_not_one_per_index_entry(tmp_path, monkeypatch):
+    """A new process's first append (or read) finds the active segment's end from its sparse index: the
+    number of `stat` calls must not grow with the index (it once made one per entry: ~10,000 calls, 49 ms,
+    for 150,000 records)."""
+    log = LocalLog(tmp_path, index_interval=32)
+    log.create_topic(TopicConfig("t", 1))
+    for b in range(4):
+        log.append("t", [{"i": b * 500 + i} for i in range(500)])
+    entries = len(segments.Partition(tmp_path / "t" / "0", 1 << 30, 32).index(0))
+    assert entries > 1000
+    calls = []
+    real = os.stat
+
+    def counting(path, *args, **kwargs):
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting)
+    fresh = LocalLog(tmp_path, index_interval=32)
+    fresh.append("t", [{"i": 2000}])
+    assert len(calls) < 20, calls[:30]
+    monkeypatch.setattr(os, "stat", real)
+    assert [r.value["i"] for r in LocalLog(tmp_path).read("t", 0, 1995, 10)] == list(range(1995, 2001))

@@ -207,7 +207,8 @@ class Partition:
         path = seg_path(self.dir, base)
         if base != self.active:
             self.active = base
-            entries = [e for e in self.index(base) if e[1] < path.stat().st_size]
+            size = path.stat().st_size
+            entries = [e for e in self.index(base) if e[1] < size]
             self.pos, self.next, self.last_ts = (entries[-1][1], entries[-1][0], entries[-1][2]) if entries \
                 else (0, base, self.last_ts)
             if not entries and len(bases) > 1 and not self.last_ts:
