@@ -126,6 +126,22 @@ def test_consumer_group_commit_and_resume(log, events):
     assert len(c2.poll(timeout=1.0)) == 1
 
 
+def test_commit_offsets_commits_several_partitions_at_once(log, events):
+    """`commit_offsets` (one write for the partitions a consumer per partition would commit one by one)
+    merges into what the group committed, and a new consumer of the group resumes there."""
+    log.append("events", _rows(60))
+    ends = log.end_offsets("events")
+    log.consumer("events", "many", partitions=[0]).commit({0: 1})
+    log.commit_offsets("events", "many", {1: ends[1], 2: 2})
+    assert log.committed("events", "many") == {0: 1, 1: ends[1], 2: 2}
+    assert log.consumer("events", "many").position() == {0: 1, 1: ends[1], 2: 2}
+    with pytest.raises(LogError, match="partition"):
+        log.commit_offsets("events", "many", {3: 0})
+    with pytest.raises(LogError, match=">= 0"):
+        log.commit_offsets("events", "many", {0: -1})
+    assert log.committed("events", "many") == {0: 1, 1: ends[1], 2: 2}
+
+
 def test_two_groups_are_independent_and_latest_start(log, events):
     log.append("events", _rows(30))
     a = log.consumer("events", "a")

@@ -224,9 +224,8 @@ class StreamProcessor:
             self._applies += 1
             if self._crash_after is not None and self._applies >= self._crash_after:
                 os._exit(17)  # test hook: die after the state is written, before the commit
-            for p, rs in polled.items():
-                if rs:
-                    parts[p].commit()
+            self.project.log.commit_offsets(topic, self.group, {p: parts[p].position()[p]
+                                                                for p, rs in polled.items() if rs})
             self.stats.batches += 1
         return total
 

@@ -196,6 +196,19 @@ class EventLog(ABC):
         return PollingConsumer(self, topic, group, partitions, start,
                                lambda offs: self._store_commit(topic, group, offs))
 
+    def commit_offsets(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        """Commit `group`'s next-offsets for several partitions in one write: what the `commit` of one
+        consumer per partition does, at the cost of one commit (the local backend's is a file written with
+        two fsyncs)."""
+        from loopstack.log.validate import check_topic_name
+        check_topic_name(group)
+        for p, off in offsets.items():
+            self._check_partition(topic, p)
+            if off < 0:
+                raise LogError(f"cannot commit offset {off} for partition {p} of {topic!r}: offsets are >= 0")
+        if offsets:
+            self._store_commit(topic, group, dict(offsets))
+
     @abstractmethod
     def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         """Record the group's next-offsets for these partitions, atomically."""

@@ -226,11 +226,24 @@ class RedisLog(EventLog):
         return super().consumer(topic, group, partitions, start)
 
     def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._g(group, topic), mapping={str(p): int(o) for p, o in offsets.items()})
-        for p, o in offsets.items():
-            pipe.execute_command("XGROUP", "SETID", self._s(topic, p), group, f"0-{int(o)}")
-        pipe.execute()
+        from redis.exceptions import ResponseError
+        for attempt in (0, 1):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(self._g(group, topic), mapping={str(p): int(o) for p, o in offsets.items()})
+            for p, o in offsets.items():
+                pipe.execute_command("XGROUP", "SETID", self._s(topic, p), group, f"0-{int(o)}")
+            try:
+                pipe.execute()
+                return
+            except ResponseError as exc:  # a partition no consumer of the group opened (`commit_offsets`)
+                if attempt or not ("NOGROUP" in str(exc) or "key to exist" in str(exc)):
+                    raise
+            for p, o in offsets.items():
+                try:
+                    self.r.xgroup_create(self._s(topic, p), group, id=f"0-{int(o)}", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
 
     def committed(self, topic: str, group: str) -> dict[int, int]:
         """The group's committed next-offsets (partitions never committed are absent)."""
