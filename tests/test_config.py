@@ -35,6 +35,8 @@ def test_env_overrides_every_section_and_wins_over_file():
     ({}, {"LOOPSTACK_LOGG__BACKEND": "x"}, r"LOOPSTACK_LOGG__BACKEND: no section 'logg'"),
     ({}, {"LOOPSTACK_LOG__BACKEND": "nope"}, r"log.backend = 'nope' is not allowed"),
     ({"online": {"populate": "maybe"}}, {}, r"online.populate = 'maybe' is not true or false"),
+    ({"online": {"cache_mb": -1}}, {}, r"online.cache_mb = -1 must be >= 0"),
+    ({}, {"LOOPSTACK_ONLINE__CACHE_MB": "lots"}, r"online.cache_mb = 'lots' is not an integer"),
 ])
 def test_invalid_config_names_key_value_and_allowed(raw, env, message):
     with pytest.raises(ConfigError, match=message):

@@ -77,8 +77,14 @@ class OnlineConfig:
     prefix: str = "loopstack"
     spin_us: int = 200                  # redis: a serving read polls this long for the reply before sleeping
     populate: bool = True               # sqlite: a serving reader maps the whole file at its first read
+    cache_mb: int = 0                   # sqlite: page cache of each reading/writing connection, MiB (0: SQLite's 2)
 
     ALLOWED = {"backend": ("sqlite", "redis")}
+
+    def __post_init__(self) -> None:
+        if self.cache_mb < 0:
+            raise ConfigError(f"online.cache_mb = {self.cache_mb} must be >= 0 (MiB of SQLite page cache per "
+                              "connection; 0 keeps SQLite's default of 2 MiB)")
 
 
 @dataclass(frozen=True)

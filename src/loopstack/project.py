@@ -92,7 +92,7 @@ class Project:
         from loopstack.features.online import open_online_store
         c = self.config.online
         if c.backend == "sqlite":
-            return open_online_store("sqlite", path=self.path(c.path), populate=c.populate)
+            return open_online_store("sqlite", path=self.path(c.path), populate=c.populate, cache_mb=c.cache_mb)
         return open_online_store(c.backend, url=c.url, prefix=c.prefix, spin_us=c.spin_us)
 
     @property

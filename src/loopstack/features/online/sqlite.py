@@ -63,14 +63,20 @@ def populate_map(path: str) -> int:
 
 class SQLiteOnlineStore(OnlineStore):
     """Hashes in one SQLite file (WAL, synchronous=FULL); atomic batches in one transaction. `populate`: map
-    the whole file into a serving reader at its first `lookup` (`online.populate`; see `lookup`)."""
+    the whole file into a serving reader at its first `lookup` (`online.populate`; see `lookup`). `cache_mb`:
+    the page cache of each connection that reads and writes without the memory map (`online.cache_mb`;
+    0: SQLite's default, 2 MiB). A write of many entities touches pages all over the file: with 2 MiB they
+    are read from the OS and evicted again within one transaction: a windowed materialization of 100,000
+    entities ran 12-22 % faster with 256 MiB, and streaming no faster (docs/online-store.md). The cache fills
+    only as pages are used."""
 
     name = "sqlite"
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0, mmap: int = _MMAP_BYTES,
-                 populate: bool = True) -> None:
+                 populate: bool = True, cache_mb: int = 0) -> None:
         self.path = str(path)
         self.populate = populate
+        self.cache_kib = int(cache_mb) * 1024
         self.populating: threading.Thread | None = None   # the thread of the last populate_map started
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +107,8 @@ class SQLiteOnlineStore(OnlineStore):
                 con.execute(f"PRAGMA mmap_size = {int(self.mmap)}")
                 loc.mcon = con
             else:
+                if self.cache_kib:
+                    con.execute(f"PRAGMA cache_size = -{self.cache_kib}")
                 loc.con = con
             with self._lock:
                 self._conns.append(con)
