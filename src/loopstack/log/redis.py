@@ -217,33 +217,35 @@ class RedisLog(EventLog):
         committed = self.committed(topic, group)
         for p in (range(n) if partitions is None else partitions):
             self._check_partition(topic, p)
-            sid = f"0-{committed[p]}" if p in committed else ("0-0" if start == "earliest" else "$")
-            try:
-                self.r.xgroup_create(self._s(topic, p), group, id=sid, mkstream=True)
-            except Exception as exc:  # BUSYGROUP: it exists already
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            self._ensure_group(topic, p, group,
+                               f"0-{committed[p]}" if p in committed else ("0-0" if start == "earliest" else "$"))
         return super().consumer(topic, group, partitions, start)
+
+    def _ensure_group(self, topic: str, partition: int, group: str, sid: str) -> None:
+        """Create the native stream consumer group of one partition at `sid`, unless it exists."""
+        try:
+            self.r.xgroup_create(self._s(topic, partition), group, id=sid, mkstream=True)
+        except Exception as exc:  # BUSYGROUP: it exists already
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
         from redis.exceptions import ResponseError
-        for attempt in (0, 1):
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hset(self._g(group, topic), mapping={str(p): int(o) for p, o in offsets.items()})
+        try:
+            self._commit(topic, group, offsets)
+        except ResponseError as exc:  # a partition no consumer of the group opened (`commit_offsets`)
+            if "NOGROUP" not in str(exc) and "key to exist" not in str(exc):
+                raise
             for p, o in offsets.items():
-                pipe.execute_command("XGROUP", "SETID", self._s(topic, p), group, f"0-{int(o)}")
-            try:
-                pipe.execute()
-                return
-            except ResponseError as exc:  # a partition no consumer of the group opened (`commit_offsets`)
-                if attempt or not ("NOGROUP" in str(exc) or "key to exist" in str(exc)):
-                    raise
-            for p, o in offsets.items():
-                try:
-                    self.r.xgroup_create(self._s(topic, p), group, id=f"0-{int(o)}", mkstream=True)
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+                self._ensure_group(topic, p, group, f"0-{int(o)}")
+            self._commit(topic, group, offsets)
+
+    def _commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._g(group, topic), mapping={str(p): int(o) for p, o in offsets.items()})
+        for p, o in offsets.items():
+            pipe.execute_command("XGROUP", "SETID", self._s(topic, p), group, f"0-{int(o)}")
+        pipe.execute()
 
     def committed(self, topic: str, group: str) -> dict[int, int]:
         """The group's committed next-offsets (partitions never committed are absent)."""
