@@ -287,9 +287,13 @@ def _materialize_view(project: "Project", view: FeatureView, start: int, end: in
     own = reader is None
     reader = reader or open_reader(project, view)
     try:
-        if bulk and not online.plan(view.name).sigs and reader.base_sql is not None:
-            from loopstack.features.online.bulk import materialize_view
-            materialize_view(online, view, reader, res, prior, rmark, imark, chunk_rows, progress)
+        if bulk and reader.base_sql is not None:
+            if online.plan(view.name).sigs:   # windowed: entity by entity (online/bulk_windowed.py)
+                from loopstack.features.online.bulk_windowed import materialize_windowed
+                materialize_windowed(online, view, reader, res, prior, rmark, imark, run_state, chunk_rows, progress)
+            else:                             # plain fields only: one aggregate per entity (online/bulk.py)
+                from loopstack.features.online.bulk import materialize_view
+                materialize_view(online, view, reader, res, prior, rmark, imark, chunk_rows, progress)
             res.seconds = time.perf_counter() - t0
             return res
         total = reader.count(res.spans)

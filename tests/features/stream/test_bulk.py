@@ -54,8 +54,8 @@ def test_bulk_equals_event_by_event_on_random_log_events(tmp_path, backend, seed
         "out of order, overlapping": [(mid1, hi, chunk), (lo, mid2, chunk), (lo, hi, chunk)],
         "newest first": [(mid2, hi, chunk), (mid1, mid2, chunk), (lo, mid1, chunk)],
     }
-    for name, plan in plans.items():
-        a, b = twin(p, backend, "ev"), twin(p, backend, "bulk")
+    for i, (name, plan) in enumerate(plans.items()):
+        a, b = twin(p, backend, f"ev{i}"), twin(p, backend, f"bulk{i}")   # fresh stores for every plan
         want = runs(a, [(*x, False) for x in plan], views=["plain"])
         got = runs(b, [(*x, True) for x in plan], views=["plain"])
         assert want and set(got) == set(want), name
@@ -90,8 +90,8 @@ def test_bulk_equals_event_by_event_on_file_ties_and_filters(tmp_path, backend, 
     p.apply([author, src, view])
     mid = t0 + timedelta(seconds=10)
     end = t0 + timedelta(seconds=21)
-    for plan in ([(t0, end, 13)], [(mid, end, 5), (t0, end, 5)], [(t0, mid, 1000), (t0, end, 1000)]):
-        a, b = twin(p, backend, "ev"), twin(p, backend, "bulk")
+    for i, plan in enumerate(([(t0, end, 13)], [(mid, end, 5), (t0, end, 5)], [(t0, mid, 1000), (t0, end, 1000)])):
+        a, b = twin(p, backend, f"ev{i}"), twin(p, backend, f"bulk{i}")   # fresh stores for every plan
         want = runs(a, [(*x, False) for x in plan], views=["fv"])
         got = runs(b, [(*x, True) for x in plan], views=["fv"])
         assert want == got, plan

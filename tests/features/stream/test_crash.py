@@ -41,22 +41,23 @@ def open_with(root: Path, env: dict[str, str]) -> Project:
 
 
 @pytest.mark.slow
-def test_materialize_killed_at_random_points_resumes_to_the_clean_state(tmp_path):
+@pytest.mark.parametrize("path", ["bulk", "events"])
+def test_materialize_killed_at_random_points_resumes_to_the_clean_state(tmp_path, path):
     p = make_project(tmp_path / "proj")
-    events = gen_events(1500, seed=11)
+    events = gen_events(1500, seed=11, authors=60)   # the bulk path writes batches of whole entities
     p.log.append("events", events)
     start, end = to_us("2000-01-01"), to_us(max(e["ts"] for e in events) + timedelta(microseconds=1))
     clean_env = online_env("sqlite", tmp_path, None, "clean")
     clean = open_with(p.root, clean_env)
-    materialize(clean, start, end, chunk_rows=40, progress=False)
+    materialize(clean, start, end, chunk_rows=40, progress=False, bulk=path == "bulk")
     want = dump_state(clean)
-    assert len(want) >= 14  # 7 authors x 2 views (+ meta)
+    assert len(want) >= 100  # 60 authors x 2 views (+ meta)
 
     env = online_env("sqlite", tmp_path, None, "killed")
     rng = random.Random(5)
     kills = 0
     for _attempt in range(6):
-        proc = child(["materialize", str(p.root), str(start), str(end), "40"], env)
+        proc = child(["materialize", str(p.root), str(start), str(end), "40", path], env)
         target = rng.randint(1, 12)
         seen = 0
         for line in proc.stdout:
@@ -77,7 +78,7 @@ def test_materialize_killed_at_random_points_resumes_to_the_clean_state(tmp_path
             assert rc == 0, proc.stderr.read()
             break
     assert kills >= 2
-    final = child(["materialize", str(p.root), str(start), str(end), "40"], env)
+    final = child(["materialize", str(p.root), str(start), str(end), "40", path], env)
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
     got = dump_state(open_with(p.root, env))

@@ -93,7 +93,8 @@ def test_materialized_state_equals_offline_for_every_aggregation(project):
     end = max(e["ts"] for e in events) + timedelta(microseconds=1)
     res = materialize(project, "2000-01-01", end, chunk_rows=64, progress=False)
     assert res.views["wins"].rows == res.views["plain"].rows == 500
-    assert res.views["wins"].chunks >= 500 // 64 and res.views["wins"].beyond_horizon == 0
+    # several atomic writes (chunks of time; on DuckDB batches of whole entities, >= 64 events each)
+    assert res.views["wins"].chunks >= 3 and res.views["wins"].beyond_horizon == 0
     report = check_parity(project, sample=50)
     assert report.ok, report.table()
     assert all(f.checked > 0 for f in report.features.values()), {k: f.checked for k, f in report.features.items()}
