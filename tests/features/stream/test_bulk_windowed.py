@@ -135,3 +135,28 @@ def test_events_behind_the_horizon_of_the_previous_run_are_counted_late(tmp_path
     a.close()
     b.close()
     p.close()
+
+
+def test_views_with_plain_and_windowed_features(tmp_path, backend, request):
+    """Plain fields need the values of old events too, so nothing is folded: still one call's state."""
+    from loopstack import Count, FeatureView, Last, Sum
+    from tests.features.stream._defs import definitions
+    p, _, lo, hi = _project(tmp_path, backend, request, 6, 400, 12)
+    old = gen_events(60, seed=7, base=lo + timedelta(minutes=10), span_s=300, authors=5)  # authors with old events only
+    p.log.append("events", [dict(e, author_id=100 + e["author_id"]) for e in old])
+    author, events, *_ = objs = definitions()
+    mixed = FeatureView("mixed", entity=author, source=events, allowed_lateness="10m", features=[
+        Count(window="1h", name="cnt_1h"), Sum("n", window="30m", name="sum_n_30m"),
+        Last("label", name="last_label"), Last("n", filter="n > 50", name="last_big_n")])
+    p.apply([*objs, mixed])
+    a, b = twin(p, backend, "ev"), twin(p, backend, "bulk")
+    want = runs(a, [(lo, hi, ONE_CALL, False)], views=["mixed"])
+    got = runs(b, [(lo, hi, 30, True)], views=["mixed"])
+    assert len(want) > 5 and not _diff(want, got), _diff(want, got)[:3]
+    r = b.online.get_online_features(["mixed:last_big_n", "mixed:last_label"],
+                                     [{"author_id": i} for i in [*range(12), *range(100, 105)]], as_of=to_us(hi))
+    assert sum(x["last_big_n"] is not None for x in r.rows) > 3
+    assert all(r.found[12:]) and sum(x["last_label"] is not None for x in r.rows[12:]) >= 2   # from old events
+    a.close()
+    b.close()
+    p.close()

@@ -4,7 +4,9 @@ Applying a span in time order (100,000-row chunks, one `apply_events` call each)
 state once per chunk it appears in, builds tiles for events that a later chunk's horizon then deletes,
 and leaves the tiles of entities no later chunk touches behind the final horizon. Here DuckDB sorts the
 span by entity, and each entity's events, in the engine's order (ts, order, file, row), are applied
-once with `state.apply_entity` against the horizon of the run's final watermark. The state written is
+once with `state.apply_entity` against the horizon of the run's final watermark (into a view without
+state or plain fields, DuckDB first folds each entity's events before that horizon into one row: see
+`sorted_batches`). The state written is
 what one `apply_events` call with every event of the run gives (tests/features/online/
 test_bulk_windowed.py compares them byte for byte): the same tiles, latest entries, and meta counters.
 
@@ -26,13 +28,15 @@ if TYPE_CHECKING:
     from loopstack.features.materialize import _Reader
     from loopstack.features.online.service import OnlineFeatures
 
-Group = tuple[Any, list]   # (raw entity key, [(ts, order, values), ...]) in the engine's order
+Group = list   # [raw entity key, [(ts, order, values), ...] in the engine's order, folded stamps, folded rows]
 
 
 def entity_groups(batches: Iterator[Any], n_order: int, value_cols: Sequence[str], batch_rows: int,
                   ) -> Iterator[list[Group]]:
     """Lists of whole entities, about `batch_rows` events each, from Arrow batches sorted by entity
-    (an entity split across Arrow batches is carried over, never cut)."""
+    (an entity split across Arrow batches is carried over, never cut). A row with counts ``__n`` and
+    ``__c`` stands for ``__c`` old events with ``__n`` distinct (ts, order) (`sorted_batches`): it is the
+    newest of them, and the group's last two items count the others."""
     out: list[Group] = []
     rows = 0
     cur_key: Any = object()
@@ -44,15 +48,22 @@ def entity_groups(batches: Iterator[Any], n_order: int, value_cols: Sequence[str
         n = rb.num_rows
         orders = zip(*[rb.column(f"__o{i}").to_pylist() for i in range(n_order)]) if n_order else repeat((), n)
         vals = zip(*[rb.column("v_" + c).to_pylist() for c in cols]) if cols else repeat((), n)
-        for k, ts, o, v in zip(rb.column("__k").to_pylist(), rb.column("__ts").to_pylist(), orders, vals):
+        folded = (zip(rb.column("__n").to_pylist(), rb.column("__c").to_pylist()) if "__n" in rb.schema.names
+                  else repeat((None, None), n))
+        for k, ts, o, v, (f, c) in zip(rb.column("__k").to_pylist(), rb.column("__ts").to_pylist(), orders, vals,
+                                       folded):
             if k != cur_key:
                 if cur is not None and rows >= batch_rows:
                     yield out
                     out, rows = [], 0
                 cur_key, cur = k, []
-                out.append((k, cur))
+                out.append([k, cur, 0, 0])
             cur.append((ts, list(o), dict(zip(cols, v))))
             rows += 1
+            if f is not None:
+                out[-1][2] += f - 1
+                out[-1][3] += c - 1
+                rows += c - 1
     if out:
         yield out
 
@@ -61,14 +72,35 @@ def _key_sql(key: Any) -> str:
     return "'" + str(key).replace("'", "''") + "'"
 
 
-def sorted_batches(reader: "_Reader", spans: Sequence[tuple[int, int]], after: Any, batch_rows: int) -> Iterator[Any]:
+def sorted_batches(reader: "_Reader", spans: Sequence[tuple[int, int]], after: Any, batch_rows: int,
+                   fold_before: int | None = None) -> Iterator[Any]:
     """The spans' events sorted by entity (as text: SQLite's B-tree then grows at its end), then in the
-    engine's order; only entities after `after` (the last one a killed run wrote) when given."""
+    engine's order; only entities after `after` (the last one a killed run wrote) when given.
+
+    `fold_before`: the horizon, for a view with no plain fields and no stored state. An event before it
+    takes no tile and only moves the entity's newest (ts, order) forward, once per distinct (ts, order),
+    so DuckDB folds an entity's old events into one row, the newest, with their number of distinct
+    (ts, order) in ``__n`` and of rows in ``__c``: old history costs no Python per event."""
     where = reader._where(spans)
     if after is not None:
         where = f"({where}) AND __k::VARCHAR > {_key_sql(after)}"
-    order = ", ".join(["__k::VARCHAR", "__ts"] + [f"__o{i}" for i in range(reader.n_order)] + ["__fi", "__fr"])
-    rel = reader.engine.con.sql(f"SELECT * FROM ({reader.base_sql}) WHERE {where} ORDER BY {order}")
+    n_order = reader.n_order
+    ords = [f"__o{i}" for i in range(n_order)]
+    order = ", ".join(["__k::VARCHAR", "__ts", *ords, "__fi", "__fr"])
+    events = f"SELECT * FROM ({reader.base_sql}) WHERE {where}"
+    if fold_before is None:
+        sql = f"{events} ORDER BY {order}"
+    else:
+        stamp = "struct_pack(" + ", ".join(f"{c} := {c}" for c in ["__ts", *ords]) + ")"
+        newest = ", ".join(f"(__m).{c} AS {c}" for c in ["__ts", *ords])
+        sql = (f"WITH ev AS ({events}) "
+               f"SELECT * FROM (SELECT *, NULL::BIGINT AS __n, NULL::BIGINT AS __c FROM ev "
+               f"WHERE __ts >= {int(fold_before)} "
+               f"UNION ALL BY NAME "
+               f"SELECT __k, {newest}, __n, __c FROM (SELECT __k, max({stamp}) AS __m, "
+               f"count(DISTINCT {stamp}) AS __n, count(*) AS __c "
+               f"FROM ev WHERE __ts < {int(fold_before)} GROUP BY __k)) ORDER BY {order}")
+    rel = reader.engine.con.sql(sql)
     yield from (rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(
         batch_rows))
 
@@ -105,7 +137,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
 
     def write(groups: list[Group], last: bool) -> None:
         hks = []
-        for k, _ in groups:
+        for k, *_ in groups:
             try:
                 c = canonical_key(k, plan.dtype)
             except ValueError:
@@ -114,8 +146,8 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
         data = {} if fresh else online.store.read([h for h in hks if h is not None])
         batch = WriteBatch()
         applied = late = rows = 0
-        for hk, (_, evs) in zip(hks, groups):
-            rows += len(evs)
+        for hk, (_, evs, folded, folded_rows) in zip(hks, groups):
+            rows += len(evs) + folded_rows
             if hk is None:
                 continue
             up = apply_entity(plan, data.get(hk, {}), evs, horizon)
@@ -123,7 +155,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
                 batch.puts[hk] = up.puts
             if up.deletes:
                 batch.deletes[hk] = up.deletes
-            applied += up.applied
+            applied += up.applied + folded   # a folded event moves a fresh entity's newest (ts, order)
             if late_before is not None:
                 late += sum(1 for j in up.too_late if evs[j][0] < late_before)
         counts["applied"] += applied
@@ -148,7 +180,8 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
             progress.advance(task, rows)
 
     pending = None
-    stream = sorted_batches(reader, res.spans, after, min(chunk_rows, 65_536))
+    fold = horizon if fresh and not plan.plain and not resumed else None
+    stream = sorted_batches(reader, res.spans, after, min(chunk_rows, 65_536), fold)
     for groups in entity_groups(stream, reader.n_order, reader.value_cols, chunk_rows):
         if pending is not None:
             write(pending, False)
