@@ -178,7 +178,8 @@ def test_file_source_orders_ties_by_file_then_row(tmp_path, engine, request):
                                                                   Sum("v", window="1h", name="sum_v")])
     p.apply([author, src, view])
     res = materialize(p, t, t + timedelta(seconds=1), views=["fv"], progress=False, chunk_rows=1)
-    assert res.views["fv"].rows == 4 and res.views["fv"].chunks == 1  # four ties: one chunk
+    # time chunks (Spark) never split ties: one chunk; DuckDB's bulk path applies the one entity in pieces of 1
+    assert res.views["fv"].rows == 4 and res.views["fv"].chunks == (1 if engine == "spark" else 4)
     resp = p.online.get_online_features(["fv:last_v", "fv:sum_v"], [{"author_id": 9}],
                                         as_of=to_us(t + timedelta(seconds=1)))
     assert resp.rows[0]["last_v"] == 4 and resp.rows[0]["sum_v"] == 10

@@ -28,13 +28,14 @@ if TYPE_CHECKING:
     from loopstack.features.materialize import _Reader
     from loopstack.features.online.service import OnlineFeatures
 
-Group = list   # [raw entity key, [(ts, order, values), ...] in the engine's order, folded stamps, folded rows]
+Group = list   # [raw key, [(ts, order, values), ...] in the engine's order, folded stamps, folded rows, more]
 
 
 def entity_groups(batches: Iterator[Any], n_order: int, value_cols: Sequence[str], batch_rows: int,
                   ) -> Iterator[list[Group]]:
     """Lists of whole entities, about `batch_rows` events each, from Arrow batches sorted by entity
-    (an entity split across Arrow batches is carried over, never cut). A row with counts ``__n`` and
+    (an entity split across Arrow batches is carried over). An entity with more than `batch_rows` events
+    comes in pieces: every piece but its last is flagged ``more`` and ends its list. A row with counts ``__n`` and
     ``__c`` stands for ``__c`` old events with ``__n`` distinct (ts, order) (`sorted_batches`): it is the
     newest of them, and the group's last two items count the others."""
     out: list[Group] = []
@@ -52,12 +53,17 @@ def entity_groups(batches: Iterator[Any], n_order: int, value_cols: Sequence[str
                   else repeat((None, None), n))
         for k, ts, o, v, (f, c) in zip(rb.column("__k").to_pylist(), rb.column("__ts").to_pylist(), orders, vals,
                                        folded):
-            if k != cur_key:
+            if k == cur_key and len(cur) >= batch_rows:   # one entity with more events than a batch: in pieces
+                out[-1][4] = True                         # (every piece but the last is flagged)
+                yield out
+                cur = []
+                out, rows = [[k, cur, 0, 0, False]], 0
+            elif k != cur_key:
                 if cur is not None and rows >= batch_rows:
                     yield out
                     out, rows = [], 0
                 cur_key, cur = k, []
-                out.append([k, cur, 0, 0])
+                out.append([k, cur, 0, 0, False])
             cur.append((ts, list(o), dict(zip(cols, v))))
             rows += 1
             if f is not None:
@@ -111,6 +117,11 @@ def span_max(reader: "_Reader", spans: Sequence[tuple[int, int]]) -> int | None:
     return None if row[0][0] is None else int(row[0][0])
 
 
+def _late(too_late: list[int], evs: list, late_before: int | None) -> int:
+    """How many of the events `apply_entity` left out of the tiles were behind the horizon before the run."""
+    return 0 if late_before is None else sum(1 for j in too_late if evs[j][0] < late_before)
+
+
 def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader", res: Any,
                          prior: list[tuple[int, int]], rmark: str, imark: str, run_state: dict, chunk_rows: int,
                          progress: Any) -> None:
@@ -135,6 +146,9 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
     total = reader.count(res.spans)
     task = progress.add_task(view.name, total=total, completed=done["rows"]) if progress is not None else None
 
+    split: dict[str, Any] = {}   # the entity that comes in pieces: its state is kept here until its last piece
+    mark = {"after": after}        # the last whole entity written
+
     def write(groups: list[Group], last: bool) -> None:
         hks = []
         for k, *_ in groups:
@@ -146,18 +160,43 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
         data = {} if fresh else online.store.read([h for h in hks if h is not None])
         batch = WriteBatch()
         applied = late = rows = 0
-        for hk, (_, evs, folded, folded_rows) in zip(hks, groups):
+        for hk, (key, evs, folded, folded_rows, more) in zip(hks, groups):
             rows += len(evs) + folded_rows
+            if not more:
+                mark["after"] = key
             if hk is None:
                 continue
-            up = apply_entity(plan, data.get(hk, {}), evs, horizon)
-            if up.puts:
-                batch.puts[hk] = up.puts
-            if up.deletes:
-                batch.deletes[hk] = up.deletes
-            applied += up.applied + folded   # a folded event moves a fresh entity's newest (ts, order)
-            if late_before is not None:
-                late += sum(1 for j in up.too_late if evs[j][0] < late_before)
+            piece = split.get("hk") == hk
+            if not piece and not more:   # the common case: a whole entity
+                up = apply_entity(plan, data.get(hk, {}), evs, horizon)
+                if up.puts:
+                    batch.puts[hk] = up.puts
+                if up.deletes:
+                    batch.deletes[hk] = up.deletes
+                applied += up.applied + folded   # a folded event moves a fresh entity's newest (ts, order)
+                late += _late(up.too_late, evs, late_before)
+                continue
+            if not piece:
+                stored = data.get(hk, {})
+                split.update(hk=hk, stored=stored, fields=dict(stored), applied=0, late=0)
+            if evs:
+                up = apply_entity(plan, split["fields"], evs, horizon)
+                split["fields"].update(up.puts)
+                for name in up.deletes:
+                    split["fields"].pop(name, None)
+                split["applied"] += up.applied + folded
+                split["late"] += _late(up.too_late, evs, late_before)
+            if not more:   # its last piece: write what changed against the stored state, and count it
+                stored, fields = split["stored"], split["fields"]
+                puts = {n: v for n, v in fields.items() if stored.get(n) != v}
+                deletes = [n for n in stored if n not in fields]
+                if puts:
+                    batch.puts[hk] = puts
+                if deletes:
+                    batch.deletes[hk] = deletes
+                applied += split["applied"]
+                late += split["late"]
+                split.clear()
         counts["applied"] += applied
         counts["too_late"] += late
         batch.puts[mk] = {
@@ -166,8 +205,9 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
             "applied": str(counts["applied"]).encode(), "too_late": str(counts["too_late"]).encode()}
         done["chunks"] += 1
         done["rows"] += rows
+        after_key = None if last or mark["after"] is None else str(mark["after"])
         batch.progress[rmark] = json.dumps({**done, "through": None, "done": last, "by_entity": True,
-                                            "after": None if last else str(groups[-1][0]), "base_max": base_max})
+                                            "after": after_key, "base_max": base_max})
         if last:
             batch.progress[imark] = json.dumps(covered_through(prior, res.spans, None))
         batch.puts = dict(sorted(batch.puts.items()))
