@@ -35,7 +35,8 @@ def _result_table(result) -> Table:  # noqa: ANN001 - MaterializeResult
 def materialize_cmd(start: str = typer.Argument(..., help="Start of event time, ISO 8601 (inclusive; naive = UTC)."),
                     end: str = typer.Argument(..., help="End of event time, ISO 8601 (exclusive; naive = UTC)."),
                     views: list[str] = ViewsOpt, project: Path = ProjectOpt,
-                    chunk_rows: int = typer.Option(100_000, help="Rows per atomic chunk.")) -> None:
+                    chunk_rows: int = typer.Option(100_000, help="Events per atomic write (a chunk of time, or for "
+                                                   "views with windowed features a batch of whole entities).")) -> None:
     """Load events with START <= event time < END from the offline store into the online store.
 
     Idempotent and resumable: re-running (also after a crash) applies only what was not applied.
