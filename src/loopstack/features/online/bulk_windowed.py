@@ -6,13 +6,15 @@ and leaves the tiles of entities no later chunk touches behind the final horizon
 span by entity, and each entity's events, in the engine's order (ts, order, file, row), are applied
 once with `state.apply_entity` against the horizon of the run's final watermark (into a view without
 state or plain fields, DuckDB first folds each entity's events before that horizon into one row: see
-`sorted_batches`). The state written is
-what one `apply_events` call with every event of the run gives (tests/features/online/
-test_bulk_windowed.py compares them byte for byte): the same tiles, latest entries, and meta counters.
+`sorted_batches`). The state written is what one `apply_events` call with every event of the run gives
+(tests/features/stream/test_bulk_windowed.py compares them byte for byte): the same tiles, latest
+entries and meta counters.
 
-A killed run is resumable: each batch of entities is written atomically with a run mark that holds
-the last entity written and the watermark the run started from, so running again skips the entities
-already written and counts late events against the same horizon.
+Memory is bounded by the batch size: an entity with more events than a batch is applied in pieces, its
+state kept in memory and written with its last piece. A killed run is resumable: each batch is written
+atomically with a run mark that holds the last whole entity written and the watermark the run started
+from, so running again skips the entities already written and counts late events against the same
+horizon.
 """
 from __future__ import annotations
 
