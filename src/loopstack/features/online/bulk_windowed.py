@@ -161,12 +161,14 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
             hks.append(None if c is None else hash_key(view.name, c))
         data = {} if fresh else online.store.read([h for h in hks if h is not None])
         batch = WriteBatch()
-        applied = late = rows = 0
+        applied = late = rows = written = 0   # rows: read now; written: of the entities this write completes
         for hk, (key, evs, folded, folded_rows, more) in zip(hks, groups):
-            rows += len(evs) + folded_rows
+            n = len(evs) + folded_rows
+            rows += n
             if not more:
                 mark["after"] = key
             if hk is None:
+                written += n
                 continue
             piece = split.get("hk") == hk
             if not piece and not more:   # the common case: a whole entity
@@ -177,10 +179,12 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
                     batch.deletes[hk] = up.deletes
                 applied += up.applied + folded   # a folded event moves a fresh entity's newest (ts, order)
                 late += _late(up.too_late, evs, late_before)
+                written += n
                 continue
             if not piece:
                 stored = data.get(hk, {})
-                split.update(hk=hk, stored=stored, fields=dict(stored), applied=0, late=0)
+                split.update(hk=hk, stored=stored, fields=dict(stored), applied=0, late=0, rows=0)
+            split["rows"] += n
             if evs:
                 up = apply_entity(plan, split["fields"], evs, horizon)
                 split["fields"].update(up.puts)
@@ -198,6 +202,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
                     batch.deletes[hk] = deletes
                 applied += split["applied"]
                 late += split["late"]
+                written += split["rows"]
                 split.clear()
         counts["applied"] += applied
         counts["too_late"] += late
@@ -206,7 +211,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
             "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
             "applied": str(counts["applied"]).encode(), "too_late": str(counts["too_late"]).encode()}
         done["chunks"] += 1
-        done["rows"] += rows
+        done["rows"] += written   # so a second attempt's progress starts where the written state ends
         after_key = None if last or mark["after"] is None else str(mark["after"])
         batch.progress[rmark] = json.dumps({**done, "through": None, "done": last, "by_entity": True,
                                             "after": after_key, "base_max": base_max})
