@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from loopstack.errors import DefinitionError, RetrievalError
 from loopstack.features.offline.base import check_source_columns
+from loopstack.features.offline.duckdb_sql import record_batches
 from loopstack.features.definitions import FeatureView
 from loopstack.timeutil import to_us, us_to_iso
 
@@ -199,9 +200,7 @@ class _Reader:
             return
         order = ", ".join(["__ts"] + [f"__o{i}" for i in range(self.n_order)] + ["__fi", "__fr"])
         rel = self.engine.con.sql(f"SELECT * FROM ({self.base_sql}) WHERE {self._where(spans)} ORDER BY {order}")
-        reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(
-            batch_rows)
-        yield from reader
+        yield from record_batches(rel, batch_rows)
 
     def close(self) -> None:
         self.engine.close()

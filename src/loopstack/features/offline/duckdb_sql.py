@@ -184,3 +184,9 @@ def _empty_value(agg: Aggregation, req: ViewRequest, n: int) -> pa.ChunkedArray:
     if agg.function in ("count", "count_distinct", "sum"):
         return pa.chunked_array([pa.array([0] * n, pa.int64()).cast(target)])
     return pa.chunked_array([pa.nulls(n, target)])
+
+
+def record_batches(rel, batch_rows: int):  # noqa: ANN001, ANN201 - a DuckDB relation -> RecordBatchReader
+    """Stream a DuckDB relation's result as Arrow record batches of up to `batch_rows` rows (the newer
+    `to_arrow_reader`, or `fetch_record_batch` of older DuckDB releases)."""
+    return rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_rows)

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from loopstack.features.online.base import WriteBatch
 from loopstack.features.online.bulk_text import fresh_texts
 from loopstack.features.online.bulk_writer import OrderedWriter
-from loopstack.features.online.state import (_INT_DTYPES, LATEST, ViewPlan, _norm, canonical_key, decode_latest,
-                                             encode_latest, hash_key, meta_key)
-from loopstack.timeutil import now_micros
+from loopstack.features.online.state import (_INT_DTYPES, LATEST, ViewPlan, _norm, decode_latest, encode_latest,
+                                             entity_hash, hash_key, meta_fields, meta_key)
 
 if TYPE_CHECKING:
     from loopstack.features.materialize import _Reader
@@ -108,9 +107,10 @@ class _Query:
 
     def batches(self, batch_rows: int) -> Iterator:
         import pyarrow.compute as pc
+
+        from loopstack.features.offline.duckdb_sql import record_batches
         rel = self.con.sql(self.sql)
-        for rb in (rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader")
-                   else rel.fetch_record_batch(batch_rows)):
+        for rb in record_batches(rel, batch_rows):
             if self.packed and rb.num_rows and (pc.max(rb.column("__maxf")).as_py() >= 1 << 23
                                                 or pc.max(rb.column("__maxr")).as_py() >= 1 << 40):
                 raise ValueError("bulk materialization: more than 2^23 files or 2^40 rows in one file; "
@@ -236,13 +236,7 @@ def _prepare(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkB
         hk_arr = pc.binary_join_element_wise(hash_key(plan.name, ""), pc.cast(kcol, pa.string()), "")
         hks: list[str | None] | None = None
     else:
-        hks = []
-        for k in kcol.to_pylist():
-            try:
-                c = canonical_key(k, plan.dtype)
-            except ValueError:
-                c = None
-            hks.append(None if c is None else hash_key(plan.name, c))
+        hks = [entity_hash(plan.name, k, plan.dtype) for k in kcol.to_pylist()]
         hk_arr = pa.array(hks, pa.string())
     valid = hk_arr.is_valid()
     data: dict = {}
@@ -275,10 +269,7 @@ def _prepare(online: "OnlineFeatures", query: _Query, rb, marks: Callable[[BulkB
             batch.puts.update(zip(keys.to_pylist(), ({LATEST: v} for v in vals.to_pylist())))
     if entities:
         state.max_ts, state.applied = new_max, state.applied + applied
-        batch.puts[mk] = {
-            "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
-            "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
-            "applied": str(state.applied).encode(), "too_late": str(state.too_late).encode()}
+        batch.puts[mk] = meta_fields(plan, new_max, state.applied, state.too_late)
     res = BulkBatch(pc.sum(rb.column("__n")).as_py() or 0, applied, entities, new_max)
     batch.progress = dict(marks(res, last))
     if not columns:

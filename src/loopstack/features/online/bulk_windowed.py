@@ -22,9 +22,9 @@ import json
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from loopstack.features.offline.duckdb_sql import record_batches
 from loopstack.features.online.base import WriteBatch
-from loopstack.features.online.state import apply_entity, canonical_key, hash_key, meta_key
-from loopstack.timeutil import now_micros
+from loopstack.features.online.state import apply_entity, entity_hash, meta_fields, meta_key
 
 if TYPE_CHECKING:
     from loopstack.features.materialize import _Reader
@@ -108,15 +108,14 @@ def sorted_batches(reader: "_Reader", spans: Sequence[tuple[int, int]], after: A
                f"SELECT __k, {newest}, __n, __c FROM (SELECT __k, max({stamp}) AS __m, "
                f"count(DISTINCT {stamp}) AS __n, count(*) AS __c "
                f"FROM ev WHERE __ts < {int(fold_before)} GROUP BY __k)) ORDER BY {order}")
-    rel = reader.engine.con.sql(sql)
-    yield from (rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(
-        batch_rows))
+    yield from record_batches(reader.engine.con.sql(sql), batch_rows)
 
 
-def span_max(reader: "_Reader", spans: Sequence[tuple[int, int]]) -> int | None:
-    """The newest event time in the spans (None: no events)."""
-    row = reader.engine.con.sql(f"SELECT max(__ts) FROM ({reader.base_sql}) WHERE {reader._where(spans)}").fetchall()
-    return None if row[0][0] is None else int(row[0][0])
+def span_stats(reader: "_Reader", spans: Sequence[tuple[int, int]]) -> tuple[int, int | None]:
+    """The spans' number of events (for the progress bar) and newest event time (None: no events), in one scan."""
+    n, top = reader.engine.con.sql(f"SELECT count(*), max(__ts) FROM ({reader.base_sql}) "
+                                   f"WHERE {reader._where(spans)}").fetchall()[0]
+    return int(n), None if top is None else int(top)
 
 
 def _late(too_late: list[int], evs: list, late_before: int | None) -> int:
@@ -137,7 +136,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
     stored_max = int(meta["max_ts"]) if "max_ts" in meta else None
     resumed = bool(run_state.get("by_entity")) and not run_state.get("done")
     base_max = run_state.get("base_max") if resumed else stored_max   # the watermark before this run
-    top = span_max(reader, res.spans)
+    total, top = span_stats(reader, res.spans)
     new_max = max((t for t in (stored_max, top) if t is not None), default=None)
     horizon, late_before = plan.horizon(new_max), plan.horizon(base_max)
     counts = {"applied": int(meta.get("applied", b"0")), "too_late": int(meta.get("too_late", b"0"))}
@@ -145,20 +144,13 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
             "rows": int(run_state.get("rows", 0)) if resumed else 0}
     after = run_state.get("after") if resumed else None
     fresh = not meta   # no state for this view yet: nothing to read back
-    total = reader.count(res.spans)
     task = progress.add_task(view.name, total=total, completed=done["rows"]) if progress is not None else None
 
     split: dict[str, Any] = {}   # the entity that comes in pieces: its state is kept here until its last piece
     mark = {"after": after}        # the last whole entity written
 
     def write(groups: list[Group], last: bool) -> None:
-        hks = []
-        for k, *_ in groups:
-            try:
-                c = canonical_key(k, plan.dtype)
-            except ValueError:
-                c = None
-            hks.append(None if c is None else hash_key(view.name, c))
+        hks = [entity_hash(view.name, k, plan.dtype) for k, *_ in groups]
         data = {} if fresh else online.store.read([h for h in hks if h is not None])
         batch = WriteBatch()
         applied = late = rows = written = 0   # rows: read now; written: of the entities this write completes
@@ -206,10 +198,7 @@ def materialize_windowed(online: "OnlineFeatures", view: Any, reader: "_Reader",
                 split.clear()
         counts["applied"] += applied
         counts["too_late"] += late
-        batch.puts[mk] = {
-            "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
-            "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
-            "applied": str(counts["applied"]).encode(), "too_late": str(counts["too_late"]).encode()}
+        batch.puts[mk] = meta_fields(plan, new_max, counts["applied"], counts["too_late"])
         done["chunks"] += 1
         done["rows"] += written   # so a second attempt's progress starts where the written state ends
         after_key = None if last or mark["after"] is None else str(mark["after"])

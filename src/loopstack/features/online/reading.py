@@ -118,10 +118,6 @@ def _groups(plan: ViewPlan, wanted: Sequence[int]) -> dict[int, list[int]]:
     return g
 
 
-def _first(pair: tuple) -> int:
-    return pair[0]
-
-
 def _windows(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Sequence[int]) -> dict[int, list]:
     """Accumulators of every (sig, window) pair `wanted` needs, as of t: partials + edge rows."""
     by_w = _groups(plan, wanted)
@@ -134,8 +130,8 @@ def _windows(plan: ViewPlan, fields: Mapping[str, bytes], t: int, wanted: Sequen
             if start < t and start + T > lo_all:
                 found.append((start, blob))
     # in time order, whatever order the store keeps fields in (Redis: the order they were written), so a
-    # float sum is the same number for the same state on every backend
-    found.sort(key=_first)
+    # float sum is the same number for the same state on every backend (starts are unique: no blob compared)
+    found.sort()
     starts, blobs = [s for s, _ in found], [b for _, b in found]
     parts = tiles_partials(blobs)
     raws: dict[int, list] = {}

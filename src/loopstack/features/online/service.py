@@ -28,7 +28,7 @@ from loopstack.features.definitions import FeatureView
 from loopstack.features.online.base import OnlineStore, WriteBatch
 from loopstack.features.online.reading import read_entity, read_plain_columns
 from loopstack.features.online.state import (LATEST, LATEST_VERSIONS, StateError, ViewPlan, apply_entity,
-                                             canonical_key, decode_many, hash_key, meta_key)
+                                             canonical_key, decode_many, entity_hash, meta_fields, meta_key)
 from loopstack.features.retrieval import resolve
 from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
 
@@ -168,14 +168,11 @@ class OnlineFeatures:
         stats = ApplyStats()
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(events):
-            try:
-                canon = canonical_key(e.key, plan.dtype)
-            except ValueError:
-                canon = None
-            if canon is None or e.ts is None:
+            hk = entity_hash(view, e.key, plan.dtype)
+            if hk is None or e.ts is None:
                 stats.skipped += 1
                 continue
-            groups.setdefault(hash_key(view, canon), []).append(i)
+            groups.setdefault(hk, []).append(i)
         mk = meta_key(view)
         data = self.store.read(list(groups) + [mk]) if groups else {}
         meta = data.get(mk, {})
@@ -200,11 +197,8 @@ class OnlineFeatures:
                 stats.too_late.extend(events[idxs[j]] for j in up.too_late
                                       if late_before is not None and events[idxs[j]].ts < late_before)
             count = {k: int(meta.get(k, b"0")) for k in ("applied", "too_late")}
-            batch.puts[mk] = {
-                "fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(new_max).encode(),
-                "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
-                "applied": str(count["applied"] + stats.applied).encode(),
-                "too_late": str(count["too_late"] + len(stats.too_late)).encode()}
+            batch.puts[mk] = meta_fields(plan, new_max, count["applied"] + stats.applied,
+                                         count["too_late"] + len(stats.too_late))
             stats.watermark, stats.horizon = new_max, horizon
         else:
             stats.watermark = old_max

@@ -67,8 +67,8 @@ class SQLiteOnlineStore(OnlineStore):
     the page cache of each connection that reads and writes without the memory map (`online.cache_mb`;
     0: SQLite's default, 2 MiB). A write of many entities touches pages all over the file: with 2 MiB they
     are read from the OS and evicted again within one transaction: a windowed materialization of 100,000
-    entities ran 12-22 % faster with 256 MiB, and streaming no faster (docs/online-store.md). The cache fills
-    only as pages are used."""
+    entities ran about 10 % faster with 256 MiB, and streaming no faster (docs/online-store.md). The cache
+    fills only as pages are used."""
 
     name = "sqlite"
 

@@ -34,7 +34,7 @@ from loopstack.features.aggregations import Filter
 from loopstack.features.definitions import FeatureView
 from loopstack.features.online.partials import (VERSION, Sig, StateError, _new, _update, decode,
                                                 decode_many, encode, encode_tile, tile_partials, tile_raw)
-from loopstack.timeutil import to_micros
+from loopstack.timeutil import now_micros, to_micros
 
 __all__ = ["LATEST", "META_PREFIX", "TILE", "VERSION", "EntityUpdate", "FeaturePlan", "Sig", "StateError",
            "ViewPlan", "apply_entity", "canonical_key", "choose_tile_us", "decode", "decode_many", "encode",
@@ -91,6 +91,16 @@ def canonical_key(value: Any, dtype: str = "int64") -> str | None:
 def hash_key(view: str, canon: str) -> str:
     """The hash holding one entity's state of one view."""
     return f"{view}|{canon}"
+
+
+def entity_hash(view: str, key: Any, dtype: str) -> str | None:
+    """The hash holding `key`'s state in `view`; None for a key no entity has (null, or not an int or str):
+    applying skips its events, as the offline engine does."""
+    try:
+        c = canonical_key(key, dtype)
+    except ValueError:
+        return None
+    return None if c is None else hash_key(view, c)
 
 
 def meta_key(view: str) -> str:
@@ -182,6 +192,14 @@ class ViewPlan:
         if not self.sigs or max_ts is None:
             return None
         return max_ts - self.retention
+
+
+def meta_fields(plan: "ViewPlan", max_ts: int | None, applied: int, too_late: int) -> dict[str, bytes]:
+    """The view's meta hash as every write of applied events leaves it: fingerprint, tile, watermark,
+    lateness, when, and the running counts of events applied and too late."""
+    return {"fp": plan.fingerprint.encode(), "tile": str(plan.tile).encode(), "max_ts": str(max_ts).encode(),
+            "lateness": str(plan.lateness).encode(), "applied_at": str(now_micros()).encode(),
+            "applied": str(applied).encode(), "too_late": str(too_late).encode()}
 
 
 def _finish(fp: FeaturePlan, acc: list) -> Any:
