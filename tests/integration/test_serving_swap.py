@@ -79,3 +79,31 @@ def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(tmp_p
         assert all(s == 200 for s, _ in traffic.all)
     finally:
         p.close()
+
+
+def test_a_serving_process_freezes_its_loaded_models_out_of_the_collector(tmp_path):
+    """`loopstack serve` (server_gc): the collector is tuned before the first load, and each version loaded
+    later (a hot swap) is frozen too, so no collection walks a model's objects."""
+    import gc
+
+    from loopstack.serving.app import create_app
+    from tests.integration.serving_env import Server
+    p = make_project(tmp_path / "proj", n_comments=40)
+    register(p, ConstantModel(0.1))
+    before = gc.get_threshold()
+    srv = Server(create_app(p, config(cache_entries=0), server_gc=True))
+    try:
+        srv.start()
+        assert gc.get_threshold()[0] >= 20_000
+        handle = srv.app.state.fleet.handles["spam"]
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        assert register(p, ConstantModel(0.2)) == 2
+        _wait(lambda: 2 in handle.snapshot.versions)
+        _wait(lambda: gc.get_freeze_count() > frozen)   # the new version's objects were frozen after its load
+        assert srv.predict(body(user="u1")).json()["version"] == 2
+    finally:
+        srv.stop()
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        p.close()

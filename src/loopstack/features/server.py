@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import gc
 import logging
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from loopstack.features.server_models import (ErrorResponse, FreshnessResponse, 
                                               GetOnlineFeaturesResponse, HealthResponse, ReloadResponse, us_to_iso)
 from loopstack.features.server_reads import FeatureReads, error_body, invalid_body
 from loopstack.features.server_reads import dumps as _dumps
+from loopstack.heap import tune_gc
 
 if TYPE_CHECKING:
     from loopstack.project import Project
@@ -232,22 +232,6 @@ class FeatureServerApp(FastAPI):
 
     async def _fastapi(self, scope: dict, receive: Any, send: Any) -> None:
         await super().__call__(scope, receive, send)
-
-
-def tune_gc(gen0_threshold: int = 20_000) -> None:
-    """Garbage-collector settings for a feature-server process (called once at startup).
-
-    A 100-entity read holds a few thousand small lists at once (decoded states, columns, the
-    answer). With the default young-generation threshold (700 more live containers) every such
-    read set off several collections, and the promoted survivors made full collections walk the
-    whole heap: ~35 % of the server's CPU and pauses of 50-150 ms (measured). `gc.freeze` moves
-    everything loaded at startup (app, views, libraries) out of the collector's way; the higher
-    threshold lets a read finish before a collection runs. Reference counting still frees every
-    request's objects at once; only cyclic garbage waits longer."""
-    gc.collect()
-    gc.freeze()
-    g0, g1, g2 = gc.get_threshold()
-    gc.set_threshold(max(g0, gen0_threshold), g1, g2)
 
 
 def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: int = 10_000,

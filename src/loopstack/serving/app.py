@@ -58,8 +58,10 @@ def _uid(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
-    """The model server for `project`; models load in the background once the app starts (see /readyz)."""
+def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) -> FastAPI:
+    """The model server for `project`; models load in the background once the app starts (see /readyz).
+    `server_gc`: tune the garbage collector once the models are loaded (`heap.tune_gc`; for a process that
+    only serves this app: `loopstack serve` sets it)."""
     metrics = ServingMetrics()
     fleet = ModelFleet(project, cfg, metrics)
     service = PredictService(fleet, cfg, metrics)
@@ -80,7 +82,7 @@ def create_app(project: "Project", cfg: ServingConfig) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if cfg.log_predictions:
             service.plog = PredictionLog(project.log, max_queue=cfg.log_queue, spill_path=spill)
-        fleet.start()
+        fleet.start(settle_heap=server_gc)
         yield
         await service.drain(cfg.drain_timeout_s)
         await asyncio.to_thread(fleet.close)

@@ -102,7 +102,7 @@ def serve(project: Path = ProjectOpt,
         p.models.generation(m.name)
     configure_logs(access_log)
     try:
-        uvicorn.run(create_app(p, cfg), host=host, port=port, log_level=log_level, access_log=False,
+        uvicorn.run(create_app(p, cfg, server_gc=True), host=host, port=port, log_level=log_level, access_log=False,
                     timeout_graceful_shutdown=graceful_timeout_s, http=FastLaneProtocol)
     finally:
         p.close()

@@ -26,6 +26,7 @@ from loopstack.serving.policy_store import PolicyStore
 from loopstack.serving.router import TrafficPolicy, policy_from_states
 from loopstack.serving.runtime import RegistryLoader, make_runtime
 from loopstack.serving.vector import VectorBuilder
+from loopstack.heap import freeze_new, tune_gc
 from loopstack.threads import name_os_thread
 
 log = logging.getLogger("loopstack.serving")
@@ -259,12 +260,19 @@ class ModelFleet:
                 h.error = f"{type(exc).__name__}: {exc}"
                 log.error("refreshing model %s failed: %s", h.name, h.error)
 
-    def start(self) -> None:
-        """Start the watcher (its first pass loads every model)."""
+    def start(self, settle_heap: bool = False) -> None:
+        """Start the watcher (its first pass loads every model). `settle_heap` (a process that only serves):
+        `heap.tune_gc` before the first pass (no model is served yet, so its collection delays nobody), then
+        `heap.freeze_new` after every pass that loaded a version, so the collector never walks a model."""
         def run() -> None:
             name_os_thread()
+            if settle_heap:
+                tune_gc()
             while not self._stop.is_set():
+                before = {id(lv) for lv in self.versions()}
                 self.refresh_all()
+                if settle_heap and not {id(lv) for lv in self.versions()} <= before:
+                    freeze_new()
                 self._stop.wait(self.cfg.poll_interval_s)
         self._thread = threading.Thread(target=run, name="model-watcher", daemon=True)
         self._thread.start()
