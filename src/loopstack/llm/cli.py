@@ -100,7 +100,9 @@ def serve(model: str = ModelOpt,
     err_console.print(f"loaded {model} in {time.perf_counter() - t0:.1f}s; serving '{name}' on "
                       f"http://{host}:{port}/v1")
     from loopstack.features.cli_serve import configure_access_log
+    from loopstack.heap import tune_gc
     configure_access_log(access_log)
+    tune_gc()   # the process only serves: the loaded model and libraries leave the collector's view
     uvicorn.run(create_app(llm.engine, llm.tokenizer, name), host=host, port=port, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=10)
 
