@@ -52,3 +52,12 @@ def test_config_shows_env_overrides(tmp_path):
     run("init", str(tmp_path))
     r = run("config", "-p", str(tmp_path), env={"LOOPSTACK_OFFLINE__THREADS": "2"})
     assert r.returncode == 0 and "threads: 2" in r.stdout and "backend: local" in r.stdout
+
+
+def test_usage_errors_print_usage_not_a_traceback(tmp_path):
+    r = run("materialize", "-p", str(tmp_path))          # missing START and END
+    assert r.returncode == 2 and "Missing argument 'start'" in r.stderr and "Traceback" not in r.stderr
+    r = run("materialize", "-1", "5", "-p", str(tmp_path))   # a negative time reads as an option
+    assert r.returncode == 2 and "No such option: -1" in r.stderr and "Traceback" not in r.stderr
+    r = run("features", "serve", "-p", str(tmp_path), "--max-body-mb", "0")   # typer.BadParameter in a command
+    assert r.returncode == 2 and "--max-body-mb must be a positive" in r.stderr and "Traceback" not in r.stderr

@@ -110,8 +110,13 @@ def main() -> None:
         err_console.print("aborted")
         sys.exit(130)
     except Exception as exc:  # click usage errors
-        import click
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _usage_errors()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Usage-error classes: click's, and the click copy newer typer versions vendor (typer._click)."""
+    import click
+    return (click.ClickException,) + ((typer.TyperException,) if hasattr(typer, "TyperException") else ())
