@@ -172,6 +172,18 @@ def _read_times(project: "Project", view: FeatureView, now: int, n_random: int, 
     return sorted(times)
 
 
+def _check_args(sample: int, rel_tol: float, abs_tol: float, n_random_times: int) -> None:
+    """A clear error for a sample or tolerance that cannot check anything (instead of a ValueError later)."""
+    from loopstack.errors import RetrievalError
+    if sample < 1:
+        raise RetrievalError(f"sample must be >= 1 entity per view, got {sample} (a smaller sample checks nothing)")
+    for name, tol in (("rel_tol", rel_tol), ("abs_tol", abs_tol)):
+        if not tol >= 0:
+            raise RetrievalError(f"{name} must be a non-negative number, got {tol}")
+    if n_random_times < 0:
+        raise RetrievalError(f"n_random_times must be >= 0, got {n_random_times}")
+
+
 def check_parity(project: "Project", sample: int = 200, views: Sequence[str] | None = None, seed: int = 0,
                  rel_tol: float = 1e-9, abs_tol: float = 1e-9, times: Sequence[Any] | None = None,
                  n_random_times: int = 3, now: Any = None) -> ParityReport:
@@ -183,6 +195,7 @@ def check_parity(project: "Project", sample: int = 200, views: Sequence[str] | N
     sampled time. Returns a ParityReport; ``report.exit_code`` is 1 on any mismatch.
     """
     import pandas as pd
+    _check_args(sample, rel_tol, abs_tol, n_random_times)
     rng = random.Random(seed)
     now_us = to_us(now) if now is not None else now_micros()
     report = ParityReport()

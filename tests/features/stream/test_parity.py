@@ -128,3 +128,21 @@ def test_cli_materialize_incremental_and_stream(tmp_path):
     res = runner.invoke(app, ["materialize", "yesterday", "2100-01-01", "-p", root])
     assert res.exit_code != 0 and "ISO 8601" in str(res.exception or res.output)
     p.close()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"sample": 0}, "sample must be >= 1"),
+                                             ({"sample": -3}, "sample must be >= 1"),
+                                             ({"rel_tol": -1.0}, "rel_tol must be a non-negative"),
+                                             ({"abs_tol": float("nan")}, "abs_tol must be a non-negative"),
+                                             ({"n_random_times": -1}, "n_random_times must be >= 0")])
+def test_parity_rejects_a_sample_or_tolerance_that_checks_nothing(tmp_path, kwargs, message):
+    from loopstack.errors import RetrievalError
+    p = make_project(tmp_path / "proj")
+    p.log.append("events", in_time_order(gen_events(50, seed=33)))
+    from loopstack.features.materialize import materialize
+    materialize(p, "2000-01-01", "2100-01-01")
+    with pytest.raises(RetrievalError, match=message):   # not a ValueError from random.sample / math.isclose,
+        check_parity(p, **kwargs)                          # nor a green report that checked nothing
+    res = CliRunner().invoke(cli(), ["features", "parity", "-p", str(p.root), "--sample", "0"])
+    assert res.exit_code != 0 and isinstance(res.exception, RetrievalError)
+    p.close()
