@@ -131,6 +131,21 @@ def test_factory_errors(tmp_path):
         open_online_store("redis", url="redis://127.0.0.1:1/0")
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:6379", "http://127.0.0.1:6379/0", "redis://127.0.0.1:abc/0",
+                                 "redis://127.0.0.1:99999/0"])
+def test_a_malformed_redis_url_is_a_config_error(url):
+    with pytest.raises(ConfigError, match=r"is not a Redis URL.*online\.url"):
+        open_online_store("redis", url=url)
+
+
+def test_an_sqlite_path_that_cannot_be_opened_is_a_config_error(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not_a_db.db").write_bytes(b"not a database, just some bytes" * 100)
+    for path in (tmp_path / "a_file" / "online.db", tmp_path, tmp_path / "not_a_db.db"):
+        with pytest.raises(ConfigError, match=r"cannot open the SQLite file .*online\.path"):
+            open_online_store("sqlite", path=path)
+
+
 READER = textwrap.dedent("""
     import json, sys, time
     from loopstack.features.online import open_online_store

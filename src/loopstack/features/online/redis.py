@@ -103,7 +103,11 @@ class RedisOnlineStore(OnlineStore):
         self._spin_s = spin_us / 1e6
         self._h = f"{prefix}:oh:"
         self._p = f"{prefix}:op"
-        self.r = redis.Redis.from_url(url)
+        try:
+            self.r = redis.Redis.from_url(url)
+        except ValueError as exc:   # no redis:// scheme, a port that is not a number, ...
+            raise ConfigError(f"online store: {url!r} is not a Redis URL ({exc}); set `online.url` in "
+                              "loopstack.yaml to e.g. redis://127.0.0.1:6379/0") from None
         self._local = threading.local()
         try:
             self.r.ping()

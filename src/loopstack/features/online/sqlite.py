@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
+from loopstack.errors import ConfigError
 from loopstack.features.online.base import FORKS, OnlineStore, WriteBatch, check_batch
 
 _SCHEMA = """
@@ -78,18 +79,24 @@ class SQLiteOnlineStore(OnlineStore):
         self.populate = populate
         self.cache_kib = int(cache_mb) * 1024
         self.populating: threading.Thread | None = None   # the thread of the last populate_map started
-        if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self.mmap = mmap if self.path != ":memory:" else 0   # (a second connection would be another database)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._sql: dict[tuple[int, int], str] = {}
-        con = self._con()
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                con.execute(stmt)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            con = self._con()
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise ConfigError(f"online store: cannot open the SQLite file {self.path} ({exc}); set "
+                              "`online.path` in loopstack.yaml to a SQLite file (or a new one) in a folder you can "
+                              "write to") from None
 
     def _con(self, mapped: bool = False) -> sqlite3.Connection:
         """This thread's connection; `mapped`: the one that memory-maps the file (for `lookup`)."""
