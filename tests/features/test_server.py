@@ -164,6 +164,15 @@ def test_bad_entities_are_422(client):
     assert "author_id" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("raw", [b'{"features": ["wins:cnt_1h"], "entities": {"author_id": ["\\ud800"]}}',
+                                 b'{"features": ["wins:cnt_1h"], "entity_rows": [{"author_id": "a\\udfff"}]}',
+                                 b'{"features": ["wins:cnt_1h"], "entities": {"author_id": ["\xed\xa0\x80"]}}'])
+def test_an_entity_key_with_a_lone_surrogate_is_422_not_500(client, raw):
+    r = client.post("/get-online-features", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_entities", r.text
+    assert "not valid Unicode" in r.json()["detail"]
+
+
 def test_too_many_rows_are_refused(served_project):
     c = TestClient(create_app(served_project, reload_interval=0, max_rows=3))
     r = post(c, {"features": ["wins:cnt_1h"], "entities": {"author_id": [1, 2, 3, 4]}})

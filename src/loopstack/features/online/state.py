@@ -84,8 +84,20 @@ def canonical_key(value: Any, dtype: str = "int64") -> str | None:
     if isinstance(value, str):
         if dtype in _INT_DTYPES and _INT_RE.match(value):
             return value
+        if not value.isascii() and not _encodable(value):
+            raise ValueError(f"entity key {value!r} is not valid Unicode (it holds a lone surrogate, e.g. from a "
+                             "JSON escape \\ud800); give the key as UTF-8 text")
         return "s:" + value
     return "s:" + str(value) if dtype == "string" else str(value)
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be stored (UTF-8): no lone surrogates, which JSON escapes can carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hash_key(view: str, canon: str) -> str:
