@@ -31,7 +31,7 @@ from loopstack.features.online.service import OnlineFeatures
 from loopstack.features.online.state import meta_key
 from loopstack.features.server_models import (ErrorResponse, FreshnessResponse, GetOnlineFeaturesRequest,
                                               GetOnlineFeaturesResponse, HealthResponse, ReloadResponse, us_to_iso)
-from loopstack.features.server_reads import FeatureReads, error_body, invalid_body
+from loopstack.features.server_reads import FeatureReads, error_body, invalid_body, store_unavailable
 from loopstack.features.server_reads import dumps as _dumps
 from loopstack.heap import tune_gc
 
@@ -298,19 +298,29 @@ def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: in
         return _json({"status": "ok", "views": sorted(state.online.views), "definitions_version": state.version,
                       "uptime_seconds": round(time.monotonic() - state.started, 3)})
 
-    @app.get("/freshness", response_model=FreshnessResponse)
-    async def freshness() -> Response:
+    @app.get("/freshness", response_model=FreshnessResponse, responses={503: {"model": ErrorResponse}})
+    async def freshness(request: Request) -> Response:
         """Per view: newest event applied (watermark), when, and the lag behind now in seconds."""
         times = ("newest_event_ts", "watermark", "exact_from", "applied_at")
-        views = {v: {k: us_to_iso(x) if k in times else x for k, x in f.items()}
-                 for v, f in state.online.freshness().items()}
+        online = state.online
+        try:
+            fresh = online.freshness()
+        except online.store.unavailable as exc:
+            status, body = store_unavailable(exc, request.state.request_id, request.scope.setdefault("state", {}))
+            return Response(body, status_code=status, media_type="application/json")
+        views = {v: {k: us_to_iso(x) if k in times else x for k, x in f.items()} for v, f in fresh.items()}
         return _json({"now": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), "views": views})
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
         """Prometheus text format: requests, latency histogram, errors, freshness lag per view."""
-        lag = [(f'{{view="{v}"}}', f["lag_seconds"]) for v, f in state.online.freshness().items()
-               if f["lag_seconds"] is not None]
+        online = state.online
+        try:   # the request counters matter most while the store is down: serve them without the lag
+            fresh = online.freshness()
+        except online.store.unavailable as exc:
+            log.warning("metrics without freshness lag: the online store cannot be read (%s)", exc)
+            fresh = {}
+        lag = [(f'{{view="{v}"}}', f["lag_seconds"]) for v, f in fresh.items() if f["lag_seconds"] is not None]
         gauges = {"loopstack_feature_freshness_lag_seconds": lag,
                   "loopstack_feature_server_views": [("", len(state.online.views))],
                   "loopstack_feature_server_definitions_version": [("", state.version or 0)]}

@@ -182,7 +182,8 @@ class GetOnlineFeaturesResponse(BaseModel):
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx body: a machine-readable code, a sentence saying what to do, the request id."""
 
-    error: Literal["invalid_request", "unknown_feature", "invalid_entities", "state_mismatch", "internal"]
+    error: Literal["invalid_request", "unknown_feature", "invalid_entities", "payload_too_large", "state_mismatch",
+                   "store_unavailable", "internal"]
     detail: str
     request_id: str | None = None
     unknown_features: list[str] | None = Field(None, description="With unknown_feature: the references.")

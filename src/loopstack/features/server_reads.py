@@ -60,6 +60,13 @@ def error_body(status: int, code: str, detail: str, rid: str | None, st: dict | 
     return status, dumps(body)
 
 
+def store_unavailable(exc: Exception, rid: str | None, st: dict | None) -> tuple[int, bytes]:
+    """The 503 answer when the online store cannot be reached (a state to retry, not a bug)."""
+    return error_body(503, "store_unavailable", f"the online store cannot be read now ({type(exc).__name__}: "
+                      f"{exc}); check that it is up and reachable (`online` in loopstack.yaml), then retry",
+                      rid, st)
+
+
 def invalid_body(errors: Sequence[Mapping[str, Any]], content_type: str | None, rid: str | None,
                  st: dict | None) -> tuple[int, bytes]:
     """The 422 answer for validation errors (FastAPI's ``loc``/``msg``/``type`` shape)."""
@@ -194,6 +201,8 @@ class FeatureReads:
             return error_body(422, "invalid_entities", str(exc), rid, st)
         except StateError as exc:
             return error_body(503, "state_mismatch", str(exc), rid, st)
+        except online.store.unavailable as exc:
+            return store_unavailable(exc, rid, st)
         except Exception as exc:
             log.exception("get-online-features failed (request %s)", rid)
             return error_body(500, "internal", f"{type(exc).__name__}: {exc}", rid, st)

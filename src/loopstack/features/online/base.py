@@ -44,6 +44,7 @@ class OnlineStore(ABC):
     """Hashes of bytes with atomic batched writes and progress marks. Backends: sqlite, redis."""
 
     name: str = "online"
+    unavailable: tuple[type[Exception], ...] = ()   # errors meaning "cannot be reached or used now", not a bug
 
     @abstractmethod
     def read(self, hash_keys: Iterable[str], fields: Iterable[str] | None = None) -> dict[str, dict[str, bytes]]:

@@ -108,6 +108,7 @@ class RedisOnlineStore(OnlineStore):
         except ValueError as exc:   # no redis:// scheme, a port that is not a number, ...
             raise ConfigError(f"online store: {url!r} is not a Redis URL ({exc}); set `online.url` in "
                               "loopstack.yaml to e.g. redis://127.0.0.1:6379/0") from None
+        self.unavailable = (redis.ConnectionError, redis.TimeoutError)   # server down, restarting, too slow
         self._local = threading.local()
         try:
             self.r.ping()

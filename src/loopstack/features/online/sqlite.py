@@ -72,6 +72,7 @@ class SQLiteOnlineStore(OnlineStore):
     fills only as pages are used."""
 
     name = "sqlite"
+    unavailable = (sqlite3.OperationalError,)   # locked past busy_timeout, disk I/O error, file gone
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0, mmap: int = _MMAP_BYTES,
                  populate: bool = True, cache_mb: int = 0) -> None:
