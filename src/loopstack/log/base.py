@@ -191,7 +191,7 @@ class EventLog(ABC):
         """A consumer of `group` assigned `partitions` (default: all). `start` = earliest|latest applies
         to partitions the group never committed. A `PollingConsumer` over this backend's commit store."""
         from loopstack.log.validate import check_topic_name
-        check_topic_name(group)
+        check_topic_name(group, "consumer group")
         self.topic(topic)
         return PollingConsumer(self, topic, group, partitions, start,
                                lambda offs: self._store_commit(topic, group, offs))
@@ -201,7 +201,7 @@ class EventLog(ABC):
         consumer per partition does, at the cost of one commit (the local backend's is a file written with
         two fsyncs)."""
         from loopstack.log.validate import check_topic_name
-        check_topic_name(group)
+        check_topic_name(group, "consumer group")
         for p, off in offsets.items():
             self._check_partition(topic, p)
             if off < 0:

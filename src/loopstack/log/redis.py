@@ -212,7 +212,7 @@ class RedisLog(EventLog):
     def consumer(self, topic: str, group: str, partitions: Sequence[int] | None = None,
                  start: str = "earliest") -> Consumer:
         """A consumer of `group`; also creates the native stream consumer group for redis tools."""
-        check_topic_name(group)
+        check_topic_name(group, "consumer group")
         n = self.topic(topic).partitions
         committed = self.committed(topic, group)
         for p in (range(n) if partitions is None else partitions):

@@ -311,12 +311,13 @@ _dumps = orjson.dumps
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def check_topic_name(name: str) -> str:
-    """Topic names: letters, digits, ``. _ -``; not starting with ``_`` or ``.``."""
+def check_topic_name(name: str, kind: str = "topic") -> str:
+    """Topic (and consumer group: `kind`) names: letters, digits, ``. _ -``; not starting with ``_`` or ``.``."""
     import re
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name) or ".." in name:
-        raise LogError(f"topic name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
-                       "starting with a letter or digit (e.g. 'events' or 'clicks.v2')")
+        example = "'loopstack-stream' or 'scorer.v2'" if kind == "consumer group" else "'events' or 'clicks.v2'"
+        raise LogError(f"{kind} name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
+                       f"starting with a letter or digit (e.g. {example})")
     return name
 
 

@@ -139,3 +139,15 @@ def test_rejects_batch_views_and_unknown_views(tmp_path):
         StreamProcessor(p, views=["fv"])
     assert set(StreamProcessor(p).views) == {"wins", "plain"}
     p.close()
+
+
+@pytest.mark.parametrize("group", ["", "my group", ".hidden"])
+def test_a_bad_consumer_group_is_named_as_a_group_not_a_topic(tmp_path, group):
+    from loopstack.errors import LogError
+    p = make_project(tmp_path / "proj")
+    p.log.append("events", in_time_order(gen_events(20, seed=41)))
+    with pytest.raises(LogError, match=f"consumer group name {group!r} is invalid") as info:   # `stream --group`
+        drain(p, group=group)
+    assert "topic" not in str(info.value)
+    assert p.online_store.progress("stream:") == {}   # refused before anything was applied
+    p.close()
