@@ -116,7 +116,7 @@ class Project:
 
     def get_online_features(self, features: Sequence[str], entity_rows: Sequence[dict], as_of: Any = None,
                             full_feature_names: bool = False):  # -> OnlineResponse
-        """Online features for entity rows as of `as_of` (µs or datetime; default now)."""
+        """Online features for entity rows as of `as_of` (µs, datetime or ISO 8601 text; default now)."""
         return self.online.get_online_features(features, entity_rows, as_of, full_feature_names)
 
     @property

@@ -93,6 +93,32 @@ def test_as_of_default_now_and_datetime(online):
         "comments"] == 2
 
 
+def test_as_of_as_iso_text_or_a_date_reads_as_that_time(online):
+    iso = datetime.fromtimestamp((T0 + 10 * S) / 1e6, tz=timezone.utc).isoformat()
+    want = online.get_online_features(["author_stats:spam"], [{"author_id": 1}], as_of=T0 + 10 * S)
+    got = online.get_online_features(["author_stats:spam"], [{"author_id": 1}], as_of=iso)
+    assert got.rows == want.rows and got.event_timestamps == want.event_timestamps
+    day = datetime.fromtimestamp(T0 / 1e6, tz=timezone.utc).date()
+    cols = online.get_online_columns(["author_stats:spam"], {"author_id": [1]}, as_of=day)   # midnight UTC
+    assert cols.values == [[0]] and cols.found == [True]
+    with pytest.raises(RetrievalError, match="not ISO 8601"):
+        online.get_online_features(["author_stats:spam"], [{"author_id": 1}], as_of="yesterday")
+    with pytest.raises(RetrievalError, match="is not a time"):
+        online.get_online_features(["author_stats:spam"], [{"author_id": 1}], as_of=[T0])
+
+
+def test_misshapen_arguments_say_what_shape_is_expected(online):
+    with pytest.raises(FeatureReferenceError, match=r"got the string 'author_stats:spam': write \['author_stats"):
+        online.get_online_features("author_stats:spam", [{"author_id": 1}])
+    with pytest.raises(RetrievalError, match="got one mapping"):
+        online.get_online_features(["author_stats:spam"], {"author_id": 1})
+    with pytest.raises(RetrievalError, match=r"entity row 1 is 2 \(int\), not a mapping"):
+        online.get_online_features(["author_stats:spam"], [{"author_id": 1}, 2])
+    for entities in ({"author_id": "12"}, {"author_id": 12}):   # a str is not 2 rows "1", "2"
+        with pytest.raises(RetrievalError, match="a list of values"):
+            online.get_online_columns(["author_stats:spam"], entities)
+
+
 def test_freshness_and_progress(online, store):
     before = now_micros()
     fresh = online.freshness()

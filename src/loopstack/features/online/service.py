@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import difflib
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 from loopstack.errors import FeatureReferenceError, RetrievalError
@@ -30,7 +30,7 @@ from loopstack.features.online.reading import read_entity, read_plain_columns
 from loopstack.features.online.state import (LATEST, LATEST_VERSIONS, StateError, ViewPlan, apply_entity,
                                              canonical_key, decode_many, entity_hash, meta_fields, meta_key)
 from loopstack.features.retrieval import resolve
-from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros
+from loopstack.timeutil import ensure_utc, now_micros, parse_duration, to_micros, to_us
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,25 @@ def _collision(clash: Any) -> FeatureReferenceError:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _micros(as_of: int | datetime) -> int:
-    return to_micros(ensure_utc(as_of) - _EPOCH) if isinstance(as_of, datetime) else int(as_of)
+def _micros(as_of: Any) -> int:
+    """A read time as µs: int µs, a datetime (naive = UTC), or ISO 8601 text / a date (as `to_us` reads them)."""
+    if isinstance(as_of, datetime):
+        return to_micros(ensure_utc(as_of) - _EPOCH)
+    if isinstance(as_of, (str, date)):
+        return to_us(as_of)
+    try:
+        return int(as_of)
+    except (TypeError, ValueError):
+        raise RetrievalError(f"as_of {as_of!r} ({type(as_of).__name__}) is not a time: give µs since the epoch, "
+                             "a datetime (naive = UTC) or ISO 8601 text") from None
+
+
+def _refs(features: Sequence[str]) -> tuple[str, ...]:
+    """The references as a tuple (the read plan's cache key); one bare string is a mistake, not a list of letters."""
+    if isinstance(features, str):
+        raise FeatureReferenceError(f"features must be a list of 'view:feature' references, got the string "
+                                    f"{features!r}: write [{features!r}]")
+    return tuple(features)
 
 
 class OnlineFeatures:
@@ -248,8 +265,9 @@ class OnlineFeatures:
         return names, reads
 
     def get_online_features(self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]],
-                            as_of: int | None = None, full_feature_names: bool = False) -> OnlineResponse:
-        """Features ("view:feature") for each entity row, as of `as_of` µs (default now).
+                            as_of: int | datetime | str | None = None, full_feature_names: bool = False
+                            ) -> OnlineResponse:
+        """Features ("view:feature") for each entity row, as of `as_of` (µs, datetime or ISO text; default now).
 
         Unknown features raise FeatureReferenceError naming them (with close matches); unknown
         entities give ``found=False`` and the values of an empty history: None for plain fields, an
@@ -257,11 +275,18 @@ class OnlineFeatures:
         keep their entity columns, then the features in request order (named `feature`, or
         `view__feature` with full_feature_names).
         """
-        names, reads = self._read_plan(tuple(features), full_feature_names)
+        names, reads = self._read_plan(_refs(features), full_feature_names)
         t = time.time_ns() // 1000 if as_of is None else _micros(as_of)   # = now_micros(), 10x cheaper
         blank = dict.fromkeys(names)
-        for r in entity_rows:
-            clash = blank.keys() & r.keys()
+        if isinstance(entity_rows, Mapping):
+            raise RetrievalError(f"entity_rows must be a list of rows ({{join_key: value}}), got one mapping "
+                                 f"{dict(entity_rows)!r}: wrap it in a list (or use get_online_columns)")
+        for i, r in enumerate(entity_rows):
+            try:
+                clash = blank.keys() & r.keys()
+            except AttributeError:
+                raise RetrievalError(f"entity row {i} is {r!r} ({type(r).__name__}), not a mapping "
+                                     "{join_key: value}") from None
             if clash:
                 raise _collision(clash)
         cols = self._read_columns(names, reads, t, len(entity_rows),
@@ -272,11 +297,16 @@ class OnlineFeatures:
         return OnlineResponse(names, rows, stamps, cols.found)
 
     def get_online_columns(self, features: Sequence[str], entities: Mapping[str, Sequence[Any]],
-                           as_of: int | None = None, full_feature_names: bool = False) -> OnlineColumns:
+                           as_of: int | datetime | str | None = None, full_feature_names: bool = False
+                           ) -> OnlineColumns:
         """`get_online_features` for columnar entities (join key -> values, one per row): the same
         values, timestamps, found flags and errors, without building a dict per row."""
-        names, reads = self._read_plan(tuple(features), full_feature_names)
+        names, reads = self._read_plan(_refs(features), full_feature_names)
         t = time.time_ns() // 1000 if as_of is None else _micros(as_of)   # = now_micros(), 10x cheaper
+        bad = {k: v for k, v in entities.items() if isinstance(v, (str, bytes)) or not hasattr(v, "__len__")}
+        if bad:
+            raise RetrievalError(f"entities maps each join key to a list of values (one per row), got {bad!r}: "
+                                 "write e.g. {'author_id': [1, 2]}")
         lengths = {k: len(v) for k, v in entities.items()}
         if len(set(lengths.values())) > 1:
             raise RetrievalError(f"every entity column must have the same length; got {lengths}")
