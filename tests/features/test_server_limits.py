@@ -44,3 +44,10 @@ def test_a_body_over_the_limit_gets_413_and_the_server_goes_on(small):
 def test_features_serve_refuses_a_body_limit_that_is_not_positive(tmp_path):
     out = CliRunner().invoke(cli, ["features", "serve", "-p", str(tmp_path), "--max-body-mb", "0"])
     assert out.exit_code == 2 and "--max-body-mb must be a positive number of MiB" in out.output
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0"])
+def test_features_serve_refuses_a_port_out_of_range(tmp_path, port):
+    # 99999 used to bind 99999 % 65536 = 34463 while the log said 99999
+    out = CliRunner().invoke(cli, ["features", "serve", "-p", str(tmp_path), "--port", port])
+    assert out.exit_code == 2 and "Invalid value for '--port'" in out.output, out.output

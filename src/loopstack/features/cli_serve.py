@@ -52,7 +52,7 @@ def configure_access_log(enabled: bool = True) -> None:
 def serve(project: Path = ProjectOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; the server has "
                                                      "no authentication)."),
-          port: int = typer.Option(6566, help="TCP port (Feast's default)."),
+          port: int = typer.Option(6566, min=1, max=65535, help="TCP port (Feast's default)."),
           workers: int = typer.Option(1, min=1, help="Worker processes (each loads the views and keeps its own "
                                                      "metrics)."),
           reload_interval: float = typer.Option(5.0, help="Seconds between checks for `loopstack apply` changes "
