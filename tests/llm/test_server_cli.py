@@ -176,3 +176,12 @@ def test_loopstack_llm_serve_process_with_openai_client(real_model_path, tmp_pat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("port", ["99999", "0"])
+def test_llm_serve_refuses_a_port_out_of_range_before_loading(monkeypatch, port):
+    def no_load(*a, **k):   # the port is checked first: no model is loaded for a command that cannot bind
+        raise AssertionError("loaded a model")
+    monkeypatch.setattr(llm_cli, "_load", no_load)
+    out = CliRunner().invoke(app, ["llm", "serve", "--port", port])
+    assert out.exit_code == 2 and "Invalid value for '--port'" in out.output, out.output

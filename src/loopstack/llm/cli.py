@@ -74,7 +74,7 @@ def _load(model: str, kw: dict[str, Any]) -> Any:
 @app.command()
 def serve(model: str = ModelOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default: no authentication)."),
-          port: int = typer.Option(8000, help="TCP port."),
+          port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
           served_model_name: Optional[str] = typer.Option(None, help="Model id clients send (default: --model, "
                                                                      "or the file's stem for a path)."),
           kv_cache_mb: Optional[float] = KvOpt, num_kv_blocks: Optional[int] = BlocksOpt,
