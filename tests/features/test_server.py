@@ -173,6 +173,15 @@ def test_an_entity_key_with_a_lone_surrogate_is_422_not_500(client, raw):
     assert "not valid Unicode" in r.json()["detail"]
 
 
+def test_unknown_paths_and_methods_answer_in_the_error_shape(client):
+    r = client.get("/no-such-path", headers={"x-request-id": "rid-404"})
+    assert r.status_code == 404
+    assert r.json() == {"error": "not_found", "detail": "Not Found: GET /no-such-path", "request_id": "rid-404"}
+    r = client.get("/get-online-features")
+    assert r.status_code == 405 and r.json()["error"] == "invalid_request" and "allow" in r.headers
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
 def test_too_many_rows_are_refused(served_project):
     c = TestClient(create_app(served_project, reload_interval=0, max_rows=3))
     r = post(c, {"features": ["wins:cnt_1h"], "entities": {"author_id": [1, 2, 3, 4]}})

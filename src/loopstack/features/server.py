@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopstack.asgi import MAX_BODY_BYTES, AccessMiddleware, lane_scope
 from loopstack.features.online.service import OnlineFeatures
@@ -277,6 +278,14 @@ def create_app(project: "Project", *, reload_interval: float = 5.0, max_rows: in
         status, body = invalid_body(exc.errors(), request.headers.get("content-type"), request.state.request_id,
                                     request.scope.setdefault("state", {}))
         return Response(body, status_code=status, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown paths and methods answer in the documented error shape too, not FastAPI's {"detail"}."""
+        code = "not_found" if exc.status_code == 404 else "invalid_request"
+        status, body = error_body(exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}",
+                                  getattr(request.state, "request_id", None), request.scope.setdefault("state", {}))
+        return Response(body, status_code=status, media_type="application/json", headers=getattr(exc, "headers", None))
 
     @app.post("/get-online-features", response_model=GetOnlineFeaturesResponse, responses=errors,
               summary="Online feature values for entities", openapi_extra=_REQUEST_BODY)
