@@ -99,3 +99,17 @@ def test_postgres_metadata_and_redis_log_by_configuration(tmp_path, meta_url, re
     q = pd.DataFrame({"author_id": [1], "event_timestamp": [T0 + timedelta(seconds=1)]})
     assert p.get_historical_features(q, ["author_stats:spam_7d"]).spam_7d.tolist() == [1]
     p.close()
+
+
+def test_a_metadata_path_whose_folder_cannot_be_made_is_a_config_error(tmp_path, monkeypatch):
+    from loopstack.errors import ConfigError
+    root = tmp_path / "p"
+    Project.init(root, name="p").close()
+    (tmp_path / "plain-file").write_text("x")
+    monkeypatch.setenv("LOOPSTACK_METADATA__PATH", str(tmp_path / "plain-file" / "sub" / "meta.db"))
+    p = Project(root)
+    try:
+        with pytest.raises(ConfigError, match="metadata.path"):
+            _ = p.meta
+    finally:
+        p.close()

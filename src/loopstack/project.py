@@ -55,7 +55,12 @@ class Project:
     def meta(self) -> MetadataStore:
         url = self.config.metadata_url(self.root)
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url[len("sqlite:///"):]).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"metadata store: cannot create the folder {folder} ({exc.strerror}); set "
+                                  "`metadata.path` in loopstack.yaml to a file in a folder you can write to") from None
         return MetadataStore(url)
 
     @cached_property
