@@ -29,3 +29,12 @@ def test_native_group_ids_and_round_trips(redis_url):
     assert log.committed("ev", "tools")[0] == pos
     assert log.groups("ev") == ["tools"]
     log.close()
+
+
+def test_a_malformed_log_url_is_a_config_error_naming_the_key():
+    import pytest
+
+    from loopstack.errors import ConfigError
+    for url in ("notaurl", "redis://127.0.0.1:notaport/0"):
+        with pytest.raises(ConfigError, match="log.url"):
+            RedisLog(url)
