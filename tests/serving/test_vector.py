@@ -88,6 +88,16 @@ def test_coerce_checks_types_against_the_signature():
             coerce(value, dtype, "field 'x'")
 
 
+
+def test_coerce_refuses_numbers_the_input_type_cannot_hold():
+    """Overflow or infinity would fail the whole batch (or the request with a 500): a 422 names the input."""
+    for value, dtype in ((10**400, "float64"), (float("inf"), "float64"), (float("-inf"), "int64"),
+                         (2**70, "int64"), (300, "uint8"), (-1, "uint8")):
+        with pytest.raises(InputError, match=f"field 'x' must be a finite number that {dtype} can hold"):
+            coerce(value, dtype, "field 'x'")
+    assert np.isnan(coerce(float("nan"), "float64", "x"))   # a missing value, as null is
+    assert coerce(2**62, "int64", "x") == 2**62 and coerce(10**300, "float64", "x") == 1e300
+
 def test_frame_has_the_signature_dtypes_and_missing_ints_become_nan():
     s = sig({"a": "float64", "b": "int64", "c": "object"})
     df = frame(s, [[1, 2, "x"], [None, 3, "y"]])

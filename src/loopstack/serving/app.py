@@ -58,6 +58,18 @@ def _uid(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+def _validation_text(errors: list[dict]) -> str:
+    """The 422 detail of pydantic's errors; a non-finite number is named once (not as every type of the union
+    it failed), with what to send instead."""
+    finite = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "finite_number" and e["loc"][-1:] == ["float"]}
+    shown = [e for e in errors if tuple(e["loc"][:-1]) not in finite or e["type"] == "finite_number"]
+    text = "; ".join(f"{'.'.join(e['loc'][:-1] if tuple(e['loc'][:-1]) in finite else e['loc'])}: {e['msg']}"
+                     for e in shown)
+    if any(e["type"] == "finite_number" for e in errors):
+        text += " (JSON has no NaN or Infinity: send null for a missing value)"
+    return text
+
+
 def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) -> FastAPI:
     """The model server for `project`; models load in the background once the app starts (see /readyz).
     `server_gc`: tune the garbage collector once the models are loaded (`heap.tune_gc`; for a process that
@@ -110,7 +122,7 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
         if any(e["type"] == "json_invalid" for e in errors):
             return error_response(request, 400, "invalid_json", "the body is not valid JSON: " + "; ".join(
                 f"{e['msg']} at {'.'.join(e['loc'][1:]) or 'start'}" for e in errors if e["type"] == "json_invalid"))
-        text = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        text = _validation_text(errors)
         if "json" not in request.headers.get("content-type", ""):
             text += " (send the body as JSON with the header content-type: application/json)"
         return error_response(request, 422, "invalid_request", f"malformed request: {text}", errors=errors)

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr,
+                      model_validator)
 
 EntityValue = StrictInt | StrictStr
-Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
+# a finite float: JSON has no NaN or Infinity (orjson refuses them; Python's json reads them), and one such value
+# would make the model fail the whole batch it shares with other requests
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
+Scalar = StrictStr | StrictInt | FiniteFloat | StrictBool | None
 UserId = StrictStr | StrictInt
 
 _ENTITIES = "Entity keys: join key -> value (int or string), e.g. {\"author_id\": 42}."
@@ -28,7 +32,7 @@ class PredictRequest(BaseModel):
     entities: dict[str, EntityValue] = Field(default_factory=dict, description=_ENTITIES)
     fields: dict[str, Scalar] = Field(default_factory=dict, description=_FIELDS)
     user_id: UserId | None = Field(None, description=_USER)
-    deadline_ms: float | None = Field(None, gt=0, le=600_000, description=_DEADLINE)
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, description=_DEADLINE)
 
 
 class Instance(BaseModel):
@@ -56,7 +60,7 @@ class PredictBatchRequest(BaseModel):
                                             description="With `columns`: one list of values per row, in column "
                                                         "order (at most --max-instances rows).")
     user_id: UserId | None = Field(None, description=_USER)
-    deadline_ms: float | None = Field(None, gt=0, le=600_000, description=_DEADLINE)
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, description=_DEADLINE)
 
     @model_validator(mode="after")
     def _one_form(self) -> "PredictBatchRequest":

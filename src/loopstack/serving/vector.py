@@ -10,7 +10,9 @@ the same vectors as a float64 array, once the first batch scored identically bot
 """
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import warnings
 import weakref
 from datetime import datetime, timezone
@@ -28,6 +30,7 @@ from loopstack.serving.errors import ServingError
 from loopstack.signature import Signature
 
 _FLOAT = frozenset((float,))
+_FLOAT_MAX = sys.float_info.max
 TIMESTAMP_COLUMN = "event_timestamp"   # what training's entity frames call the row time (on-demand may read it)
 
 
@@ -52,6 +55,26 @@ def _kind(dtype: str) -> str:
     return "any"
 
 
+@functools.lru_cache(maxsize=64)
+def _int_range(dtype: str) -> tuple[int, int]:
+    """The smallest and largest value of an integer dtype (int64's when numpy does not know the name)."""
+    try:
+        info = np.iinfo(np.dtype(dtype.lower()))
+    except TypeError:
+        info = np.iinfo(np.int64)
+    return int(info.min), int(info.max)
+
+
+def _fits(value: int, kind: str, dtype: str) -> bool:
+    """Whether the integer `value` converts to the model input's type without overflowing."""
+    if kind == "float":
+        return abs(value) <= _FLOAT_MAX
+    if kind == "int":
+        lo, hi = _int_range(dtype)
+        return lo <= value <= hi
+    return True
+
+
 def coerce(value: Any, dtype: str, what: str) -> Any:
     """`value` as the Python type of `dtype` (None stays None); InputError saying what was expected."""
     if value is None:
@@ -62,6 +85,11 @@ def coerce(value: Any, dtype: str, what: str) -> Any:
             value = value.item()
         if not isinstance(value, (int, float, bool)):
             raise InputError(f"{what} must be a number (the model's input is {dtype}), got {value!r}")
+        if isinstance(value, float) and math.isinf(value) or not isinstance(value, bool) and \
+                isinstance(value, int) and not _fits(value, kind, dtype):
+            got = str(value) if isinstance(value, float) or abs(value) < 10**24 \
+                else f"an integer of about 10^{int(value.bit_length() * 0.30103)}"
+            raise InputError(f"{what} must be a finite number that {dtype} can hold, got {got}")
         if kind == "int" and isinstance(value, float) and not value.is_integer():
             raise InputError(f"{what} must be a whole number (the model's input is {dtype}), got {value!r}")
         return bool(value) if kind == "bool" else (int(value) if kind == "int" else float(value))
