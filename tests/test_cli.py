@@ -61,3 +61,24 @@ def test_usage_errors_print_usage_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "No such option: -1" in r.stderr and "Traceback" not in r.stderr
     r = run("features", "serve", "-p", str(tmp_path), "--max-body-mb", "0")   # typer.BadParameter in a command
     assert r.returncode == 2 and "--max-body-mb must be a positive" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_are_click_messages_not_tracebacks(tmp_path):
+    """typer raises its own (vendored) click's exceptions: each is still a usage message and exit 2."""
+    for args, words in ((["serve", "-p", str(tmp_path)], "Missing option '--model'"),
+                        (["serve", "-p", str(tmp_path), "-m", "spam", "--max-batch-size", "abc"], "--max-batch-size"),
+                        (["serve", "-p", str(tmp_path), "-m", "spam", "--max-body-mb", "0"], "--max-body-mb"),
+                        (["models", "traffic", "spam", "-p", str(tmp_path), "--canary-percent", "x"],
+                         "--canary-percent")):
+        r = run(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert words in r.stderr and "Usage:" in r.stderr, (args, r.stderr)
+
+
+def test_serve_refuses_bad_port_log_level_and_grace_before_loading(tmp_path):
+    for args, words in ((["--port", "99999"], "--port"), (["--port", "-1"], "--port"),
+                        (["--graceful-timeout-s", "-1"], "--graceful-timeout-s"),
+                        (["--log-level", "loud"], "--log-level 'loud' is not a log level: use one of critical")):
+        r = run("serve", "-p", str(tmp_path), "-m", "spam", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert words in r.stderr, (args, r.stderr)

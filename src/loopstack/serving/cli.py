@@ -20,6 +20,7 @@ from loopstack.serving.errors import ServingConfigError
 console = Console()
 err_console = Console(stderr=True)
 ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")   # uvicorn's
 
 
 class _JsonFormatter(logging.Formatter):
@@ -59,7 +60,7 @@ def serve(project: Path = ProjectOpt,
           model: list[str] = typer.Option(..., "--model", "-m", help="Model to serve: NAME or NAME@ALIAS "
                                                                      "(repeatable)."),
           host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default: no authentication)."),
-          port: int = typer.Option(8000, help="TCP port."),
+          port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
           runtime: str = typer.Option("thread", help="thread (model in this process) or process (a supervised "
                                                      "worker process per version)."),
           max_batch_size: int = typer.Option(32, help="Largest batch sent to the model (1: no batching)."),
@@ -77,9 +78,9 @@ def serve(project: Path = ProjectOpt,
           log_predictions: bool = typer.Option(True, help="Write the prediction log (topic 'predictions')."),
           poll_interval_s: float = typer.Option(1.0, help="Seconds between registry/traffic-settings checks."),
           access_log: bool = typer.Option(True, help="JSON-lines access log on stdout."),
-          graceful_timeout_s: float = typer.Option(30.0, help="On shutdown, wait this long for in-flight "
-                                                             "requests."),
-          log_level: str = typer.Option("warning", help="uvicorn log level.")) -> None:
+          graceful_timeout_s: float = typer.Option(30.0, min=0, help="On shutdown, wait this long for in-flight "
+                                                                    "requests."),
+          log_level: str = typer.Option("warning", help=f"uvicorn log level: {'|'.join(LOG_LEVELS)}.")) -> None:
     """Serve registered models over HTTP: POST /v1/models/NAME:predict, /metrics, /healthz, /readyz, /docs."""
     import uvicorn
 
@@ -89,6 +90,8 @@ def serve(project: Path = ProjectOpt,
     from loopstack.serving.app import create_app
     from loopstack.serving.batcher import BatchConfig
     from loopstack.serving.config import ModelSpec, ServingConfig
+    if log_level.lower() not in LOG_LEVELS:
+        raise ServingConfigError(f"--log-level {log_level!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
     cfg = ServingConfig(
         models=tuple(ModelSpec.parse(m) for m in model), runtime=runtime,
         batch=BatchConfig(max_batch_size, max_latency_ms, _sizes(preferred_batch_sizes), max_queue),
