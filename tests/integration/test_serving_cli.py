@@ -18,6 +18,7 @@ from tests.integration.serving_env import ConstantModel, SlowModel, body, make_p
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"   # this checkout's loopstack, and its tests
 
 
 @pytest.mark.slow
@@ -26,7 +27,7 @@ def test_serve_cli_answers_logs_json_and_drains_on_sigterm(tmp_path):
     register(p, SlowModel(ConstantModel(0.4), delay=1.5))
     p.close()
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     proc = subprocess.Popen([sys.executable, "-m", "loopstack", "serve", "-p", str(tmp_path / "proj"), "--model",
                              "spam", "--port", str(port), "--max-latency-ms", "20", "--deadline-ms", "20000",
                              "--model-budget-ms", "20000"], env=env,
@@ -79,5 +80,19 @@ def test_serve_cli_refuses_an_unknown_model_before_binding(tmp_path):
     p.close()
     r = subprocess.run([sys.executable, "-m", "loopstack", "serve", "-p", str(tmp_path / "proj"), "--model", "nope",
                         "--port", str(free_port())], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert r.returncode == 2 and "no model named 'nope'" in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_cli_refuses_an_unknown_or_invalid_alias_before_binding(tmp_path):
+    """`--model spam@nope` used to bind and answer 503 forever, logging the missing alias every second."""
+    p = make_project(tmp_path / "proj", n_comments=10)
+    register(p, ConstantModel(0.4))
+    p.close()
+    for spec, words in (("spam@nope", "model 'spam' has no alias 'nope' (aliases: @production)"),
+                        ("spam@1", "invalid alias '1'")):
+        r = subprocess.run([sys.executable, "-m", "loopstack", "serve", "-p", str(tmp_path / "proj"), "--model",
+                            spec, "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": PYTHONPATH, "COLUMNS": "200"})
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (spec, r.stderr)

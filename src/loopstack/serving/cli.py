@@ -101,8 +101,10 @@ def serve(project: Path = ProjectOpt,
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] binding {host}: the model server has no authentication")
     p = Project(project)
-    for m in cfg.models:   # fail before binding when a model is unknown
+    for m in cfg.models:   # fail before binding when a model or its alias is unknown
         p.models.generation(m.name)
+        if m.alias != "production":
+            p.models.resolve(f"models:/{m.name}@{m.alias}")
     configure_logs(access_log)
     try:
         uvicorn.run(create_app(p, cfg, server_gc=True), host=host, port=port, log_level=log_level, access_log=False,

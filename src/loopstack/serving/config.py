@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loopstack.asgi import MAX_BODY_BYTES
+from loopstack.registry.errors import ModelReferenceError
+from loopstack.registry.refs import validate_alias
 from loopstack.serving.batcher import BatchConfig
 from loopstack.serving.errors import ServingConfigError
 
@@ -28,6 +30,11 @@ class ModelSpec:
         if not name or "/" in name:
             raise ServingConfigError(f"--model {text!r}: give a registered model name, optionally with an alias, "
                                      "e.g. spam or spam@production")
+        if alias:
+            try:
+                validate_alias(alias)
+            except ModelReferenceError as exc:
+                raise ServingConfigError(f"--model {text!r}: {exc}") from None
         return cls(name, alias or "production")
 
 
