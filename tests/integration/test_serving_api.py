@@ -154,6 +154,21 @@ def test_unknown_model_and_batch_limits(env):
     assert srv.client.get("/v1/nothing").status_code == 404
 
 
+
+@pytest.mark.parametrize("method,path,allow", [("GET", "/v1/models/spam:predict", "POST"),
+                                               ("GET", "/v1/models/spam:predict_batch", "POST"),
+                                               ("PUT", "/v1/models/spam:predict", "POST"),
+                                               ("POST", "/v1/models/spam:predictt", "GET")])
+def test_a_wrong_method_is_a_405_that_says_which_one(env, method, path, allow):
+    """A GET of a prediction path was a 404 "model 'spam:predict' is not served here"."""
+    _, srv = env
+    r = srv.client.request(method, path, json=body())
+    assert r.status_code == 405 and r.headers["allow"] == allow, r.text
+    detail = r.json()["detail"]
+    assert f"{method} is not allowed on {path} (allowed: {allow})" in detail
+    assert "POST /v1/models/NAME:predict" in detail
+
+
 def test_result_cache_hits_for_the_same_inputs(env):
     _, srv = env
     b = body(author=7, text="same text", n_urls=1)

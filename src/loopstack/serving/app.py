@@ -130,7 +130,12 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
-        return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers, detail = getattr(exc, "headers", None), str(exc.detail)
+        if exc.status_code == 405:
+            allowed = (headers or {}).get("Allow") or (headers or {}).get("allow") or "another method"
+            detail = (f"{request.method} is not allowed on {request.url.path} (allowed: {allowed}); predictions are "
+                      "POST /v1/models/NAME:predict or POST /v1/models/NAME:predict_batch")
+        return error_response(request, exc.status_code, code, detail, headers=headers)
 
     def serving_error(st: dict, exc: ServingError) -> Reply:
         status, code = next((s, c) for cls, s, c in _ERRORS if isinstance(exc, cls))
@@ -298,6 +303,8 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
     @app.get("/v1/models/{name}", response_model=ModelStatus, responses={404: {"model": ErrorResponse}},
              summary="One model: policy, loaded versions, breakers, refused versions")
     async def show_model(name: str) -> Response:
+        if name.rpartition(":")[2] in ("predict", "predict_batch"):   # GET on a prediction route
+            raise StarletteHTTPException(405, headers={"Allow": "POST"})
         return json_response(status(name))
 
     @app.get("/healthz", response_model=HealthResponse)
