@@ -101,3 +101,19 @@ def test_shadow_gets_a_copy_after_the_answer_and_both_outputs_are_logged(tmp_pat
             assert metric(text, "loopstack_serving_shadow_requests_total", outcome="disagree") >= 4
     finally:
         p.close()
+
+
+def test_readyz_says_why_a_model_cannot_answer(tmp_path):
+    """With no version that can answer, /readyz was 503 with "error": null and no reason."""
+    p = make_project(tmp_path / "proj", n_comments=10)
+    register(p, ConstantModel(0.5), state="shadow")     # a shadow only: nothing answers users
+    with serving(p, config(), ready=False) as srv:
+        srv.wait_for(lambda: srv.app.state.fleet.handles["spam"].snapshot.policy is not None, what="first load")
+        r = srv.client.get("/readyz")
+        assert r.status_code == 503
+        reason = r.json()["models"]["spam"]["reason"]
+        assert "no production, canary or experiment version; promote one" in reason, reason
+        p.models.promote("models:/spam/1", "production", reason="test", override=True)
+        srv.wait_ready(30)
+        assert srv.client.get("/readyz").json()["models"]["spam"]["reason"] is None
+    p.close()

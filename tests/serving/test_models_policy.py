@@ -35,3 +35,18 @@ def test_snapshot_roles():
     snap = Snapshot(p, {}, 1, 1)
     assert snap.roles(3) == ["production"] and snap.roles(4) == ["shadow", "experiment:v4"]
     assert snap.roles(2) == ["fallback"] and Snapshot(None, {}, 0, 0).roles(1) == []
+
+
+def test_not_ready_reason_says_why_a_model_cannot_answer():
+    from loopstack.serving.config import ModelSpec, ServingConfig
+    from loopstack.serving.models import ModelHandle
+    h = ModelHandle(ModelSpec("spam"), None, ServingConfig())
+    assert h.not_ready_reason() == "not loaded yet"
+    h.error = "ModelReferenceError: boom"
+    assert h.not_ready_reason() == "not loaded yet (ModelReferenceError: boom)"
+    h.snapshot = Snapshot(TrafficPolicy("spam", production=None, shadow=2), {2: object()}, 1, 1)
+    assert "no production, canary or experiment version; promote one" in h.not_ready_reason() and not h.ready
+    h.snapshot, h.refused = Snapshot(TrafficPolicy("spam", production=3), {}, 1, 1), {3: "sha256 mismatch"}
+    assert h.not_ready_reason() == "version 3 (production) is not loaded: refused (sha256 mismatch)"
+    h.snapshot = Snapshot(TrafficPolicy("spam", production=3), {3: object()}, 1, 1)
+    assert h.not_ready_reason() is None and h.ready

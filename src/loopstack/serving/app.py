@@ -315,8 +315,8 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
     @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def readyz() -> Response:
         """200 when every configured model has a loaded version that can answer; 503 otherwise."""
-        models = {n: {"ready": h.ready, "versions": sorted(h.snapshot.versions), "error": h.error}
-                  for n, h in fleet.handles.items()}
+        models = {n: {"ready": h.ready, "versions": sorted(h.snapshot.versions), "error": h.error,
+                      "reason": h.not_ready_reason()} for n, h in fleet.handles.items()}
         ready = all(m["ready"] for m in models.values())
         return json_response({"ready": ready, "models": models}, 200 if ready else 503)
 

@@ -142,6 +142,20 @@ class ModelHandle:
         p = self.snapshot.policy
         return p is not None and p.default_route() is not None and p.default_route()[1] in self.snapshot.versions
 
+    def not_ready_reason(self) -> str | None:
+        """Why the model cannot answer (None when it can): what /readyz says."""
+        p, versions = self.snapshot.policy, self.snapshot.versions
+        if p is None:
+            return f"not loaded yet ({self.error})" if self.error else "not loaded yet"
+        route = p.default_route()
+        if route is None:
+            return (f"no production, canary or experiment version; promote one, e.g. `loopstack models promote "
+                    f"models:/{self.name}/<version> production --reason ...`")
+        if route[1] not in versions:
+            why = self.refused.get(route[1])
+            return f"version {route[1]} ({route[0]}) is not loaded" + (f": refused ({why})" if why else "")
+        return None
+
     def refresh(self, store: PolicyStore, revisions: Mapping[str, int] | None = None) -> bool:
         """Apply registry / settings changes; True if the snapshot changed."""
         with self._lock:
