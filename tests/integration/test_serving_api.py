@@ -114,6 +114,11 @@ def test_unknown_entities_still_get_an_answer(env):
 
 @pytest.mark.parametrize("payload,status,code,words", [
     (b'{"entities": {"author_id": 1', 400, "invalid_json", ["not valid JSON"]),
+    (b'{"entities": {"author_id": 1}} x', 400, "invalid_json", ["not valid JSON: Extra data at character 31"]),
+    (b'{"fields": {"text": "\xff"}}', 400, "invalid_json", ["not UTF-8", "send JSON encoded as UTF-8"]),
+    (b'{"fields": {"n_urls": %s}}' % (b"9" * 5000), 400, "invalid_json", ["too many digits"]),
+    (b'{"fields": {"x": %s}}' % (b"[" * 5000 + b"]" * 5000), 400, "invalid_json",
+     ["nests arrays or objects too deeply"]),
     ({"entities": {"author_id": [1]}, "fields": {}}, 422, "invalid_request", ["entities.author_id"]),
     ({"entities": {}, "fields": {"text": "a", "n_urls": 0, "new_account": 0}}, 422, "invalid_input",
      ["missing entity key 'author_id'"]),

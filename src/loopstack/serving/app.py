@@ -70,6 +70,17 @@ def _validation_text(errors: list[dict]) -> str:
     return text
 
 
+def _unreadable(exc: BaseException) -> str:
+    """The 400 detail of a body Python's JSON reader gave up on: what was wrong and what to send."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON encoded as UTF-8"
+    if isinstance(exc, RecursionError):
+        return "the body nests arrays or objects too deeply to read: send a flatter JSON body"
+    if "digits" in str(exc):
+        return "the body has a number with too many digits to read: send numbers a float64 can hold"
+    return f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+
+
 def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) -> FastAPI:
     """The model server for `project`; models load in the background once the app starts (see /readyz).
     `server_gc`: tune the garbage collector once the models are loaded (`heap.tune_gc`; for a process that
@@ -121,7 +132,8 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
                    "type": str(e.get("type", ""))} for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
             return error_response(request, 400, "invalid_json", "the body is not valid JSON: " + "; ".join(
-                f"{e['msg']} at {'.'.join(e['loc'][1:]) or 'start'}" for e in errors if e["type"] == "json_invalid"))
+                f"{(e.get('ctx') or {}).get('error') or e.get('msg')} at character {'.'.join(map(str, e['loc'][1:]))}"
+                for e in exc.errors() if e.get("type") == "json_invalid"))
         text = _validation_text(errors)
         if "json" not in request.headers.get("content-type", ""):
             text += " (send the body as JSON with the header content-type: application/json)"
@@ -131,6 +143,8 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
         headers, detail = getattr(exc, "headers", None), str(exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:   # FastAPI could not read the body
+            return error_response(request, 400, "invalid_json", _unreadable(exc.__cause__), headers=headers)
         if exc.status_code == 405:
             allowed = (headers or {}).get("Allow") or (headers or {}).get("allow") or "another method"
             detail = (f"{request.method} is not allowed on {request.url.path} (allowed: {allowed}); predictions are "
