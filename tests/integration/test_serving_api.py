@@ -174,6 +174,15 @@ def test_a_wrong_method_is_a_405_that_says_which_one(env, method, path, allow):
     assert "POST /v1/models/NAME:predict" in detail
 
 
+
+def test_the_openapi_spec_lists_every_error_the_server_sends(env):
+    """413 payload_too_large was sent but missing from the spec's error codes."""
+    _, srv = env
+    spec = srv.client.get("/openapi.json").json()
+    assert "payload_too_large" in spec["components"]["schemas"]["ErrorResponse"]["properties"]["error"]["enum"]
+    responses = spec["paths"]["/v1/models/{name}:predict"]["post"]["responses"]
+    assert {"405", "413"} <= set(responses)
+
 def test_result_cache_hits_for_the_same_inputs(env):
     _, srv = env
     b = body(author=7, text="same text", n_urls=1)

@@ -119,7 +119,7 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
                   description="Predictions from registered models: online features, dynamic batching, "
                               "shadow/canary/experiment/holdback routing, degradation ladder.")
     app.state.fleet, app.state.service, app.state.metrics = fleet, service, metrics
-    errs = {c: {"model": ErrorResponse} for c in (400, 404, 422, 429, 503, 504)}
+    errs = {c: {"model": ErrorResponse} for c in (400, 404, 405, 413, 422, 429, 503, 504)}
 
     def _model_label(st: dict) -> str:
         """The model label of error metrics: a served model, else "other" (no label per unknown name)."""

@@ -110,8 +110,8 @@ class PredictBatchResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx body: a machine-readable code, a sentence saying what was wrong and what to do."""
-    error: Literal["invalid_json", "invalid_request", "invalid_input", "unknown_model", "overloaded",
-                   "deadline_exceeded", "unavailable", "not_ready", "not_found", "internal"]
+    error: Literal["invalid_json", "invalid_request", "invalid_input", "unknown_model", "payload_too_large",
+                   "overloaded", "deadline_exceeded", "unavailable", "not_ready", "not_found", "internal"]
     detail: str
     request_id: str | None = None
     errors: list[dict[str, Any]] | None = Field(None, description="With invalid_request: each problem.")
