@@ -69,3 +69,38 @@ def test_a_bad_number_does_not_fail_the_requests_batched_with_it(env):
     text = env.client.get("/metrics").text
     assert metric(text, "loopstack_serving_rung_failures_total", model="spam") == 0
     assert metric(text, "loopstack_serving_errors_total", model="spam", error="unavailable") == 0
+
+
+class NoMissing:
+    """A model that raises on a missing value (as many do): a row it cannot score, with a valid request."""
+
+    def __init__(self, model) -> None:
+        self.model, self.classes_ = model, model.classes_
+
+    def predict_proba(self, X):
+        import numpy as np
+        if np.isnan(np.asarray(X, dtype=float)).any():
+            raise ValueError("Input X contains NaN")
+        return self.model.predict_proba(X)
+
+
+def test_a_row_the_model_raises_on_fails_alone_not_the_batch_it_shared(tmp_path):
+    p = make_project(tmp_path / "proj", n_comments=60)
+    register(p, NoMissing(fit_model(0)))
+    cfg = config(cache_entries=0, batch=BatchConfig(max_batch_size=16, max_latency_ms=300.0))
+    results: dict[int, int] = {}
+    try:
+        with serving(p, cfg) as srv:
+            def call(i: int) -> None:   # request 0 sends null (a missing value: NaN for the model)
+                results[i] = httpx.post(srv.url + PREDICT, json=body(author=i, n_urls=i, new_account=None if i == 0
+                                                                        else 1), timeout=30).status_code
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            stats = srv.app.state.fleet.handles["spam"].snapshot.versions[1].batcher.stats()
+        assert results[0] >= 500 and [results[i] for i in range(1, 5)] == [200] * 4, results
+        assert max(stats["batch_sizes"]) == 5   # they did share one batch, which was then split
+    finally:
+        p.close()

@@ -305,3 +305,44 @@ def test_model_seconds_sum_the_time_batches_ran(batchers):
     assert [f.result(T) for f in futs] == [0, 1, 2, 3]
     s = b.stats()
     assert s["batches"] == 2 and 0.2 <= s["model_seconds"] < 0.2 + 0.5
+
+
+class Picky:
+    """Doubles its payloads; raises ValueError on a batch holding a negative one (a row the model cannot score)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list] = []
+
+    def __call__(self, payloads):
+        self.calls.append(list(payloads))
+        if any(p < 0 for p in payloads):
+            raise ValueError(f"cannot score {min(payloads)}")
+        return [p * 2 for p in payloads]
+
+
+def _full_batch(b, payloads):
+    """Submit `payloads` (an int, or a list for a block) so that they fire as one full batch."""
+    async def go():
+        futs = [b.submit_block(p) if isinstance(p, list) else b.submit_future(p) for p in payloads]
+        return await asyncio.gather(*futs, return_exceptions=True)
+    return asyncio.run(go())
+
+
+def test_a_failing_batch_is_split_so_only_the_bad_request_fails(batchers):
+    run = Picky()
+    b = make(batchers, BatchConfig(max_batch_size=7, max_latency_ms=600_000), run,   # 7 rows: fires when full
+             split_on=lambda e: isinstance(e, ValueError))
+    out = _full_batch(b, [1, 2, [3, -4], 5, 6, 7])   # the block [3, -4] is one request: it fails as a whole
+    assert out[:2] == [2, 4] and out[3:] == [10, 12, 14]
+    assert isinstance(out[2], ValueError)
+    assert run.calls[0] == [1, 2, 3, -4, 5, 6, 7] and len(run.calls) <= 1 + 2 * 3   # halves, not one call each
+    s = b.stats()
+    assert s["batches"] == len(run.calls) and s["failed_batches"] == sum(any(p < 0 for p in c) for c in run.calls)
+
+
+def test_without_split_on_or_for_other_errors_the_whole_batch_fails(batchers):
+    for split_on in (None, lambda e: isinstance(e, KeyError)):
+        run = Picky()
+        b = make(batchers, BatchConfig(max_batch_size=3, max_latency_ms=600_000), run, split_on=split_on)
+        out = _full_batch(b, [1, -2, 3])
+        assert all(isinstance(x, ValueError) for x in out) and len(run.calls) == 1

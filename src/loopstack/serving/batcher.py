@@ -116,8 +116,10 @@ class DynamicBatcher:
     """
 
     def __init__(self, cfg: BatchConfig, run_batch: Callable[[list[Any]], list[Any]], name: str = "",
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 split_on: Callable[[BaseException], bool] | None = None):
         self.cfg, self.name, self._run_batch, self._clock = cfg, name, run_batch, clock
+        self._split_on = split_on   # a batch failing with such an error is split in halves (see `_outcomes`)
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0    # payloads waiting (a block counts its rows): what `decide` sees
         self._cv = threading.Condition(threading.Lock())
@@ -253,7 +255,25 @@ class DynamicBatcher:
                 self._in_flight = 0
 
     def _run(self, items: list[_Item]) -> None:
+        _settle(items, self._outcomes(items))
+
+    def _outcomes(self, items: list[_Item]) -> list[tuple[bool, Any]]:
+        """(True, result) or (False, error) per item. A batch of several requests that fails with an error
+        `split_on` accepts (the model raised on some input) is run again in halves, down to single requests,
+        so a request the model cannot score fails alone, not every request batched with it (about 2·log2(n)
+        more model calls for one such request in a batch of n)."""
+        try:
+            return [(True, r) for r in self._call(items)]
+        except BaseException as exc:  # the worker must survive any failure of the model
+            if len(items) > 1 and self._split_on is not None and self._split_on(exc):
+                half = len(items) // 2
+                return self._outcomes(items[:half]) + self._outcomes(items[half:])
+            return [(False, exc)] * len(items)
+
+    def _call(self, items: list[_Item]) -> list:
+        """One run_batch call for `items`: one result per item (a block gets the list of its rows' results)."""
         started = time.perf_counter()
+        failed = True
         try:
             payloads: list = []
             for item in items:
@@ -271,23 +291,18 @@ class DynamicBatcher:
                     per_item.append(results[at:at + item.rows] if item.block else results[at])
                     at += item.rows
                 results = per_item
-        except BaseException as exc:  # the worker must survive any failure of the model
-            failure: BaseException | None = exc
-        else:
-            failure = None
-        elapsed = time.perf_counter() - started
-        with self._cv:   # counted before the callers hear back, so stats() read after an answer include it
-            self._batches += 1
-            size = sum(item.rows for item in items)
-            self._sizes[size] = self._sizes.get(size, 0) + 1
-            self._failed_batches += 0 if failure is None else 1
-            self._model_s += elapsed
-            prev = self._batch_s_ewma
-            self._batch_s_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
-        if failure is None:
-            _settle_all(items, None, results)
-        else:
-            _settle_all(items, failure)
+            failed = False
+            return results
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._cv:   # counted before the callers hear back, so stats() read after an answer include it
+                self._batches += 1
+                size = sum(item.rows for item in items)
+                self._sizes[size] = self._sizes.get(size, 0) + 1
+                self._failed_batches += failed
+                self._model_s += elapsed
+                prev = self._batch_s_ewma
+                self._batch_s_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
 
     # ------------------------------------------------------------------ inspection and shutdown
     def stats(self) -> dict:
@@ -351,33 +366,38 @@ def _start(item: _Item) -> bool:
 
 
 def _settle_all(items: list[_Item], exc: BaseException | None, results: list | None = None) -> None:
-    """Resolve the futures of `items` with `results` (in order), else fail them with `exc`. The futures
-    of an event loop are set on that loop by one callback per loop and batch."""
+    """Resolve the futures of `items` with `results` (in order), else fail them all with `exc`."""
+    _settle(items, [(True, results[i] if results is not None else None) if exc is None else (False, exc)
+                    for i in range(len(items))])
+
+
+def _settle(items: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
+    """Resolve each item's future with its outcome, (True, result) or (False, error). The futures of an event
+    loop are set on that loop by one callback per loop and batch."""
     by_loop: dict[Any, list] = {}
-    for i, item in enumerate(items):
-        value = results[i] if results is not None else None
+    for item, (ok, value) in zip(items, outcomes):
         if item.loop is not None:
-            by_loop.setdefault(item.loop, []).append((item.future, value))
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
             continue
         try:
-            if exc is None:
+            if ok:
                 item.future.set_result(value)
             else:
-                item.future.set_exception(exc)
+                item.future.set_exception(value)
         except concurrent.futures.InvalidStateError:   # its caller cancelled it meanwhile
             pass
-    for loop, pairs in by_loop.items():
+    for loop, triples in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_deliver, pairs, exc)
+            loop.call_soon_threadsafe(_deliver, triples)
         except RuntimeError:   # the loop is closed: nobody waits for these any more
             pass
 
 
-def _deliver(pairs: list, exc: BaseException | None) -> None:
+def _deliver(triples: list) -> None:
     """On the event loop: set every future that is still waiting."""
-    for fut, value in pairs:
+    for fut, ok, value in triples:
         if not fut.done():
-            if exc is None:
+            if ok:
                 fut.set_result(value)
             else:
-                fut.set_exception(exc)
+                fut.set_exception(value)

@@ -24,7 +24,7 @@ from loopstack.serving.errors import ServingError
 from loopstack.serving.ladder import CircuitBreaker
 from loopstack.serving.policy_store import PolicyStore
 from loopstack.serving.router import TrafficPolicy, policy_from_states
-from loopstack.serving.runtime import RegistryLoader, make_runtime
+from loopstack.serving.runtime import ModelError, RegistryLoader, make_runtime
 from loopstack.serving.vector import VectorBuilder
 from loopstack.heap import freeze_new, tune_gc
 from loopstack.threads import name_os_thread
@@ -126,6 +126,11 @@ def without(policy: TrafficPolicy, missing: set[int], keep_production: int | Non
     return dataclasses.replace(policy, notes=notes, **changes)
 
 
+def _model_raised(exc: BaseException) -> bool:
+    """A batch failed because the model raised on its inputs (not a dead worker): split it to find whose."""
+    return isinstance(exc, ModelError)
+
+
 class ModelHandle:
     """One served model: polls the registry and traffic settings, loads versions, hot-swaps them."""
 
@@ -224,7 +229,8 @@ class ModelHandle:
                 return models.load(ref), mv.signature
             runtime = make_runtime("thread", loader, name=f"{self.name}/v{version}")
         runtime.start()
-        batcher = DynamicBatcher(self.cfg.batch, runtime.run_batch, name=f"{self.name}/v{version}")
+        batcher = DynamicBatcher(self.cfg.batch, runtime.run_batch, name=f"{self.name}/v{version}",
+                                 split_on=_model_raised)
         return LoadedVersion(self.name, version, builder, runtime, batcher, CircuitBreaker(**self.cfg.breaker))
 
     def _retire(self, lv: LoadedVersion) -> None:
