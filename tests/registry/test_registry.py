@@ -114,6 +114,9 @@ def test_aliases_set_move_delete_and_audit(reg):
         reg.set_alias("spam", "production", 1)
     with pytest.raises(ModelReferenceError, match="no version 5"):
         reg.set_alias("spam", "champion", 5)
+    assert reg.audit("spam", version=7) == []   # a known model, a version with no entry: an empty log
+    with pytest.raises(ModelReferenceError, match="no model named 'nope'"):
+        reg.audit("nope")
 
 
 def test_promotion_ladder_production_replacement_and_audit(reg):

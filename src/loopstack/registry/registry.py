@@ -183,6 +183,8 @@ class Registry:
             q = q.where(L.c.version == version)
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(L.c.id)).all()
+            if not rows:
+                self.resolve(ModelRef(name, latest=True), conn)   # an unknown model: say so, not an empty log
         return [{**r._mapping, "evidence": loads(r.evidence), "at": utc(r.at)} for r in rows]
 
     # -- changing state ------------------------------------------------------------------------
