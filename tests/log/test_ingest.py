@@ -103,3 +103,30 @@ def test_coerce_cell():
     assert coerce_cell("timestamp", "2024-01-01") == "2024-01-01"
     assert coerce_cell("string", "007") == "007" and coerce_cell(None, "007") == 7
     assert coerce_cell("int64", "") is None and coerce_cell(None, "1e3") == 1000.0
+
+
+def test_byte_order_mark_is_not_part_of_the_first_column(log, topic, tmp_path):
+    """Excel and PowerShell start UTF-8 files with a BOM: the first header / line must still parse."""
+    c = tmp_path / "bom.csv"
+    c.write_bytes(b"\xef\xbb\xbfuser,n\nu1,1\nu2,2\n")
+    j = tmp_path / "bom.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"user": "u3", "n": 3}).encode() + b"\n")
+    assert (ingest_file(log, c, "msgs", progress=False).rejected, ingest_file(log, j, "msgs", progress=False).rejected) \
+        == (0, 0)
+    assert sorted(r.value["user"] for r in log.replay("msgs")) == ["u1", "u2", "u3"]
+    assert "\ufeffuser" not in next(iter(log.replay("msgs"))).value and _dlq(log) == []
+
+
+def test_unreadable_parquet_and_bad_chunk_size_are_errors(log, topic, tmp_path):
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    with pytest.raises(LogError, match="not a readable Parquet file"):
+        ingest_file(log, empty, "msgs", progress=False)
+    (tmp_path / "junk.parquet").write_text("user,n\na,1\n")
+    with pytest.raises(LogError, match="not a readable Parquet file"):
+        ingest_file(log, tmp_path / "junk.parquet", "msgs", progress=False)
+    f = tmp_path / "ok.jsonl"
+    f.write_text(json.dumps({"user": "a", "n": 1}) + "\n")
+    with pytest.raises(LogError, match="chunk_size must be >= 1, got 0"):
+        ingest_file(log, f, "msgs", chunk_size=0, progress=False)
+    assert sum(log.end_offsets("msgs").values()) == 0

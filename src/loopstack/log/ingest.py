@@ -76,7 +76,7 @@ def _jsonl(path: Path, chunk: int, advance: Callable[[int], None]) -> Iterator[t
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             advance(len(raw))
-            line = raw.decode("utf-8", errors="replace").strip()
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8", errors="replace").strip()
             if not line:
                 continue
             try:
@@ -101,7 +101,7 @@ def _csv(path: Path, cfg: TopicConfig, chunk: int, advance: Callable[[int], None
 
     recs: list = []
     bad: list[Bad] = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: Excel's byte-order mark
         reader = csv.DictReader(lines(f))
         for row in reader:
             if None in row:
@@ -134,11 +134,18 @@ def ingest_file(log: EventLog, path: Path | str, topic: str, chunk_size: int = 1
     if fmt is None:
         raise LogError(f"cannot ingest {path.name!r}: unknown file type {path.suffix!r}; use one of "
                        f"{', '.join(sorted(FORMATS))}")
+    if chunk_size < 1:
+        raise LogError(f"cannot ingest {path.name!r}: chunk_size must be >= 1, got {chunk_size}")
     cfg = log.topic(topic)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
-        total, unit = pq.ParquetFile(path).metadata.num_rows, "rows"
+        try:
+            total, unit = pq.ParquetFile(path).metadata.num_rows, "rows"
+        except (pa.ArrowException, OSError) as exc:
+            raise LogError(f"cannot ingest {path.name!r}: it is not a readable Parquet file ({exc}); "
+                           "check the file, or rename it to .jsonl/.csv if that is what it holds") from None
     else:
         total, unit = path.stat().st_size, "bytes"
     result = AppendResult()
