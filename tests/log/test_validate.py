@@ -144,3 +144,21 @@ def test_encoded_values_read_back_as_the_standard_encoder_writes_them(value):
         return
     text = encode_value(value)
     assert isinstance(text, str) and json.loads(text) == json.loads(reference) == value
+
+
+def test_an_int_key_field_with_a_gap_keys_like_the_int():
+    """pandas makes an int column with a gap float: 2.0 must key (and so partition) like 2, not as "2.0"."""
+    from loopstack.log import TopicConfig
+    from loopstack.log.base import partition_for
+    from loopstack.log.validate import prepare_batch
+    cfg = TopicConfig("c", 8, (Field("author_id", "int64", False), Field("x", "float64", False)), key_field="author_id")
+    with_gap = pd.DataFrame({"author_id": [2, None, 7], "x": [1.0, 2.0, 3.0]})
+    assert with_gap["author_id"].dtype == "float64"
+    keys = [k for _, k, _ in prepare_batch(cfg, with_gap, None).accepted]
+    assert keys == ["2", None, "7"]
+    assert [k for _, k, _ in prepare_batch(cfg, [{"author_id": 2}, {"author_id": np.int64(7)}], None).accepted] \
+        == ["2", "7"]
+    parts = [p for p, _, _ in prepare_batch(cfg, with_gap.iloc[[0, 2]], None).accepted]
+    assert parts == [partition_for("2", 8), partition_for("7", 8)]
+    floats = TopicConfig("f", 8, (Field("x", "float64"),), key_field="x")
+    assert [k for _, k, _ in prepare_batch(floats, [{"x": 2.0}], None).accepted] == ["2.0"]

@@ -265,6 +265,9 @@ def _keys(records: list, key: str | Sequence[str | None] | None, cfg: TopicConfi
                            "pass one key per record, a single key string, or key=None")
         return [None if k is None else str(k) for k in keys]
     if cfg.key_field:
+        # an int field keys as the int the record is stored with: 2.0 (an int column with a gap, in pandas or
+        # Parquet) keys as "2", like 2, so both go to the same partition
+        as_int = any(f.name == cfg.key_field and f.dtype in _INT_RANGES for f in cfg.schema)
         out = []
         for r in records:
             v = r.get(cfg.key_field) if isinstance(r, dict) else None
@@ -272,6 +275,8 @@ def _keys(records: list, key: str | Sequence[str | None] | None, cfg: TopicConfi
                 out.append(v)
                 continue
             v = _py(v)
+            if as_int and isinstance(v, float) and v.is_integer():
+                v = int(v)
             out.append(None if _is_null(v) else str(v))
         return out
     return [None] * len(records)
