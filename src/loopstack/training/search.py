@@ -184,6 +184,9 @@ def order_clause(query: Any, order_by: list[str] | None) -> Any:
         parts = item.strip().rsplit(None, 1)
         desc = len(parts) == 2 and parts[1].upper() == "DESC"
         name = parts[0] if len(parts) == 2 and parts[1].upper() in ("ASC", "DESC") else item.strip()
+        if re.search(r"\s", re.sub(r"`[^`]*`", "", name)):
+            raise SearchError(f"order_by {item!r}: write '<field> [ASC|DESC]' (e.g. 'metrics.auc DESC'); "
+                              "put a key with spaces in backticks (metrics.`my auc`)")
         field = parse_field(name)
         if field.kind == "attributes":
             cols = [ATTRIBUTES[field.key]]
