@@ -164,3 +164,24 @@ def test_log_dataset_links_run_to_snapshot(project):
         run.log_dataset(ds)  # twice: recorded once
     [d] = project.runs.get(run.run_id).datasets
     assert d == {"dataset_id": ds.id, "name": "tiny", "version": 1, "content_hash": ds.content_hash}
+
+
+def test_order_by_with_an_unknown_direction_is_an_error_not_ignored(pg_project):
+    ids = _grid(pg_project)
+    s = pg_project.runs.search
+    for bad in ("metrics.auc SIDEWAYS", "metrics.auc DESC extra", "params.lr descending"):
+        with pytest.raises(SearchError, match=r"write '<field> \[ASC\|DESC\]'"):
+            s(order_by=[bad])
+    assert s(order_by=["metrics.auc desc"])[0].run_id == ids[(0.3, 6)]
+    assert len(s(order_by=["metrics.`auc` ASC"])) == 6
+
+
+def test_compare_html_to_an_unwritable_path_is_a_clear_error(pg_project, tmp_path):
+    from loopstack.errors import LoopstackError
+    ids = []
+    for n in ("a", "b"):
+        with pg_project.start_run(n) as run:
+            run.log_metric("loss", 1.0)
+        ids.append(run.run_id)
+    with pytest.raises(LoopstackError, match="cannot write the comparison page to .*no/such/dir.*existing, writable"):
+        pg_project.runs.compare(ids).to_html(tmp_path / "no" / "such" / "dir" / "cmp.html")

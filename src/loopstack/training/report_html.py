@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loopstack.errors import LoopstackError
+
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf")
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 300, 64, 16, 16, 40
@@ -124,5 +126,9 @@ section{{margin-top:1.5em}}</style></head>
 </body></html>
 """
         if path is not None:
-            Path(path).write_text(page)
+            try:
+                Path(path).write_text(page, encoding="utf-8")   # the page says charset=utf-8
+            except OSError as exc:
+                raise LoopstackError(f"cannot write the comparison page to {str(path)!r}: {exc.strerror or exc}; "
+                                     "give a path in an existing, writable folder") from None
         return page
