@@ -157,3 +157,15 @@ def test_labels_from_parquet_and_topic_and_clear_errors(project, comment_events,
         project.build_dataset("no_such_topic", FEATURES, cutoff=CUT)
     with pytest.raises(DatasetError, match="no label is final"):
         project.build_dataset(labels, FEATURES, cutoff=T0)
+
+
+def test_empty_or_unreadable_label_files_are_clear_errors(project, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DatasetError, match="labels file .*empty.csv' is empty: it needs a header row"):
+        project.build_dataset(str(tmp_path / "empty.csv"), FEATURES, cutoff=CUT)
+    (tmp_path / "labels.jsonl").write_text('{"author_id": 1}\n')
+    with pytest.raises(DatasetError, match="labels.jsonl' is not a readable Parquet file.*or a .csv file"):
+        project.build_dataset(str(tmp_path / "labels.jsonl"), FEATURES, cutoff=CUT)
+    (tmp_path / "bad.parquet").write_bytes(b"")
+    with pytest.raises(DatasetError, match="bad.parquet' is not a readable Parquet file"):
+        project.build_dataset(str(tmp_path / "bad.parquet"), FEATURES, cutoff=CUT)

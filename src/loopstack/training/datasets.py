@@ -61,10 +61,7 @@ def _load_labels(project: Any, labels: Any, time_column: str) -> tuple[pd.DataFr
         files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
         if not files:
             raise DatasetError(f"labels folder {p} holds no .parquet files")
-        if files[0].suffix.lower() == ".csv":
-            df = pd.read_csv(files[0])
-        else:
-            df = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive").to_pandas()
+        df = _read_label_files(files)
         return df, {"kind": "file", "path": str(p), "files": len(files), "rows": int(len(df))}
     name = str(labels)
     try:
@@ -82,6 +79,22 @@ def _load_labels(project: Any, labels: Any, time_column: str) -> tuple[pd.DataFr
     df = table.drop_columns([c for c in _LAKE_COLUMNS if c in table.column_names]).to_pandas()
     ends = {str(k): int(v) for k, v in project.log.end_offsets(name).items()}
     return df, {"kind": "topic", "topic": name, "end_offsets": ends, "rows": int(len(df))}
+
+
+def _read_label_files(files: list[Path]) -> pd.DataFrame:
+    """Labels from one CSV file or Parquet files; an empty or unreadable file is a DatasetError naming it."""
+    f = files[0]
+    try:
+        if f.suffix.lower() == ".csv":
+            return pd.read_csv(f)
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive").to_pandas()
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"labels file {str(f)!r} is empty: it needs a header row and one row per "
+                           "labelled prediction") from None
+    except (pd.errors.ParserError, pa.ArrowException, UnicodeDecodeError, OSError) as exc:
+        kind = "CSV" if f.suffix.lower() == ".csv" else "Parquet"
+        raise DatasetError(f"labels file {str(f)!r} is not a readable {kind} file ({exc}); give a Parquet "
+                           "file or folder, or a .csv file") from None
 
 
 def _utc_times(s: pd.Series, name: str) -> pd.Series:
