@@ -111,8 +111,8 @@ def test_byte_order_mark_is_not_part_of_the_first_column(log, topic, tmp_path):
     c.write_bytes(b"\xef\xbb\xbfuser,n\nu1,1\nu2,2\n")
     j = tmp_path / "bom.jsonl"
     j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"user": "u3", "n": 3}).encode() + b"\n")
-    assert (ingest_file(log, c, "msgs", progress=False).rejected, ingest_file(log, j, "msgs", progress=False).rejected) \
-        == (0, 0)
+    assert ingest_file(log, c, "msgs", progress=False).rejected == 0
+    assert ingest_file(log, j, "msgs", progress=False).rejected == 0
     assert sorted(r.value["user"] for r in log.replay("msgs")) == ["u1", "u2", "u3"]
     assert "\ufeffuser" not in next(iter(log.replay("msgs"))).value and _dlq(log) == []
 
