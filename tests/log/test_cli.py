@@ -33,6 +33,15 @@ def test_ingest_prints_counts_and_reasons(project, tmp_path):
     assert sum(Project(project.root).log.end_offsets("msgs").values()) == 30
 
 
+def test_ingest_exits_1_when_no_row_was_accepted(project, tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join([json.dumps({"user": "x", "n": "bad"})] * 3) + "\n")
+    res = runner.invoke(app, ["ingest", str(f), "--topic", "msgs", "-p", str(project.root), "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "0 accepted, 3 rejected" in res.output and "no row" in res.output
+    assert sum(Project(project.root).log.end_offsets("msgs.dlq").values()) == 3   # kept in the DLQ
+
+
 def test_ingest_unknown_topic_fails_with_hint(project, tmp_path):
     f = tmp_path / "in.jsonl"
     f.write_text('{"a": 1}\n')

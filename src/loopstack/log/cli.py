@@ -52,6 +52,10 @@ def ingest(file: Path = typer.Argument(..., help="A .jsonl, .csv or .parquet fil
         for reason, n in sorted(res.reasons.items(), key=lambda kv: -kv[1])[:10]:
             t.add_row(str(n), reason)
         console.print(t)
+    if res.rejected and not res.accepted:   # a script must be able to tell that nothing went in
+        console.print(f"[red]error:[/] no row of {file} was accepted into {topic!r}: fix the file (or the topic's "
+                      "schema) by the reasons above, then ingest it again")
+        raise typer.Exit(1)
 
 
 @app.command()
