@@ -7,6 +7,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,16 @@ class MonitoringConfig:
             except Exception:  # noqa: BLE001 - re-raised as a config error
                 raise ConfigError(f"monitoring.{key} = {getattr(self, key)!r} is not a duration; write e.g. "
                                   "\"1h\", \"1d\", \"15m\"") from None
+        window = parse_duration(self.window).total_seconds()
+        if window < 1 or window != int(window):
+            raise ConfigError(f"monitoring.window = {self.window!r} must be a whole number of seconds, at least 1 s "
+                              "(windows are stored per second of width); write e.g. \"1h\", \"10m\", \"30s\"")
+        if not math.isfinite(self.threshold):
+            raise ConfigError(f"monitoring.threshold = {self.threshold!r} must be a finite number: the score at "
+                              "or above which a prediction counts as flagged (e.g. 0.5)")
+        if self.min_samples < 1:
+            raise ConfigError(f"monitoring.min_samples = {self.min_samples!r} must be at least 1: the feature "
+                              "samples/scores a window needs before drift numbers are computed (default 100)")
         object.__setattr__(self, "rules", parse_rules(list(self.rules) if isinstance(self.rules, tuple)
                                                       else self.rules))
 

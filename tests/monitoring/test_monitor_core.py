@@ -44,6 +44,20 @@ def test_monitoring_config_section_and_env_override():
         parse_config({"monitoring": {"threshold": "high"}}, env={})
 
 
+@pytest.mark.parametrize("section, msg", [
+    ({"window": "0h"}, "monitoring.window"), ({"window": "1500ms"}, "monitoring.window"),
+    ({"threshold": "nan"}, "monitoring.threshold"), ({"threshold": "inf"}, "monitoring.threshold"),
+    ({"min_samples": 0}, "monitoring.min_samples"), ({"min_samples": -5}, "monitoring.min_samples"),
+    ({"rules": [{"metric": "psi", "op": ">", "value": "nan"}]}, "finite value"),
+    ({"rules": [{"metric": "recall", "op": "<", "value": float("inf")}]}, "finite value")])
+def test_monitoring_config_rejects_values_that_break_or_silence_the_monitor(section, msg):
+    # a zero window divided by zero, 1500ms was truncated to 1 s windows, a NaN threshold crashed the
+    # summaries, min_samples 0 computed drift on empty windows and a NaN rule never fired
+    with pytest.raises(ConfigError, match=msg):
+        parse_config({"monitoring": section}, env={})
+    assert parse_config({"monitoring": {"window": "30s", "min_samples": 1}}, env={}).monitoring.window == "30s"
+
+
 def test_latency_histogram_quantiles_within_ten_percent():
     rng = np.random.default_rng(1)
     lat = rng.gamma(2, 20, 20_000)

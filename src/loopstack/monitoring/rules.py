@@ -9,6 +9,7 @@ validate rules when it reads loopstack.yaml.
 from __future__ import annotations
 
 import json
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -90,6 +91,9 @@ def parse_rule(raw: Any, where: str = "monitoring.rules") -> Rule:
         value = float(raw["value"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"{where}: rule for {metric} needs a numeric value, got {raw.get('value')!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: rule for {metric} needs a finite value, got {raw.get('value')!r} (a comparison "
+                          "with NaN never fires, with inf always or never)")
     severity = str(raw.get("severity", "act"))
     if severity not in SEVERITIES:
         raise ConfigError(f"{where}: severity {severity!r} is not allowed; choose one of: {', '.join(SEVERITIES)}")
