@@ -284,10 +284,21 @@ class Monitor:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(S.windows.c.model).distinct().order_by(S.windows.c.model)).scalars())
 
+    def _every_s(self, every: Any) -> int:
+        """Width in seconds of a roll-up (`every`, default the base window): a positive multiple of it."""
+        if every is None:
+            return self.width_s
+        seconds = parse_duration(every).total_seconds()
+        if seconds <= 0 or seconds != int(seconds) or int(seconds) % self.width_s:
+            from loopstack.monitoring.columns import MonitoringError
+            raise MonitoringError(f"every={every!r} is not a multiple of the base window {self.config.window}; "
+                                  "choose a positive multiple (e.g. 1h windows roll up to 1d)")
+        return int(seconds)
+
     def window_state(self, model: str, version: int, start: Any, every: Any = None) -> WindowState | None:
         """The state of the window starting at `start` (µs or datetime) of width `every` (default: the
         base window; wider ones are merged from base windows)."""
-        width = self.width_s if every is None else int(parse_duration(every).total_seconds())
+        width = self._every_s(every)
         s0 = to_us(start)
         W = S.windows
         with self.engine.connect() as conn:
@@ -300,7 +311,7 @@ class Monitor:
     def window_summary(self, model: str, version: int, window: Any, *, every: Any = None,
                        now: Any = None) -> WindowSummary | None:
         """The four-layer summary of one window (None if nothing was seen in it)."""
-        width = self.width_s if every is None else int(parse_duration(every).total_seconds())
+        width = self._every_s(every)
         state = self.window_state(model, version, window, every)
         if state is None:
             return None
@@ -312,11 +323,7 @@ class Monitor:
     def summaries(self, model: str, version: int | None = None, *, every: Any = None, now: Any = None,
                   since: Any = None) -> list[WindowSummary]:
         """Summaries of the windows of a model (optionally one version, from `since`), oldest first."""
-        width = self.width_s if every is None else int(parse_duration(every).total_seconds())
-        if width % self.width_s:
-            from loopstack.monitoring.columns import MonitoringError
-            raise MonitoringError(f"every={every!r} is not a multiple of the base window {self.config.window}; "
-                                  "choose a multiple (e.g. 1h windows roll up to 1d)")
+        width = self._every_s(every)
         starts = sorted({(v, s - s % (width * 1_000_000)) for v, s in self.windows(model, version, since)},
                         key=lambda x: (x[1], x[0]))
         out = [self.window_summary(model, v, s, every=every, now=now) for v, s in starts]

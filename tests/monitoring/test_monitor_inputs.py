@@ -1,0 +1,25 @@
+"""Bad input to the monitor's API and CLI: roll-up widths, report paths, status --last, diagnose."""
+from __future__ import annotations
+
+import pytest
+
+from loopstack.monitoring.columns import MonitoringError
+from loopstack.monitoring.windows import Monitor
+from loopstack.project import Project
+
+
+@pytest.fixture()
+def monitor(tmp_path):
+    """A monitor on an empty SQLite project."""
+    return Monitor(Project.init(tmp_path / "proj", example=False))
+
+
+@pytest.mark.parametrize("every", ["0h", "0s", "1500ms", "90m"])
+def test_roll_up_width_must_be_a_positive_multiple_of_the_window(monitor, every):
+    # "0h" divided by zero (ZeroDivisionError) in summaries and window_state
+    with pytest.raises(MonitoringError, match="multiple of the base window"):
+        monitor.summaries("spam", every=every)
+    with pytest.raises(MonitoringError, match="multiple of the base window"):
+        monitor.window_state("spam", 1, 0, every=every)
+    assert monitor.summaries("spam", every="1d") == []
+
