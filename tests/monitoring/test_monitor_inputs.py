@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from loopstack.monitoring.columns import MonitoringError
+from loopstack.monitoring.report import write_report
 from loopstack.monitoring.windows import Monitor
 from loopstack.project import Project
 
@@ -23,3 +24,9 @@ def test_roll_up_width_must_be_a_positive_multiple_of_the_window(monitor, every)
         monitor.window_state("spam", 1, 0, every=every)
     assert monitor.summaries("spam", every="1d") == []
 
+
+def test_report_to_an_unwritable_path_is_a_clear_error(monitor, tmp_path):
+    for bad in (tmp_path / "missing" / "r.html", tmp_path):        # no such folder; a folder
+        with pytest.raises(MonitoringError, match="cannot write the report"):
+            write_report(monitor, "spam", bad)
+    assert write_report(monitor, "spam", tmp_path / "r.html").read_text().startswith("<!")

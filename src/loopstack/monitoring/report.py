@@ -92,7 +92,13 @@ def write_report(monitor: Any, model: str, path: str | Path, *, version: int | N
     """Write the HTML report of `model` (all versions, or one) to `path`; returns the path."""
     sums = monitor.summaries(model, version, every=every, now=now)
     path = Path(path)
-    path.write_text(render(model, sums, monitor))
+    page = render(model, sums, monitor)
+    try:
+        path.write_text(page)
+    except OSError as exc:
+        from loopstack.monitoring.columns import MonitoringError
+        raise MonitoringError(f"cannot write the report to {path}: {exc.strerror or exc}; pass -o/--out a file "
+                              "path in an existing, writable folder") from None
     return path
 
 
