@@ -30,3 +30,14 @@ def test_report_to_an_unwritable_path_is_a_clear_error(monitor, tmp_path):
         with pytest.raises(MonitoringError, match="cannot write the report"):
             write_report(monitor, "spam", bad)
     assert write_report(monitor, "spam", tmp_path / "r.html").read_text().startswith("<!")
+
+
+@pytest.mark.parametrize("args", [["status", "--last", "-3"], ["status", "--last", "0"],
+                                  ["alerts", "--limit", "-1"], ["alerts", "--limit", "0"]])
+def test_cli_counts_must_be_positive(monitor, args):
+    # status --last -3 was an IndexError traceback; --last 0 showed every window; --limit -1 every alert
+    from typer.testing import CliRunner
+
+    from loopstack.cli import app
+    r = CliRunner().invoke(app, ["monitor", *args, "-p", str(monitor.project.root)])
+    assert r.exit_code == 2 and "greater than or equal to 1" in r.output, r.output

@@ -57,7 +57,7 @@ def run(project: Path = ProjectOpt,
 
 @monitor_app.command()
 def status(project: Path = ProjectOpt, model: str = typer.Argument(None, help="One model (default: all)."),
-           last: int = typer.Option(12, help="Windows to show per model.")) -> None:
+           last: int = typer.Option(12, min=1, help="Windows to show per model.")) -> None:
     """The latest windows of each model: traffic, latency, drift, score shift, precision/recall, labels."""
     from loopstack.monitoring.report import terminal_summary
     m = _monitor(project)
@@ -70,7 +70,7 @@ def status(project: Path = ProjectOpt, model: str = typer.Argument(None, help="O
 
 
 @monitor_app.command()
-def alerts(project: Path = ProjectOpt, model: str = typer.Argument(None), limit: int = typer.Option(50),
+def alerts(project: Path = ProjectOpt, model: str = typer.Argument(None), limit: int = typer.Option(50, min=1),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Stored alerts, newest first."""
     m = _monitor(project)
