@@ -152,3 +152,15 @@ def test_server_metrics_parse_and_deltas():
     s = summarize("m", 1, 0, 3600, st, None, now_us=0, label_delay_us=0)
     assert s.metrics["queue_depth_max"] == 3.0 and s.metrics["queue_depth_mean"] == 2.0
     assert s.metrics["mean_batch_size"] == 10.0
+
+
+def test_diagnose_with_nothing_checked_does_not_point_at_drift():
+    # no windows, or no reference profile: every step says "no", which used to read as "suspect genuine drift"
+    d = diagnose(Facts("m"))
+    assert d.explanation is None and "no monitoring windows for model 'm'" in d.note
+    assert d.to_dict()["note"] == d.note
+    d = diagnose(Facts("m", version=1, freshness={"v": 10.0}))
+    assert d.explanation is None and "not evidence of drift" in d.note
+    checked = diagnose(Facts("m", version=1, data_checks=[{"status": "ok", "column": "x", "check": "null_rate"}],
+                             score_band="stable", mean_shift=0.0))
+    assert checked.explanation is None and checked.note is None

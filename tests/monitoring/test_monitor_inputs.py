@@ -41,3 +41,19 @@ def test_cli_counts_must_be_positive(monitor, args):
     from loopstack.cli import app
     r = CliRunner().invoke(app, ["monitor", *args, "-p", str(monitor.project.root)])
     assert r.exit_code == 2 and "greater than or equal to 1" in r.output, r.output
+
+
+def test_diagnose_of_a_model_without_windows_says_so_and_exits_1(monitor):
+    # it exited 0 with "suspect genuine drift", and --json was preceded by a warning line on stdout
+    import json
+
+    from typer.testing import CliRunner
+
+    from loopstack.cli import app
+    root = str(monitor.project.root)
+    r = CliRunner().invoke(app, ["monitor", "diagnose", "nosuch", "--json", "-p", root])
+    assert r.exit_code == 1
+    out = json.loads(r.stdout)
+    assert out["explanation"] is None and "no monitoring windows for model 'nosuch'" in out["note"]
+    r = CliRunner().invoke(app, ["monitor", "diagnose", "nosuch", "-p", root], terminal_width=200)
+    assert r.exit_code == 1 and "nothing to diagnose" in r.output and "genuine drift" not in r.output

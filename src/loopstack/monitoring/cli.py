@@ -5,12 +5,14 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
+err_console = Console(stderr=True)      # warnings: stdout stays parseable with --json
 monitor_app = typer.Typer(help="Box 8: four-layer monitoring, alerts, report, diagnosis.", no_args_is_help=True)
 ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
 
@@ -28,7 +30,7 @@ def _models(m, model: str | None) -> list[str]:
 def _warn_unknown(m, model: str) -> None:
     known = m.models()
     if model not in known:
-        console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
+        err_console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
                       f"{', '.join(known) or 'none'}); run `loopstack monitor run` after the server logged "
                       "predictions to the 'predictions' topic")
 
@@ -105,17 +107,24 @@ def report(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Mo
 def diagnose(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Model name."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Walk the on-call playbook in order and stop at the first explanation."""
-    from loopstack.monitoring.diagnose import NO_EXPLANATION
     from loopstack.monitoring.gather import run_diagnosis
     m = _monitor(project)
     _warn_unknown(m, model)
     facts, d = run_diagnosis(m, model)
     if as_json:
         print(json.dumps(d.to_dict(), indent=2))
-        return
+    else:
+        _print_diagnosis(model, facts, d)
+    if d.explanation is None and d.note is not None:
+        raise typer.Exit(1)      # nothing could be checked: not a clean bill of health
+
+
+def _print_diagnosis(model: str, facts: Any, d: Any) -> None:
+    """The playbook's steps and conclusion as text."""
+    from loopstack.monitoring.diagnose import NO_EXPLANATION
     console.print(f"[bold]diagnose {model}[/] ({facts.window or 'no windows yet'}; "
                   f"now {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)")
     for i, s in enumerate(d.steps, 1):
         mark = "[red]yes[/]" if s.found else "[green]no[/]"
         console.print(f"  {i}. {s.title} {mark}: {s.detail}")
-    console.print(f"[bold]explanation:[/] {d.explanation or NO_EXPLANATION}")
+    console.print(f"[bold]explanation:[/] {d.explanation or d.note or NO_EXPLANATION}")

@@ -59,13 +59,14 @@ class Diagnosis:
     model: str
     steps: tuple[Step, ...]
     explanation: str | None
+    note: str | None = None          # why "nothing explains it" is not evidence of drift (nothing checked)
 
     @property
     def stopped_at(self) -> str | None:
         return self.steps[-1].name if self.steps and self.steps[-1].found else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "stopped_at": self.stopped_at, "explanation": self.explanation,
+        return {"model": self.model, "stopped_at": self.stopped_at, "explanation": self.explanation, "note": self.note,
                 "steps": [{"step": s.name, "question": s.title, "found": s.found, "detail": s.detail}
                           for s in self.steps]}
 
@@ -145,7 +146,19 @@ def diagnose(facts: Facts) -> Diagnosis:
         steps.append(step)
         if step.found:
             return Diagnosis(facts.model, tuple(steps), f"{step.title} yes: {step.detail}")
-    return Diagnosis(facts.model, tuple(steps), None)
+    return Diagnosis(facts.model, tuple(steps), None, _unchecked(facts))
+
+
+def _unchecked(f: Facts) -> str | None:
+    """Why the data and model steps saw nothing to check (None when they did check)."""
+    if f.data_checks or f.score_band is not None or f.mean_shift is not None:
+        return None
+    if f.version is None:
+        return (f"no monitoring windows for model {f.model!r}: nothing to diagnose; run `loopstack monitor run` "
+                "after the server logged its predictions")
+    return ("inputs and scores were not checked (no reference profile for the version, or fewer than "
+            "monitoring.min_samples samples): this is not evidence of drift; register the version with a "
+            "reference profile or wait for more traffic")
 
 
 NO_EXPLANATION = ("nothing in the playbook explains it: check upstream product changes, then suspect genuine "
