@@ -156,6 +156,30 @@ def test_counts_going_down_and_missing_metrics_are_errors():
         decide_experiment(PLAN, ev, 60, {})
 
 
+@pytest.mark.parametrize("arm, metric, value, words", [
+    ("treatment", "caught", {"mean": float("inf"), "var": 1.0}, "mean = inf"),      # promoted before
+    ("treatment", "latency_ms", {"mean": 50.0, "var": -5.0}, "var = -5.0"),          # guardrail passed before
+    ("treatment", "latency_ms", {"mean": float("nan"), "var": 100.0}, "mean = nan"),
+    ("treatment", "latency_ms", {"mean": None, "var": 100.0}, "mean = None"),        # TypeError before
+    ("control", "caught", {"successes": 99999}, "between 0 and n = 5000"),           # a proportion of 20
+    ("control", "caught", {"successes": -1}, "between 0 and n"),
+    ("treatment", "caught", {"successes": float("nan")}, "successes = nan"),
+])
+def test_invalid_experiment_evidence_is_an_error_not_a_result(arm, metric, value, words):
+    ev = evidence(5000)
+    ev[arm]["metrics"][metric] = value
+    with pytest.raises(LoopError, match=f"{arm} arm, metric '{metric}'.*{words}"):
+        decide_experiment(PLAN, ev, 60, {})
+
+
+@pytest.mark.parametrize("users", ["abc", -5, 2.5])
+def test_arm_users_must_be_a_count(users):
+    ev = evidence(5000)
+    ev["treatment"]["users"] = users              # "abc" was a ValueError traceback
+    with pytest.raises(LoopError, match="treatment arm: users"):
+        decide_experiment(PLAN, ev, 60, {})
+
+
 def test_empty_arm_waits():
     d, _ = decide_experiment(PLAN, {"control": {"users": 0}, "treatment": {"users": 0}}, 60, {})
     assert d.outcome == WAIT

@@ -156,22 +156,40 @@ def decide_live(step: str, checks: LiveChecks, evidence: Mapping[str, Any], elap
                           f"score PSI {_fmt(psi)}", ev)
 
 
-def arm_stats(arm: Mapping[str, Any], metric: str) -> tuple[int, float, float]:
+def arm_stats(arm: Mapping[str, Any], metric: str, side: str = "arm") -> tuple[int, float, float]:
     """(n, mean, sample variance) of one metric in one arm's evidence.
 
     An arm is ``{"users": n, "metrics": {name: {"mean": m, "var": v} | {"successes": k}, ...}}``; a
-    metric may carry its own ``"n"``. Successes are a proportion (variance p(1 - p)).
+    metric may carry its own ``"n"``. Successes are a proportion (variance p(1 - p)). Evidence that is
+    not a count, a finite mean or a variance >= 0 is a LoopError naming it (it is never read as a result).
     """
     metrics = arm.get("metrics") or {}
     if metric not in metrics:
         raise LoopError(f"experiment evidence has no metric {metric!r} (it has {sorted(metrics)}); the evidence "
                         "provider must report the goal and every blocking guardrail")
     m = metrics[metric]
-    n = int(m.get("n", arm.get("users", 0)) or 0)
+    where = f"experiment evidence, {side} arm, metric {metric!r}"
+    n = _count(m.get("n", arm.get("users", 0)), f"{where}: n (or the arm's users)")
     if "successes" in m:
-        p = float(m["successes"]) / n if n else 0.0
+        k = finite_number(m["successes"])
+        if k is None or not 0 <= k <= n:
+            raise LoopError(f"{where}: successes = {m['successes']!r} must be a number between 0 and n = {n}; "
+                            "fix the evidence provider")
+        p = k / n if n else 0.0
         return n, p, p * (1 - p)
-    return n, float(m.get("mean", 0.0)), float(m.get("var", 0.0))
+    mean, var = finite_number(m.get("mean", 0.0)), finite_number(m.get("var", 0.0))
+    if mean is None or var is None or var < 0:
+        raise LoopError(f"{where}: mean = {m.get('mean')!r}, var = {m.get('var')!r} must be finite numbers with "
+                        "var >= 0 (the sample variance); fix the evidence provider")
+    return n, mean, var
+
+
+def _count(v: Any, what: str) -> int:
+    """A user/sample count from evidence: a whole number >= 0 (LoopError otherwise)."""
+    f = finite_number(0 if v is None else v)
+    if f is None or f < 0 or f != int(f):
+        raise LoopError(f"{what} = {v!r} must be a whole number >= 0; fix the evidence provider")
+    return int(f)
 
 
 def decide_experiment(plan: ExperimentPlan, evidence: Mapping[str, Any], elapsed_s: float,
@@ -187,7 +205,8 @@ def decide_experiment(plan: ExperimentPlan, evidence: Mapping[str, Any], elapsed
     from loopstack.experiments.statistics import sample_ratio_mismatch
     control, treatment = evidence.get("control") or {}, evidence.get("treatment") or {}
     states = {k: dict(v) for k, v in (tests or {}).items()}
-    n_c, n_t = int(control.get("users", 0) or 0), int(treatment.get("users", 0) or 0)
+    n_c = _count(control.get("users"), "experiment evidence, control arm: users")
+    n_t = _count(treatment.get("users"), "experiment evidence, treatment arm: users")
     ev: dict[str, Any] = {"users": {"control": n_c, "treatment": n_t}, "elapsed_s": round(float(elapsed_s), 3)}
     if n_c == 0 or n_t == 0:
         return _horizon_or_wait(plan, elapsed_s, ev, "no users in an arm yet"), states
@@ -204,7 +223,7 @@ def decide_experiment(plan: ExperimentPlan, evidence: Mapping[str, Any], elapsed
         st = states.get(metric)
         test = SequentialTest.from_dict(st) if st else SequentialTest(tau, alpha=plan.goal.alpha,
                                                                       min_samples=plan.goal.min_samples)
-        a, b = arm_stats(control, metric), arm_stats(treatment, metric)
+        a, b = arm_stats(control, metric, "control"), arm_stats(treatment, metric, "treatment")
         if a[0] < test.last_n("control") or b[0] < test.last_n("treatment"):
             raise LoopError(f"experiment evidence for {metric!r} went down between looks; the provider must "
                             "report cumulative counts since the experiment started")
@@ -242,7 +261,7 @@ def _tested_metrics(plan: ExperimentPlan, control: Mapping[str, Any]) -> list[tu
             continue  # a missing blocking guardrail is reported by evaluate_guardrails
         tau = plan.guardrail_tau.get(g.metric)
         if tau is None:
-            base = abs(arm_stats(control, g.metric)[1]) if g.relative else 1.0
+            base = abs(arm_stats(control, g.metric, "control")[1]) if g.relative else 1.0
             tau = (g.tolerance or 0.01) * (base or 1.0)
         out.append((g.metric, float(tau)))
     return out
