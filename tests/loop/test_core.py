@@ -80,6 +80,14 @@ def test_live_thresholds(key, value, words):
     assert d.outcome == FAIL and words in d.reason and d.reason.startswith("canary")
 
 
+@pytest.mark.parametrize("requests", [-5, "abc", float("nan"), 150.7])
+def test_live_requests_must_be_a_count(requests):
+    # -5 requests passed the shadow step; "abc" and NaN were ValueError tracebacks
+    ev = {"requests": requests, "error_rate": 0.0, "p99_ms": 10.0, "score_psi": 0.01}
+    with pytest.raises(LoopError, match="shadow evidence: requests"):
+        decide_live("shadow", LiveChecks(min_requests=100, max_minutes=60), ev, 4000)
+
+
 def test_live_at_the_threshold_passes_and_psi_check_can_be_off():
     edge = {"requests": 1000, "error_rate": 0.01, "p99_ms": 200.0, "score_psi": 0.2}
     assert decide_live(SHADOW, CHECKS, edge, 0).outcome == PASS

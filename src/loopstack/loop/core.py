@@ -132,7 +132,7 @@ def decide_gate(gate: Mapping[str, Any]) -> Decision:
 
 def decide_live(step: str, checks: LiveChecks, evidence: Mapping[str, Any], elapsed_s: float) -> Decision:
     """Shadow/canary: wait until N requests or T minutes, then check error rate, p99 and score PSI."""
-    n = int(evidence.get("requests") or 0)
+    n = _count(evidence.get("requests"), f"{step} evidence: requests")
     ev = {"requests": n, "elapsed_s": round(float(elapsed_s), 3),
           **{k: evidence.get(k) for k in ("error_rate", "p99_ms", "score_psi")}}
     timed_out = elapsed_s >= checks.max_minutes * 60
