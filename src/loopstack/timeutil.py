@@ -17,15 +17,19 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if isinstance(text, timedelta):
         return text
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return timedelta(seconds=text)
-    m = _DUR_RE.match(str(text))
-    if not m:
-        raise DefinitionError(
-            f"duration {text!r} is not understood: write a number and a unit, one of "
-            f"{', '.join(_UNITS)} (e.g. \"10m\", \"1h\", \"7d\")"
-        )
-    value, unit = m.groups()
-    return timedelta(**{_UNITS[unit]: float(value)})
+        unit, value = "s", str(text)
+    else:
+        m = _DUR_RE.match(str(text))
+        if not m:
+            raise DefinitionError(
+                f"duration {text!r} is not understood: write a number and a unit, one of "
+                f"{', '.join(_UNITS)} (e.g. \"10m\", \"1h\", \"7d\")"
+            )
+        value, unit = m.groups()
+    try:
+        return timedelta(**{_UNITS[unit]: float(value)})
+    except (OverflowError, ValueError) as exc:
+        raise DefinitionError(f"duration {text!r} is out of range: give a finite duration up to 999999999d") from exc
 
 
 def to_micros(td: timedelta) -> int:

@@ -21,6 +21,9 @@ __all__ = ["AGGREGATIONS", "DTYPES", "Aggregation", "Count", "CountDistinct", "D
            "EventSource", "FeatureView", "Field", "Filter", "Last", "Max", "Mean", "Min", "OnDemandFeature", "Sum"]
 
 
+_NUMERIC_ONLY = ("sum", "mean")  # aggregations that only make sense over numbers (and bools)
+
+
 def _spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -144,6 +147,12 @@ class FeatureView(Definition):
                  features: Sequence[Aggregation | Field], ttl: str | None = None, description: str = "",
                  allowed_lateness: str | None = None) -> None:
         _check_name("FeatureView", name)
+        if not isinstance(entity, Entity):
+            raise DefinitionError(f"FeatureView {name!r}: entity= must be an Entity object (e.g. entity=author), "
+                                  f"got {entity!r}")
+        if not isinstance(source, EventSource):
+            raise DefinitionError(f"FeatureView {name!r}: source= must be an EventSource object (e.g. "
+                                  f"source=comments), got {source!r}")
         feats = tuple(Last(f.name, name=f.name) if isinstance(f, Field) else f for f in features)
         if not feats:
             raise DefinitionError(f"FeatureView {name!r} has no features")
@@ -167,6 +176,14 @@ class FeatureView(Definition):
                             f"FeatureView {name!r}: feature {f.name!r} uses column {col!r}, which source "
                             f"{source.name!r} does not have (it has {sorted(known)})"
                         )
+            for f in feats:
+                dtype = source.field(f.column).dtype if f.column and source.field(f.column) else None
+                if f.function in _NUMERIC_ONLY and dtype in ("string", "timestamp"):
+                    raise DefinitionError(
+                        f"FeatureView {name!r}: feature {f.name!r} is {type(f).__name__}({f.column!r}), but "
+                        f"{f.column!r} is a {dtype} column; {type(f).__name__} needs a number or bool column "
+                        "(use Count, CountDistinct, Min, Max or Last for other types)"
+                    )
             if entity.join_key not in known:
                 raise DefinitionError(
                     f"FeatureView {name!r}: source {source.name!r} has no column {entity.join_key!r} "
