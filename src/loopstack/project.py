@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+import traceback
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,18 @@ from loopstack.features.definitions import Definition, EventSource, FeatureView,
 from loopstack.features.registry import ApplyDiff, FeatureRegistry
 from loopstack.meta.artifacts import ArtifactStore
 from loopstack.meta.db import MetadataStore
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """`file:line` of the definitions file's line that raised `exc` (the file itself if unknown)."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    target = str(path.resolve())
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if str(Path(frame.filename).resolve()) == target:
+            line = frame.lineno  # keep the innermost call made from the file
+    return f"{path}:{line}" if line else str(path)
 
 
 class Project:
@@ -36,7 +49,12 @@ class Project:
     def init(cls, path: str | Path, name: str | None = None, example: bool = True) -> "Project":
         """Create a project folder with loopstack.yaml (and an example definitions.py); idempotent."""
         root = Path(path).expanduser().resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"cannot create a project in {root}: it is a file; give a folder path")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create project folder {root}: {exc.strerror or exc}") from exc
         cfg = root / CONFIG_FILE
         if not cfg.exists():
             cfg.write_text(DEFAULT_YAML.format(name=name or root.name))
@@ -140,7 +158,8 @@ class Project:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
-            raise DefinitionError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+            raise DefinitionError(
+                f"{_where(exc, path)}: {type(exc).__name__}: {exc} (while importing the definitions file)") from exc
         return [v for v in vars(module).values() if isinstance(v, Definition)]
 
     def plan(self, objects: Iterable[Definition], prune: bool = False) -> ApplyDiff:
@@ -206,8 +225,9 @@ class Project:
                                 output: str = "pandas") -> Any:
         """Point-in-time correct features for each row of `entity_df` (see docs/offline-store.md)."""
         from loopstack.features.retrieval import get_historical_features
+        refs = [features] if isinstance(features, str) else list(features)  # list("v:f") would split it
         return get_historical_features(
-            entity_df, list(features), views=self.registry.views(), source_data=self.source_data,
+            entity_df, refs, views=self.registry.views(), source_data=self.source_data,
             engine=self.engine, full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             on_demand=self.on_demand_features(), output=output)
 
