@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from loopstack.errors import LoopstackError
 
@@ -102,7 +103,7 @@ def main() -> None:
         if isinstance(rc, int) and not isinstance(rc, bool) and rc:
             sys.exit(rc)   # typer.Exit(code) in a command: without standalone mode click returns the code
     except LoopstackError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")  # "[offline]" in a message is text, not markup
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -262,9 +262,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str] | str]:
 
 def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
     """Build a Config from a parsed YAML mapping plus environment overrides (env wins)."""
+    if raw is not None and not isinstance(raw, Mapping):  # check before dict(): a list would half-convert
+        raise ConfigError(f"{CONFIG_FILE} must be a mapping of sections (key: value), got {type(raw).__name__}")
     raw = dict(raw or {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{CONFIG_FILE} must be a mapping of sections, got {type(raw).__name__}")
     for key, value in _env_overrides(os.environ if env is None else env).items():
         if isinstance(value, dict):
             section = dict(raw.get(key) or {})
