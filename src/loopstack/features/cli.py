@@ -55,7 +55,15 @@ def historical(entity_file: Path = typer.Argument(..., help="Parquet/CSV with jo
     from loopstack.project import Project
     if not entity_file.exists():
         raise RetrievalError(f"entity file {entity_file} does not exist")
-    df = pd.read_csv(entity_file) if entity_file.suffix.lower() == ".csv" else pd.read_parquet(entity_file)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise RetrievalError(f"--out {out}: name a .parquet or .csv file")
+    if not out.parent.is_dir():
+        raise RetrievalError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    try:
+        df = pd.read_csv(entity_file) if entity_file.suffix.lower() == ".csv" else pd.read_parquet(entity_file)
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for an unreadable file
+        raise RetrievalError(f"entity file {entity_file} could not be read as "
+                             f"{'CSV' if entity_file.suffix.lower() == '.csv' else 'Parquet'}: {exc}") from exc
     p = Project(project)
     result = p.get_historical_features(df, feature, timestamp_column=timestamp_column,
                                        full_feature_names=full_feature_names)
