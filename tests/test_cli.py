@@ -35,6 +35,8 @@ def test_init_then_apply_prints_the_diff_and_is_idempotent(tmp_path):
     assert "~ feature_view author_stats (v2)" in r.stdout
     r = run("features", "versions", "author_stats", "-p", str(proj))
     assert r.returncode == 0 and "comments_1h" in r.stdout and "\u2502 2 " in r.stdout
+    r = run("features", "versions", "author_statz", "-p", str(proj))
+    assert r.returncode == 2 and "no feature view named 'author_statz'" in r.stderr and "author_stats" in r.stderr
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path):

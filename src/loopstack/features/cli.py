@@ -35,7 +35,12 @@ def versions(view: str = typer.Argument(..., help="Feature view name."), project
     from loopstack.project import Project
     p = Project(project)
     table = Table("version", "created", "hash", "features", "removed")
-    for v in p.registry.versions_of("feature_view", view):
+    found = p.registry.versions_of("feature_view", view)
+    if not found:
+        from loopstack.errors import FeatureReferenceError
+        raise FeatureReferenceError(f"no feature view named {view!r} was ever applied (views: "
+                                    f"{', '.join(sorted(p.registry.views())) or 'none'}); check the name")
+    for v in found:
         table.add_row(str(v["version"]), str(v["created_at"])[:19], v["spec_hash"],
                       ", ".join(f["name"] for f in v["spec"]["features"]), "yes" if v["removed"] else "")
     console.print(table)
