@@ -79,8 +79,13 @@ def test_serve_maps_options_to_engine_config_and_binds_loopback(fake_llm, monkey
     (["--kv-cache-mb", "-1"], "kv_cache_mb must be positive"),
     (["--kv-cache-dtype", "int8"], "kv_cache_dtype must be one of float32, float16"),
     (["--num-speculative-tokens", "0", "--speculative", "self"], "num_speculative_tokens must be >= 1"),
+    (["--kv-cache-mb", "nan"], "kv_cache_mb must be positive"),
+    (["--kv-cache-mb", "inf"], "kv_cache_mb must be positive"),
+    (["--max-model-len", "-5"], "max_model_len must be >= 2"),
+    (["--max-model-len", "0"], "max_model_len must be >= 2"),
 ])
-def test_serve_rejects_bad_options_with_a_clear_error(fake_llm, args, msg):
+def test_serve_rejects_bad_options_with_a_clear_error(fake_llm, args, msg, monkeypatch):
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)   # a bad option that slips through must not serve
     r = runner.invoke(app, ["llm", "serve", *args])
     assert r.exit_code != 0 and not fake_llm
     assert msg in str(r.exception)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,8 +96,12 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.block_size must be positive, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
             raise ValueError(f"EngineConfig.num_kv_blocks must be positive, got {self.num_kv_blocks}")
-        if self.kv_cache_mb <= 0:
-            raise ValueError(f"EngineConfig.kv_cache_mb must be positive, got {self.kv_cache_mb}")
+        if not 0 < self.kv_cache_mb < math.inf:   # also refuses NaN
+            raise ValueError(f"EngineConfig.kv_cache_mb must be positive (a finite number of MB), got "
+                             f"{self.kv_cache_mb}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"EngineConfig.max_model_len must be >= 2 (a prompt token and a generated one) or "
+                             f"None (the model's), got {self.max_model_len}")
         if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("EngineConfig.max_num_seqs and max_num_batched_tokens must be positive")
         if self.max_waiting is not None and self.max_waiting <= 0:
