@@ -227,6 +227,28 @@ def test_bad_chat_requests_and_openai_client_errors(shared):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
 
 
+def test_a_text_too_long_for_the_context_is_refused_before_tokenizing():
+    eng = FakeEngine()
+    encoded: list[int] = []
+
+    class Tok(type(eng.tokenizer)):
+        max_token_bytes = 4
+
+        def encode(self, text: str, add_bos: bool = False) -> list[int]:
+            encoded.append(len(text))
+            return super().encode(text, add_bos)
+
+    with run_server(create_app(eng, Tok(), MODEL, max_context=eng.max_model_len)) as url:
+        huge = "x" * (4 * eng.max_model_len)
+        for path, body in (("/v1/completions", {"prompt": huge}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]})):
+            r = httpx.post(f"{url}{path}", json={"model": MODEL, "max_tokens": 1, **body})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+        assert encoded == []   # megabytes of text would block the event loop while they are tokenized
+        r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 200 and encoded == [2]
+
+
 def test_full_queue_is_429_and_waiting_requests_still_finish(serve):
     url, eng = serve(max_waiting=2)
     eng.paused = True

@@ -153,6 +153,18 @@ def _sampling(req: _Req, max_tokens: int, n_prompt: int, max_context: int, promp
     return out
 
 
+def _check_text_size(text: str, tokenizer: Any, max_context: int, param: str) -> None:
+    """400 before tokenizing a text that cannot fit the context (tokenizing megabytes blocks the event loop)."""
+    per = getattr(tokenizer, "max_token_bytes", None)
+    if not isinstance(per, int) or per < 1:
+        return
+    least = -(-len(text) // per)   # each token covers at most `per` bytes, so at most `per` characters
+    if least >= max_context:
+        raise ApiError(400, f"This model's maximum context length is {max_context} tokens. However, the {param} "
+                            f"has {len(text)} characters, which is at least {least} tokens. Please reduce the "
+                            f"length of the {param}.", param=param, code="context_length_exceeded")
+
+
 def _check_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
     if not ids:
         raise ApiError(400, f"the {param} is empty: send at least one token", param=param)
@@ -177,6 +189,8 @@ def prepare_completion(req: CompletionRequest, tokenizer: Any, max_context: int,
         raise ApiError(400, "suffix is not supported", param="suffix")
     if req.best_of not in (None, 1):
         raise ApiError(400, "best_of > 1 is not supported", param="best_of")
+    if isinstance(prompt, str):
+        _check_text_size(prompt, tokenizer, max_context, "prompt")
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)   # as the engine encodes text
     _check_ids(ids, vocab_size, "prompt")
     max_tokens = 16 if req.max_tokens is None else req.max_tokens
@@ -215,6 +229,7 @@ def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_context: int, v
         raise ApiError(400, "only response_format type 'text' is supported", param="response_format")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
                 for i, m in enumerate(req.messages)]
+    _check_text_size("".join(m["content"] for m in messages), tokenizer, max_context, "messages")
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     ids = _check_ids(tokenizer.encode(text), vocab_size, "messages")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens

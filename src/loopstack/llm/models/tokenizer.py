@@ -72,6 +72,11 @@ class Tokenizer:
         """Number of token ids."""
         return len(self.tokens)
 
+    @property
+    def max_token_bytes(self) -> int:
+        """Bytes of the longest token: a text of n characters has at least n / this many tokens."""
+        return max((len(b) for b in self._token_bytes), default=1)
+
     def _to_bytes(self, token: str) -> bytes:
         if all(c in self._u2b for c in token):
             return bytes(self._u2b[c] for c in token)
