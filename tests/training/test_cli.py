@@ -67,3 +67,5 @@ def test_runs_list_show_compare(project, tmp_path):
     assert [int(n) for n in re.findall(r'data-points="(\d+)"', page)] == [4, 4]
     bad = ls("runs", "list", "-p", p, "--filter", "metrics.auc >", ok=False)
     assert bad.returncode == 2 and "add a value" in bad.stderr
+    bad = ls("runs", "list", "-p", p, "--limit", "-1", ok=False)   # it listed every run
+    assert bad.returncode == 2 and "--limit" in bad.stderr and "Traceback" not in bad.stderr

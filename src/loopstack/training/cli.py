@@ -111,7 +111,7 @@ def _when(ms: int | None) -> str:
 @runs_app.command("list")
 def runs_list(filter: Optional[str] = typer.Option(None, "--filter", help="e.g. \"metrics.auc > 0.8\"."),
               order_by: Optional[List[str]] = typer.Option(None, "--order-by", help="'metrics.auc DESC' (repeat)."),
-              limit: int = typer.Option(50, "--limit", "-n"),
+              limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
               project: Path = ProjectOpt) -> None:
     """Runs matching a filter, sorted (default: newest first)."""
     p = _project(project)
