@@ -56,6 +56,8 @@ class Tokenizer:
         self._b2u = bytes_to_unicode()
         self._u2b = {c: b for b, c in self._b2u.items()}
         self._token_bytes: list[bytes] = [self._to_bytes(t) for t in self.tokens]
+        # bytes of the longest token: a text of n characters has at least n / this many tokens
+        self.max_token_bytes = max((len(b) for b in self._token_bytes), default=1)
         self._bpe_cache: dict[str, list[int]] = {}
         self._template: Any = None
 
@@ -71,11 +73,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of token ids."""
         return len(self.tokens)
-
-    @property
-    def max_token_bytes(self) -> int:
-        """Bytes of the longest token: a text of n characters has at least n / this many tokens."""
-        return max((len(b) for b in self._token_bytes), default=1)
 
     def _to_bytes(self, token: str) -> bytes:
         if all(c in self._u2b for c in token):
