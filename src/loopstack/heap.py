@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a process that only serves (`loopstack serve`, `loopstack features serve`).
+"""Garbage-collector settings for a process that only serves (`loopstack serve`, `features serve`, `llm serve`).
 
 A server keeps a large, long-lived heap (the app, views, libraries, loaded models) and makes many small,
 short-lived containers per request (parsed bodies, answers, prediction-log records waiting for the

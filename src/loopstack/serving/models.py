@@ -144,12 +144,12 @@ class ModelHandle:
 
     @property
     def ready(self) -> bool:
-        p = self.snapshot.policy
-        return p is not None and p.default_route() is not None and p.default_route()[1] in self.snapshot.versions
+        return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
         """Why the model cannot answer (None when it can): what /readyz says."""
-        p, versions = self.snapshot.policy, self.snapshot.versions
+        snap = self.snapshot   # one snapshot: a swap meanwhile must not mix two
+        p, versions = snap.policy, snap.versions
         if p is None:
             return f"not loaded yet ({self.error})" if self.error else "not loaded yet"
         route = p.default_route()
