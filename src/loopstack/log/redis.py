@@ -22,7 +22,8 @@ import itertools
 import json
 from typing import Any, Iterable, Iterator, Sequence
 
-from loopstack.errors import ConfigError, LogError
+from loopstack.errors import LogError
+from loopstack.redis_url import redis_from_url
 from loopstack.timeutil import now_micros
 
 from .base import DLQ_SUFFIX, AppendResult, Consumer, EventLog, Record, TopicConfig
@@ -77,11 +78,7 @@ class RedisLog(EventLog):
         except ImportError as exc:  # pragma: no cover - redis is in the dev/redis extras
             raise LogError("the redis backend needs the redis client: pip install 'loopstack[redis]'") from exc
         self.url, self.prefix = url, prefix
-        try:
-            self.r = redis.Redis.from_url(url)
-        except ValueError as exc:   # no redis:// scheme, a port that is not a number, ...
-            raise ConfigError(f"event log: {url!r} is not a Redis URL ({exc}); set `log.url` in loopstack.yaml to "
-                              "e.g. redis://127.0.0.1:6379/0") from None
+        self.r = redis_from_url(url, "event log", "log.url")
         try:
             self.r.ping()
         except redis.RedisError as exc:

@@ -19,6 +19,7 @@ from typing import Iterable
 
 from loopstack.errors import ConfigError
 from loopstack.features.online.base import FORKS, OnlineStore, WriteBatch, check_batch
+from loopstack.redis_url import redis_from_url
 
 
 def _pack(args: list[bytes]) -> bytes:
@@ -103,11 +104,7 @@ class RedisOnlineStore(OnlineStore):
         self._spin_s = spin_us / 1e6
         self._h = f"{prefix}:oh:"
         self._p = f"{prefix}:op"
-        try:
-            self.r = redis.Redis.from_url(url)
-        except ValueError as exc:   # no redis:// scheme, a port that is not a number, ...
-            raise ConfigError(f"online store: {url!r} is not a Redis URL ({exc}); set `online.url` in "
-                              "loopstack.yaml to e.g. redis://127.0.0.1:6379/0") from None
+        self.r = redis_from_url(url, "online store", "online.url")
         self.unavailable = (redis.ConnectionError, redis.TimeoutError)   # server down, restarting, too slow
         self._local = threading.local()
         try:
