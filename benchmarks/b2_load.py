@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import b1_pit_join as b1  # noqa: E402  (console, results folder, Feast venv, RSS polling)
 from b2_report import BACKENDS  # noqa: E402
+from quiet import wait_quiet  # noqa: E402
 
 REPO, RESULTS, FEAST_PY = b1.REPO, b1.RESULTS, b1.FEAST_PY
 WORK = b1.BENCH / "b2"
@@ -89,6 +90,38 @@ def warm_page_cache(system: str, backend: str, n: int) -> dict:
             while k := fh.readinto(buf):
                 total += k
     return {"files": [f.name for f in files], "bytes": total, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _dirty_kib() -> int:
+    """Dirty + under-writeback page-cache KiB (/proc/meminfo): file data the kernel has yet to write."""
+    try:
+        info = dict(ln.split(":", 1) for ln in Path("/proc/meminfo").read_text().splitlines())
+        return int(info["Dirty"].split()[0]) + int(info["Writeback"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def settle(url: str | None, backend: str, timeout: float = 600) -> dict:
+    """Wait out the background work a load (or the previous run) leaves behind, before a timed run:
+    Redis's AOF rewrite or RDB save (a fork writing a ~0.7 GB file), the kernel's writeback of dirty
+    pages (flushed ~30 s after they were written, whatever runs then) and the VM's reporting of freed
+    memory to its host (quiet.py). Each one stalls a timed run it overlaps, and after a load that run
+    was always the first system's first repeat (B2 docs)."""
+    t0, waited = time.perf_counter(), 0.0
+    if backend == "redis" and url:
+        import redis as redis_client
+        r = redis_client.Redis.from_url(url)
+        busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
+        while any(int(r.info("persistence").get(k, 0)) for k in busy):
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit(f"Redis at {url} still rewrites its AOF after {timeout:.0f} s")
+            time.sleep(0.5)
+        waited = time.perf_counter() - t0
+    dirty, t1 = _dirty_kib(), time.perf_counter()
+    os.sync()
+    synced = time.perf_counter() - t1
+    return {"redis_wait_seconds": round(waited, 2), "dirty_kib": dirty, "sync_seconds": round(synced, 2),
+            "memory_report": wait_quiet()}
 
 
 # ---------------------------------------------------------------- subprocesses and loading ----

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import selectors
 import time
@@ -147,6 +148,7 @@ async def run(a) -> dict:
         out: list = [None] * n
         tasks = []
         t0 = time.perf_counter() + 0.05
+        t0_unix.append(time.time() + 0.05)
         for i in range(n):
             due = t0 + i / a.rate
             delay = due - time.perf_counter() - SPIN_S
@@ -177,6 +179,7 @@ async def run(a) -> dict:
             pool.opened = pool.in_use = 0
         return out, time.perf_counter() - t0
 
+    t0_unix: list[float] = []   # each phase's start by the wall clock (to line the trace up with other logs)
     warm = int(a.rate * a.warmup_seconds)
     if warm:
         await phase(warm, 0)
@@ -184,6 +187,10 @@ async def run(a) -> dict:
     pool.peak_in_use = pool.in_use
     out, wall = await phase(n, warm)
     lat = np.array([o[0] for o in out]) * 1e3
+    if a.trace:   # one line per request: its due time from the start, latency and service time (ms)
+        with open(a.trace, "w") as f:
+            f.write("due_s,latency_ms,service_ms,status\n")
+            f.writelines(f"{k / a.rate:.4f},{o[0] * 1e3:.4f},{o[1] * 1e3:.4f},{o[2]}\n" for k, o in enumerate(out))
     svc = np.array([o[1] for o in out]) * 1e3
     lag = np.array([o[3] for o in out]) * 1e3
     lag = lag[~np.isnan(lag)]
@@ -203,7 +210,7 @@ async def run(a) -> dict:
             "reconnects": pool.reconnects, "drain_seconds": a.drain_seconds, "target_rps": a.rate,
             "achieved_rps": ok / wall, "wall_seconds": wall, **pct(lat),
             "service": pct(svc), "send_lag": pct(lag) if len(lag) else None, "connections": pool.opened,
-            "peak_in_flight": pool.peak_in_use}
+            "peak_in_flight": pool.peak_in_use, "t0_unix": t0_unix[-1]}
 
 
 def main() -> None:
@@ -213,6 +220,7 @@ def main() -> None:
     p.add_argument("--path", default="/get-online-features")
     p.add_argument("--bodies", required=True, help="JSON lines, one request body each (cycled)")
     p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--trace", help="write every timed request's due time, latency and status to this CSV")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup-seconds", type=float, default=3.0)
     p.add_argument("--drain-seconds", type=float, default=10.0,
@@ -228,9 +236,21 @@ def main() -> None:
     # select(2) sleeps to the microsecond; the default epoll selector rounds every timeout up to the next
     # millisecond, which would make each request's send up to 1 ms late and charge that to the server
     precise_timers()
+    pauses: list[tuple[int, float]] = []   # (generation, seconds) of every collection the client makes
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append((info["generation"], time.perf_counter() - started.pop()))
+    gc.callbacks.append(on_gc)
     sel = selectors.SelectSelector if a.selector == "select" else selectors.EpollSelector
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(sel())) as r:
-        print(json.dumps(r.run(run(a))))
+        res = r.run(run(a))
+    res["client_gc"] = {"collections": len(pauses), "full": sum(1 for g, _ in pauses if g == 2),
+                        "longest_ms": max((d for _, d in pauses), default=0.0) * 1e3}
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":

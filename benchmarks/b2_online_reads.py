@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 import b1_pit_join as b1  # noqa: E402  (shared helpers: console, machine info, Feast venv, RSS polling)
 import b2_data  # noqa: E402
 from b2_load import (SYSTEMS, WORK, ensure_feast_redis, feast_args, load_all, loopstack_env, redis,  # noqa: E402
-                     run_json, warm_page_cache)  # the stores, loading them, fresh-process steps
+                     run_json, settle, warm_page_cache)  # the stores, loading them, fresh-process steps
 from b2_loopstack import CASE_SEEDS  # noqa: E402  (numpy and b2_data only at import)
 from b2_report import BACKENDS, load_results, print_report, save_results, write_docs  # noqa: E402
 
@@ -111,6 +111,7 @@ def inprocess(n: int, data: Path, url: str, a, results: dict) -> None:
     for rep in range(a.repeat):
         for backend in a.backends:
             for system in alternate(a.systems, rep):
+                settled = settle(url, backend)
                 warm = warm_page_cache(system, backend, n)
                 note = load_note()
                 console.print(f"in-process reads: {system} {backend} (repeat {rep + 1}/{a.repeat}; "
@@ -127,7 +128,7 @@ def inprocess(n: int, data: Path, url: str, a, results: dict) -> None:
                                  f"read_feast_{backend}_n{n}")
                 if r["status"] != "ok":
                     raise SystemExit(f"{system} reads ({backend}) failed:\n{r.get('error')}")
-                r["load_before"], r["page_cache_warmed"] = note, warm
+                r["load_before"], r["page_cache_warmed"], r["settled"] = note, warm, settled
                 answers[f"{system}|{backend}"] = r.pop("answers")
                 results.setdefault("answers", {}).setdefault(str(n), {})[f"{system}|{backend}"] = answers[
                     f"{system}|{backend}"]
@@ -138,6 +139,7 @@ def inprocess(n: int, data: Path, url: str, a, results: dict) -> None:
                            "peak_rss_bytes": int(np.median([r["peak_rss_bytes"] for r in rs])),
                            "version": rs[0]["version"], "loads": [r["load_before"] for r in rs],
                            "page_cache_warmed": [r["page_cache_warmed"] for r in rs],
+                           "settled": [r["settled"] for r in rs],
                            "case_order": [r.get("order") for r in rs]}
     results.setdefault("answers_check", {})[str(n)] = check_answers(results["answers"][str(n)])
 
@@ -237,6 +239,7 @@ def http(n: int, url: str, a, results: dict) -> None:
                 try:
                     wait_ready(port, files[1].read_text().splitlines()[0].encode(), proc)
                     for batch in (1, 100):
+                        settled = settle(url, backend)
                         note = load_note()
                         console.print(f"HTTP: {system} {backend} {batch}x10 at {a.rate:.0f} req/s for "
                                       f"{a.http_seconds:.0f} s (repeat {rep + 1}/{a.http_repeat}; "
@@ -244,12 +247,14 @@ def http(n: int, url: str, a, results: dict) -> None:
                                       f"started: {warm['bytes'] / 2**20:,.0f} MiB)")
                         r = run_json([sys.executable, str(HERE / "b2_loadgen.py"), "--port", str(port), "--bodies",
                                       str(files[batch]), "--rate", str(a.rate), "--seconds", str(a.http_seconds),
-                                      "--warmup-seconds", str(a.http_warmup)], f"http_{system}_{backend}_{batch}")
+                                      "--warmup-seconds", str(a.http_warmup), "--trace",
+                                      str(logs / f"b2_trace_{system}_{backend}_{batch}_r{rep + 1}.csv")],
+                                     f"http_{system}_{backend}_{batch}")
                         if r["status"] != "ok":
                             raise SystemExit(f"load generator failed:\n{r.get('error')}")
                         r["server_rss_bytes"] = b1._tree_rss(psutil.Process(proc.pid))
                         r["server"] = how
-                        r["load_before"], r["page_cache_warmed"] = note, warm
+                        r["load_before"], r["page_cache_warmed"], r["settled"] = note, warm, settled
                         runs.setdefault(f"{system}|{backend}|{batch}", []).append(r)
                         for conc in a.concurrency:
                             console.print(f"HTTP closed loop: {system} {backend} {batch}x10 at concurrency {conc} "
@@ -277,7 +282,8 @@ def http(n: int, url: str, a, results: dict) -> None:
                  server_rss_bytes=int(np.median([r["server_rss_bytes"] for r in rs])),
                  connections=max(r["connections"] for r in rs), p99_ms_each=[r["p99_ms"] for r in rs],
                  service_p99_ms=float(np.median([r["service"]["p99_ms"] for r in rs])),
-                 loads=[r["load_before"] for r in rs], page_cache_warmed=[r["page_cache_warmed"] for r in rs])
+                 loads=[r["load_before"] for r in rs], page_cache_warmed=[r["page_cache_warmed"] for r in rs],
+                 settled=[r["settled"] for r in rs])
         res[f"{k}|{n}"] = m
     for k, rs in closed.items():   # fixed concurrency: medians over the repeats
         res[f"{k}|{n}"] = {**{x: float(np.median([r[x] for r in rs]))
