@@ -204,6 +204,12 @@ def docs_section(results: dict, n: int) -> str:
          "case's warm-up; for loopstack that includes its store's own step at a process's first serving read, "
          "which maps the whole file in a background thread (`online.populate`, on by default; "
          "docs/online-store.md).", "",
+         "**A settled machine for both.** Before every timed run (and before each HTTP cell) the harness waits "
+         "for the background work a load or the previous run leaves behind (b2_load.settle): Redis's AOF "
+         "rewrite or RDB save, the kernel's writeback of dirty pages (`sync`), and this VM's reporting of "
+         "freed memory to its host (benchmarks/quiet.py: until nothing was reported for 4 s). Each reporting "
+         "pass stalls every process for ~10-20 ms; without the wait, the first run after a load had a stall "
+         "every ~2 s.", "",
          f"**In-process**: every system in a fresh process; {cfg.get('requests', '?'):,} timed sequential requests "
          f"for 1×10 and {cfg.get('requests_100', '?'):,} for 100×10, after a warm-up of 10 %; each call timed with "
          f"`perf_counter_ns`; req/s = requests / wall time of the timed loop (one thread). Repeated "
