@@ -42,6 +42,7 @@ from pathlib import Path
 import b4_models
 import b4_servers as S
 from b4_serving import direct_baseline
+from quiet import wait_quiet
 
 OUT = S.BENCH / "results" / "b4_overhead.jsonl"
 
@@ -109,6 +110,9 @@ def measure(models: list[str], rows: list[int], seconds: float, warmup: float, r
         for r in rows:
             servers = {v: start(m, r, extra, src) for v, src in variants.items()}
             work = DirectWorker(m, r) if interleave else None
+            q = wait_quiet()   # the previous cell's servers freed their memory: let the VM report it first
+            print(f"{m}/{r}: waited {q['seconds']:.1f} s for the VM's memory reporting "
+                  f"({q['reported_mib']} MiB reported; quiet.py)", flush=True)
             key = "b1" if r == 1 else "b32"
             direct = functools.partial(_direct, work, interleave, m, key)
             d2 = None

@@ -122,6 +122,32 @@ def test_string_timestamps_are_parsed(setup, engine):
         call(setup, engine, ["author_stats:length"], df=entity_df(["yesterday", "x", "y"]))
 
 
+def test_naive_strings_mixed_with_zoned_ones_warn(setup, engine):
+    # utc=True parsing took the naive one as UTC without a word
+    mixed = ["2024-05-01T15:00:00+02:00", "2024-05-01T12:00:00", "2024-04-30T12:00:00Z"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = call(setup, engine, ["author_stats:length"], df=entity_df(mixed))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1 and "interpreted as UTC" in msgs[0]
+    assert out["event_timestamp"].tolist()[1] == pd.Timestamp("2024-05-01 12:00", tz="UTC")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # several offsets, each given: nothing to warn about
+        call(setup, engine, ["author_stats:length"], df=entity_df(["2024-05-01T15:00:00+02:00",
+                                                                   "2024-05-01T12:00:00Z", "2024-04-30T12:00Z"]))
+
+
+def test_entity_keys_of_the_wrong_kind_are_a_clear_error(setup, engine):
+    # string keys against the int64 entity failed inside the engine with a cast error
+    df = entity_df().astype({"author_id": str})
+    with pytest.raises(RetrievalError, match=r"column 'author_id' holds string values, but entity 'author'.*"
+                                             r"keyed by int64.*astype\('int64'\)"):
+        call(setup, engine, ["author_stats:length"], df=df)
+    floats = entity_df().astype({"author_id": float})   # e.g. an int column that once held NaN
+    lens = call(setup, engine, ["author_stats:length"], df=floats)["length"]
+    assert lens.isna().tolist() == [False, True, False] and lens[[7, 9]].tolist() == [20.0, 10.0]
+
+
 def test_null_or_non_time_timestamps_rejected(setup, engine):
     with pytest.raises(RetrievalError, match="1 null value"):
         call(setup, engine, ["author_stats:length"], df=entity_df([T0, None, T0]))

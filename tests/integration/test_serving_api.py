@@ -130,6 +130,9 @@ def test_unknown_entities_still_get_an_answer(env):
      ["text_length"]),
     ({"entities": {"author_id": 1}, "colour": "red"}, 422, "invalid_request", ["colour"]),
     ({"entities": {"author_id": 1}, "deadline_ms": -5}, 422, "invalid_request", ["deadline_ms"]),
+    # a string or a bool as the deadline was read as a number ("100" -> 100 ms, true -> 1 ms)
+    ({"entities": {"author_id": 1}, "deadline_ms": "100"}, 422, "invalid_request", ["deadline_ms", "number"]),
+    ({"entities": {"author_id": 1}, "deadline_ms": True}, 422, "invalid_request", ["deadline_ms", "number"]),
     ([1, 2], 422, "invalid_request", ["body"]),
 ])
 def test_bad_input_is_a_4xx_that_names_the_problem(env, payload, status, code, words):
@@ -242,3 +245,33 @@ def test_each_model_has_its_own_queue_so_a_slow_one_cannot_starve_another(env):
         t.join(30)
     assert [r["prediction"] for r in results] == pytest.approx([0.7] * 3)
     assert srv.client.get("/readyz").json()["models"]["ham"]["ready"]
+
+
+def test_an_internal_error_on_the_standard_route_keeps_the_connection_open(env, monkeypatch):
+    # the 500 went out through Starlette's error middleware, which re-raises: uvicorn then closed the keep-alive
+    # connection, so a client's next request on it failed
+    import json
+    import socket
+
+    from loopstack.serving import app as app_module
+    _, srv = env
+    monkeypatch.setattr(app_module, "fast_predict", lambda obj: None)   # every body takes the standard route
+
+    async def broken(*a, **kw):
+        raise RuntimeError("the vector builder broke")
+    monkeypatch.setattr(srv.app.state.service, "predict", broken)
+    payload = json.dumps(body()).encode()
+    req = (b"POST /v1/models/spam:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        f = s.makefile("rb")
+        for _ in range(2):   # the same connection twice
+            s.sendall(req)
+            status = f.readline()
+            headers = {}
+            while (line := f.readline()) not in (b"\r\n", b""):
+                k, v = line.decode().split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            out = json.loads(f.read(int(headers["content-length"])))
+            assert b" 500 " in status and out["error"] == "internal" and "vector builder broke" in out["detail"]
+            assert headers.get("connection", "").lower() != "close"

@@ -72,6 +72,11 @@ def test_traffic_changes_apply_without_restart(rollout):
     assert '"canary_percent": 100.0' in res.output
     bad = CliRunner().invoke(cli_app, ["models", "traffic", "spam", "-p", str(p.root), "--canary-percent", "140"])
     assert bad.exit_code != 0 and "canary_percent" in str(bad.exception or bad.output)
+    # a fallback version that does not exist was stored (with a note) and never used
+    before = CliRunner().invoke(cli_app, ["models", "traffic", "spam", "-p", str(p.root), "--json"]).output
+    bad = CliRunner().invoke(cli_app, ["models", "traffic", "spam", "-p", str(p.root), "--fallback", "99"])
+    assert bad.exit_code != 0 and "has no version 99" in str(bad.exception) and "versions: 1" in str(bad.exception)
+    assert CliRunner().invoke(cli_app, ["models", "traffic", "spam", "-p", str(p.root), "--json"]).output == before
 
 
 def test_shadow_gets_a_copy_after_the_answer_and_both_outputs_are_logged(tmp_path):

@@ -197,6 +197,10 @@ def test_logprobs_completion_and_chat(shared):
     ({"model": MODEL, "prompt": {"text": "hi"}}, "prompt", "invalid_type"),
     ({"model": MODEL, "prompt": "hi", "stop": [1, 2]}, "stop", "invalid_type"),
     ({"model": MODEL, "prompt": "hi", "seed": "x", "stream": "maybe"}, "seed", "invalid_type"),
+    # lax parsing read these as numbers: true -> 1 token, "100" -> 100, 1.5 -> seed 1
+    ({"model": MODEL, "prompt": "hi", "max_tokens": True}, "max_tokens", "invalid_type"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": "100"}, "max_tokens", "invalid_type"),
+    ({"model": MODEL, "prompt": "hi", "seed": 1.5}, "seed", "invalid_type"),
 ])
 def test_bad_completion_requests_are_400_in_openai_format(shared, body, param, code):
     url, eng = shared

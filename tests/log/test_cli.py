@@ -38,7 +38,7 @@ def test_ingest_exits_1_when_no_row_was_accepted(project, tmp_path):
     f.write_text("\n".join([json.dumps({"user": "x", "n": "bad"})] * 3) + "\n")
     res = runner.invoke(app, ["ingest", str(f), "--topic", "msgs", "-p", str(project.root), "--no-progress"])
     assert res.exit_code == 1, res.output
-    assert "0 accepted, 3 rejected" in res.output and "no row" in res.output
+    assert "0 accepted, 3 rejected" in res.stdout and "no row" in res.stderr
     assert sum(Project(project.root).log.end_offsets("msgs.dlq").values()) == 3   # kept in the DLQ
 
 
@@ -46,8 +46,8 @@ def test_ingest_unknown_topic_fails_with_hint(project, tmp_path):
     f = tmp_path / "in.jsonl"
     f.write_text('{"a": 1}\n')
     res = runner.invoke(app, ["ingest", str(f), "--topic", "nope", "-p", str(project.root)])
-    assert res.exit_code == 1
-    assert "unknown topic 'nope'" in res.output and "msgs" in res.output
+    assert res.exit_code == 2   # a usage error, on stderr (it was exit 1 on stdout)
+    assert "unknown topic 'nope'" in res.stderr and "msgs" in res.stderr and not res.stdout
 
 
 def test_tail_last_n_and_partition(project):
@@ -61,7 +61,7 @@ def test_tail_last_n_and_partition(project):
     other = runner.invoke(app, ["tail", "msgs", "--partition", str(1 - p), "-p", str(project.root)])
     assert other.exit_code == 0 and other.output.strip() == ""
     badp = runner.invoke(app, ["tail", "msgs", "--partition", "7", "-p", str(project.root)])
-    assert badp.exit_code == 1 and "partition 7 does not exist" in badp.output
+    assert badp.exit_code == 2 and "partition 7 does not exist" in badp.stderr and not badp.stdout
 
 
 def test_topics_table(project):

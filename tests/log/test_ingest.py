@@ -130,3 +130,25 @@ def test_unreadable_parquet_and_bad_chunk_size_are_errors(log, topic, tmp_path):
     with pytest.raises(LogError, match="chunk_size must be >= 1, got 0"):
         ingest_file(log, f, "msgs", chunk_size=0, progress=False)
     assert sum(log.end_offsets("msgs").values()) == 0
+
+
+def test_lines_that_are_not_utf8_go_to_the_dlq_unaltered_elsewhere(log, topic, tmp_path):
+    # they were decoded with replacement characters and appended: the data changed without a word
+    j = tmp_path / "latin1.jsonl"
+    j.write_bytes(json.dumps({"user": "ok", "n": 1}).encode() + b"\n" + b'{"user": "Ren\xe9", "n": 2}\n'
+                  + json.dumps({"user": "Ren\u00e9", "n": 3}).encode() + b"\n")
+    res = ingest_file(log, j, "msgs", progress=False)
+    assert (res.accepted, res.rejected) == (2, 1)
+    assert sorted(r.value["user"] for r in log.replay("msgs")) == ["Ren\u00e9", "ok"]
+    (dead,) = _dlq(log)
+    assert "line 2 is not valid UTF-8 (byte 0xe9" in dead["reason"] and "Ren" in dead["record"]
+    c = tmp_path / "latin1.csv"   # a quoted cell spans lines 3-4; the bad byte is on line 4
+    c.write_bytes(b'user,n\nalice,5\n"bob\nb\xe9b",6\ncarol,7\n')
+    res = ingest_file(log, c, "msgs", progress=False)
+    assert (res.accepted, res.rejected) == (2, 1)
+    assert {"alice", "carol"} <= {r.value["user"] for r in log.replay("msgs")}
+    assert "line 4 is not valid UTF-8" in _dlq(log)[-1]["reason"]
+    h = tmp_path / "header.csv"
+    h.write_bytes(b"us\xe9r,n\na,1\n")
+    with pytest.raises(LogError, match="header line 1 is not valid UTF-8"):
+        ingest_file(log, h, "msgs", progress=False)

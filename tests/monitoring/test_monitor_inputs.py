@@ -50,10 +50,31 @@ def test_diagnose_of_a_model_without_windows_says_so_and_exits_1(monitor):
     from typer.testing import CliRunner
 
     from loopstack.cli import app
+    from tests.integration.serving_env import SIGNATURE, ConstantModel
+    monitor.project.models.register("quiet", ConstantModel(0.5), signature=SIGNATURE)
     root = str(monitor.project.root)
-    r = CliRunner().invoke(app, ["monitor", "diagnose", "nosuch", "--json", "-p", root])
+    r = CliRunner().invoke(app, ["monitor", "diagnose", "quiet", "--json", "-p", root])
     assert r.exit_code == 1
     out = json.loads(r.stdout)
-    assert out["explanation"] is None and "no monitoring windows for model 'nosuch'" in out["note"]
-    r = CliRunner().invoke(app, ["monitor", "diagnose", "nosuch", "-p", root], terminal_width=200)
+    assert out["explanation"] is None and "no monitoring windows for model 'quiet'" in out["note"]
+    r = CliRunner().invoke(app, ["monitor", "diagnose", "quiet", "-p", root], terminal_width=200)
     assert r.exit_code == 1 and "nothing to diagnose" in r.output and "genuine drift" not in r.output
+
+
+@pytest.mark.parametrize("args", [["report", "nosuch"], ["diagnose", "nosuch"], ["status", "nosuch"],
+                                  ["alerts", "nosuch"], ["alerts", "nosuch", "--json"]])
+def test_a_model_the_registry_does_not_know_is_an_error(monitor, tmp_path, args):
+    # a typo wrote an empty report (or printed nothing) and exited 0
+    from typer.testing import CliRunner
+
+    from loopstack.cli import app
+    from tests.integration.serving_env import SIGNATURE, ConstantModel
+    monitor.project.models.register("spam", ConstantModel(0.5), signature=SIGNATURE)
+    out = tmp_path / "r.html"
+    extra = ["--out", str(out)] if args[0] == "report" else []
+    r = CliRunner().invoke(app, ["monitor", *args, *extra, "-p", str(monitor.project.root)], terminal_width=300)
+    assert r.exit_code == 2, r.output
+    assert "unknown model 'nosuch'" in r.stderr and "registered: spam" in r.stderr
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["monitor", args[0], "spam", *args[2:], *extra, "-p", str(monitor.project.root)])
+    assert r.exit_code == (1 if args[0] == "diagnose" else 0), r.output   # known, no windows yet: a warning

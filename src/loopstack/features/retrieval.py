@@ -55,6 +55,10 @@ def resolve(ref: str, views: dict[str, FeatureView]) -> tuple[FeatureView, Aggre
     return view, view.feature(feat_name)
 
 
+# a time of day ending in a zone designator (Z, +02, +0200, -05:30); a date alone is naive
+_ZONED = r"[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?\s*(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
+
+
 def normalize_timestamps(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     """Entity timestamps → timestamp[us, UTC]. Naive values are taken as UTC (with one warning)."""
     t = col.type
@@ -70,6 +74,9 @@ def normalize_timestamps(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
                     f"timestamp column {name!r} has strings that are not ISO 8601 times ({exc}); "
                     "give datetimes or strings like '2024-05-01T12:00:00Z'"
                 ) from exc
+            # several offsets, or naive and zoned strings mixed: utc=True took the naive ones as UTC
+            if not pd.Series(values, dtype=object).dropna().str.contains(_ZONED, na=False).all():
+                _warn_naive(name)
         if getattr(parsed.dt, "tz", None) is None:
             _warn_naive(name)
             parsed = parsed.dt.tz_localize("UTC")
@@ -92,6 +99,28 @@ def normalize_timestamps(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
             f"timestamp column {name!r} has {col.null_count} null value(s); every entity row needs a time"
         )
     return col
+
+
+def _check_key_type(t: pa.DataType, view: FeatureView) -> None:
+    """entity_df's key column must hold the entity's kind of value: strings against int64 keys failed deep
+    in the offline engine with a cast error that named neither the column nor the fix."""
+    want, key = view.entity.dtype.lower(), view.entity.join_key
+    if pa.types.is_dictionary(t):   # a pandas categorical
+        t = t.value_type
+    numeric = want.startswith(("int", "uint", "float"))
+    if pa.types.is_null(t) or (numeric and (pa.types.is_integer(t) or pa.types.is_floating(t))):
+        return
+    if not numeric and want in ("string", "str") and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                                                      or pa.types.is_string_view(t)):
+        return
+    if not numeric and want not in ("string", "str"):
+        return   # another key type (e.g. bytes): the engine compares it as it is
+    fix = f"df[{key!r}].astype('int64')" if numeric else f"df[{key!r}].astype(str)"
+    held = ("string" if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+            else "integer" if pa.types.is_integer(t) else "float" if pa.types.is_floating(t) else str(t))
+    raise RetrievalError(
+        f"entity_df column {key!r} holds {held} values, but entity {view.entity.name!r} (feature view "
+        f"{view.name!r}) is keyed by {want}; convert the column first, e.g. {fix}")
 
 
 def _warn_naive(name: str) -> None:
@@ -224,6 +253,7 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
                 f"feature view {view.name!r} is keyed by {key!r} (entity {view.entity.name!r}), but entity_df "
                 f"has no {key!r} column; its columns are {table.column_names}"
             )
+        _check_key_type(table.schema.field(key).type, view)
         grouped.setdefault(view.name, []).append((agg, out_names[ref]))
         view_of[view.name] = view
     requests = []

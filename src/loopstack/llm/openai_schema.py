@@ -27,7 +27,8 @@ class ApiError(Exception):
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "100" or true is not a max_tokens, 1.5 not a seed (lax pydantic would read them as 100, 1, ...)
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
@@ -56,7 +57,7 @@ class CompletionRequest(_Req):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Union[str, list[dict], None] = None
     name: str | None = None

@@ -16,6 +16,7 @@ from .base import DLQ_SUFFIX, EventLog
 app = typer.Typer(help="Box 1, the event log: ingest files into topics, tail them, list them.",
                   no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True)   # errors: `log tail` prints JSON lines on stdout for pipes
 
 ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (with loopstack.yaml).")
 
@@ -26,8 +27,9 @@ def _open_log(project_dir: str) -> EventLog:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(1)
+    """A user error: one line on stderr and exit 2, as every other loopstack command."""
+    err_console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -53,7 +55,7 @@ def ingest(file: Path = typer.Argument(..., help="A .jsonl, .csv or .parquet fil
             t.add_row(str(n), reason)
         console.print(t)
     if res.rejected and not res.accepted:   # a script must be able to tell that nothing went in
-        console.print(f"[red]error:[/] no row of {file} was accepted into {topic!r}: fix the file (or the topic's "
+        err_console.print(f"[red]error:[/] no row of {file} was accepted into {topic!r}: fix the file (or the topic's "
                       "schema) by the reasons above, then ingest it again")
         raise typer.Exit(1)
 

@@ -76,8 +76,17 @@ def _jsonl(path: Path, chunk: int, advance: Callable[[int], None]) -> Iterator[t
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             advance(len(raw))
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8", errors="replace").strip()
+            enc = "utf-8-sig" if n == 1 else "utf-8"
+            try:
+                line = raw.decode(enc).strip()
+            except UnicodeDecodeError as exc:   # kept in the DLQ, not altered by a replacement character
+                line = raw.decode(enc, errors="replace").strip()
+                bad.append((line, _not_utf8(n, exc)))
+                line = ""
             if not line:
+                if len(recs) + len(bad) >= chunk:
+                    yield recs, bad
+                    recs, bad = [], []
                 continue
             try:
                 recs.append(json.loads(line))
@@ -94,17 +103,31 @@ def _csv(path: Path, cfg: TopicConfig, chunk: int, advance: Callable[[int], None
          ) -> Iterator[tuple[list, list[Bad]]]:
     dtypes = {f.name: f.dtype for f in cfg.schema}
 
-    def lines(f: io.TextIOBase) -> Iterator[str]:
-        for line in f:
-            advance(len(line.encode()))
-            yield line
+    broken: dict[int, str] = {}   # physical line -> why it is not UTF-8 (its row goes to the DLQ)
+
+    def lines(f: io.BufferedReader) -> Iterator[str]:
+        for n, raw in enumerate(f, 1):
+            advance(len(raw))
+            enc = "utf-8-sig" if n == 1 else "utf-8"   # -sig: Excel's byte-order mark
+            try:
+                yield raw.decode(enc)
+            except UnicodeDecodeError as exc:
+                broken[n] = _not_utf8(n, exc)
+                yield raw.decode(enc, errors="replace")
 
     recs: list = []
     bad: list[Bad] = []
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: Excel's byte-order mark
+    with open(path, "rb") as f:
         reader = csv.DictReader(lines(f))
+        if reader.fieldnames is not None and 1 in broken:
+            raise LogError(f"cannot ingest {path.name!r}: its header {broken[1]}")
+        first = 2   # the first physical line of the next row (line 1 is the header)
         for row in reader:
-            if None in row:
+            why = next((broken[n] for n in range(first, reader.line_num + 1) if n in broken), None)
+            first = reader.line_num + 1
+            if why is not None:
+                bad.append(({k: v for k, v in row.items() if k is not None}, why))
+            elif None in row:
                 bad.append(({k: v for k, v in row.items() if k is not None} | {"_extra": row[None]},
                             f"line {reader.line_num} has more values than the header: got {row[None]!r}"))
             else:
@@ -114,6 +137,11 @@ def _csv(path: Path, cfg: TopicConfig, chunk: int, advance: Callable[[int], None
                 recs, bad = [], []
     if recs or bad:
         yield recs, bad
+
+
+def _not_utf8(n: int, exc: UnicodeDecodeError) -> str:
+    return (f"line {n} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+            "save the file as UTF-8 and ingest it again")
 
 
 def _parquet(path: Path, chunk: int, advance: Callable[[int], None]) -> Iterator[tuple[list, list[Bad]]]:

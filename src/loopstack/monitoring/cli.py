@@ -28,9 +28,21 @@ def _models(m, model: str | None) -> list[str]:
 
 
 def _warn_unknown(m, model: str) -> None:
+    """A model with no monitoring windows: warn if the registry knows it (nothing logged yet), and stop
+    with exit 2 if it does not (a typo would otherwise give an empty report and exit 0)."""
     known = m.models()
-    if model not in known:
-        err_console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
+    if model in known:
+        return
+    try:
+        registered = sorted(d["name"] for d in m.project.models.list())
+    except Exception:  # noqa: BLE001 - no registry to ask: the warning below still applies
+        registered = [model]
+    if model not in registered:
+        err_console.print(f"[red]error:[/] unknown model {model!r}: it is not in the registry and has no "
+                          f"monitoring windows (registered: {', '.join(registered) or 'none'}; with windows: "
+                          f"{', '.join(known) or 'none'})")
+        raise typer.Exit(2)
+    err_console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
                       f"{', '.join(known) or 'none'}); run `loopstack monitor run` after the server logged "
                       "predictions to the 'predictions' topic")
 
@@ -63,6 +75,8 @@ def status(project: Path = ProjectOpt, model: str = typer.Argument(None, help="O
     """The latest windows of each model: traffic, latency, drift, score shift, precision/recall, labels."""
     from loopstack.monitoring.report import terminal_summary
     m = _monitor(project)
+    if model:
+        _warn_unknown(m, model)
     lag = m.lag()
     console.print("records not yet consumed: " + (", ".join(f"{t}: {n}" for t, n in lag.items()) or "none"))
     for name in _models(m, model):
@@ -76,6 +90,8 @@ def alerts(project: Path = ProjectOpt, model: str = typer.Argument(None), limit:
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Stored alerts, newest first."""
     m = _monitor(project)
+    if model:
+        _warn_unknown(m, model)
     got = m.alerts(model, limit)
     if as_json:
         print(json.dumps([a.to_dict() for a in got], indent=2))

@@ -279,20 +279,22 @@ def create_app(project: "Project", cfg: ServingConfig, server_gc: bool = False) 
     async def predict(name: str, body: PredictRequest, request: Request) -> Response:
         """Fetch online features for `entities`, compute on-demand features from `fields`, assemble the
         model's vector, route (canary/experiment/holdback by `user_id`), predict through the ladder."""
-        return respond(await answer_one(name, request.scope["state"], dict(body.entities), dict(body.fields),
-                                         body.user_id, body.deadline_ms))
+        st = request.scope["state"]   # guarded: an exception past a handler would close the keep-alive connection
+        return respond(await guarded(st, answer_one(name, st, dict(body.entities), dict(body.fields), body.user_id,
+                                                    body.deadline_ms)))
 
     @app.post("/v1/models/{name}:predict_batch", response_model=PredictBatchResponse, responses=errs,
               summary="Predict several instances")
     async def predict_batch(name: str, body: PredictBatchRequest, request: Request) -> Response:
         """Each instance is routed and answered on its own (they share the dynamic batcher with everyone
         else); any failing instance fails the request, naming the instance."""
+        st = request.scope["state"]
         if body.instances is None:
-            return respond(await answer_rows(name, request.scope["state"], tuple(body.columns or ()),
-                                              body.rows or [], body.user_id, body.deadline_ms))
-        return respond(await answer_batch(name, request.scope["state"],
-                                           [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances],
-                                           body.user_id, body.deadline_ms))
+            return respond(await guarded(st, answer_rows(name, st, tuple(body.columns or ()), body.rows or [],
+                                                         body.user_id, body.deadline_ms)))
+        return respond(await guarded(st, answer_batch(
+            name, st, [(dict(i.entities), dict(i.fields), i.user_id) for i in body.instances], body.user_id,
+            body.deadline_ms)))
 
     def status(name: str) -> dict:
         h = fleet.get(name)

@@ -151,8 +151,12 @@ def traffic(name: str = typer.Argument(..., help="Registered model name."), proj
             "holdback_percent": holdback_percent, "fallback": fallback, "baseline": _baseline(baseline)}.items()
             if v is not None}
         changes.update({k.replace("-", "_"): None for k in unset})
-        settings = store.update(name, changes, actor=_actor()) if changes else store.get(name)
         states = {v.version: v.state for v in reg.versions(name)}
+        if fallback is not None and fallback not in states:   # a typo would be stored and never used
+            from loopstack.registry.errors import ModelReferenceError
+            raise ModelReferenceError(f"--fallback {fallback}: model {name!r} has no version {fallback} "
+                                      f"(versions: {', '.join(map(str, sorted(states))) or 'none'})")
+        settings = store.update(name, changes, actor=_actor()) if changes else store.get(name)
         policy = policy_from_states(name, states, production_history(reg.audit(name)), settings)
     finally:
         p.close()

@@ -32,7 +32,8 @@ class PredictRequest(BaseModel):
     entities: dict[str, EntityValue] = Field(default_factory=dict, description=_ENTITIES)
     fields: dict[str, Scalar] = Field(default_factory=dict, description=_FIELDS)
     user_id: UserId | None = Field(None, description=_USER)
-    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, description=_DEADLINE)
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, strict=True,
+                                     description=_DEADLINE)   # strict: "100" and true are not numbers
 
 
 class Instance(BaseModel):
@@ -60,7 +61,8 @@ class PredictBatchRequest(BaseModel):
                                             description="With `columns`: one list of values per row, in column "
                                                         "order (at most --max-instances rows).")
     user_id: UserId | None = Field(None, description=_USER)
-    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, description=_DEADLINE)
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, strict=True,
+                                     description=_DEADLINE)   # strict: "100" and true are not numbers
 
     @model_validator(mode="after")
     def _one_form(self) -> "PredictBatchRequest":
