@@ -104,3 +104,18 @@ def test_a_row_the_model_raises_on_fails_alone_not_the_batch_it_shared(tmp_path)
         assert max(stats["batch_sizes"]) == 5   # they did share one batch, which was then split
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("path,raw", [
+    (BATCH, b'{"columns": ["author_id", "text", "n_urls", "new_account"], "rows": [[%s, "x", 1, 0]]}' % HUGE[:31]),
+    (BATCH, b'{"instances": [{"entities": {"author_id": %s}, "fields": {"text": "x", "n_urls": 1, "new_account": 0}}]}'
+     % HUGE[:31]),
+    (PREDICT, b'{"entities": {"author_id": %s}, "fields": {"text": "x", "n_urls": 1, "new_account": 0}}' % HUGE[:31]),
+])
+def test_an_entity_key_past_64_bits_is_a_422_in_every_body_form(env, path, raw):
+    # the rows form said "must be an integer or a string, got 1e+30" (orjson reads it as a float); the other
+    # forms answered 200 for an entity no 64-bit key can name
+    r = _post(env, path, raw)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_input" and "author_id" in r.json()["detail"]
+    assert "too large for a key" in r.json()["detail"] and "1e+30" in r.json()["detail"]

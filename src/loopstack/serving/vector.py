@@ -10,9 +10,7 @@ the same vectors as a float64 array, once the first batch scored identically bot
 """
 from __future__ import annotations
 
-import functools
 import math
-import sys
 import warnings
 import weakref
 from datetime import datetime, timezone
@@ -27,75 +25,15 @@ from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView, OnDemandFeature
 from loopstack.features.retrieval import compute_on_demand
 from loopstack.serving.errors import ServingError
+from loopstack.serving.values import InputError, _kind, check_key, coerce  # noqa: F401 - re-exported
 from loopstack.signature import Signature
 
 _FLOAT = frozenset((float,))
-_FLOAT_MAX = sys.float_info.max
 TIMESTAMP_COLUMN = "event_timestamp"   # what training's entity frames call the row time (on-demand may read it)
-
-
-class InputError(ServingError):
-    """The request's input cannot make this model's vector (HTTP 422); the message names what is wrong."""
 
 
 class FeatureUnavailable(ServingError):
     """The feature definitions a model needs are not applied any more (HTTP 503)."""
-
-
-def _kind(dtype: str) -> str:
-    d = dtype.lower()
-    if d.startswith(("int", "uint")):
-        return "int"
-    if d.startswith("float"):
-        return "float"
-    if d in ("bool", "boolean"):
-        return "bool"
-    if d in ("object", "string", "str"):
-        return "str"
-    return "any"
-
-
-@functools.lru_cache(maxsize=64)
-def _int_range(dtype: str) -> tuple[int, int]:
-    """The smallest and largest value of an integer dtype (int64's when numpy does not know the name)."""
-    try:
-        info = np.iinfo(np.dtype(dtype.lower()))
-    except TypeError:
-        info = np.iinfo(np.int64)
-    return int(info.min), int(info.max)
-
-
-def _fits(value: int, kind: str, dtype: str) -> bool:
-    """Whether the integer `value` converts to the model input's type without overflowing."""
-    if kind == "float":
-        return abs(value) <= _FLOAT_MAX
-    if kind == "int":
-        lo, hi = _int_range(dtype)
-        return lo <= value <= hi
-    return True
-
-
-def coerce(value: Any, dtype: str, what: str) -> Any:
-    """`value` as the Python type of `dtype` (None stays None); InputError saying what was expected."""
-    if value is None:
-        return None
-    kind = _kind(dtype)
-    if kind in ("int", "float", "bool"):
-        if isinstance(value, (np.integer, np.floating, np.bool_)):
-            value = value.item()
-        if not isinstance(value, (int, float, bool)):
-            raise InputError(f"{what} must be a number (the model's input is {dtype}), got {value!r}")
-        if isinstance(value, float) and math.isinf(value) or not isinstance(value, bool) and \
-                isinstance(value, int) and not _fits(value, kind, dtype):
-            got = str(value) if isinstance(value, float) or abs(value) < 10**24 \
-                else f"an integer of about 10^{int(value.bit_length() * 0.30103)}"
-            raise InputError(f"{what} must be a finite number that {dtype} can hold, got {got}")
-        if kind == "int" and isinstance(value, float) and not value.is_integer():
-            raise InputError(f"{what} must be a whole number (the model's input is {dtype}), got {value!r}")
-        return bool(value) if kind == "bool" else (int(value) if kind == "int" else float(value))
-    if kind == "str" and not isinstance(value, str):
-        raise InputError(f"{what} must be a string (the model's input is {dtype}), got {value!r}")
-    return value
 
 
 class Row(Mapping):
@@ -243,9 +181,7 @@ class VectorBuilder:
                 how = f"add a column {key!r}" if rows else f"give it in \"entities\", e.g. {{\"{key}\": 42}}"
                 raise InputError(f"{where}missing entity key {key!r} (the join key of feature view(s) "
                                  f"{sorted(set(views))}); {how}")
-            if rows and type(entities[key]) not in (int, str):   # the instances form's schema says so already
-                raise InputError(f"{where}entity key {key!r} must be an integer or a string (as in \"entities\"), "
-                                 f"got {entities[key]!r}")
+            check_key(entities[key], key, where)
         for name, why in self.fields.items():
             if name not in fields:
                 how = f"add a column {name!r}" if rows else "give it in \"fields\""
