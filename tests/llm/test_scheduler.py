@@ -201,3 +201,17 @@ def test_more_sequences_than_cache_all_finish_under_pressure():
     assert all(s.num_output_tokens == 5 for s in seqs)
     assert sched.num_preemptions > 0
     assert bm.num_free_blocks == 10
+
+
+@pytest.mark.timeout(30)
+def test_without_chunked_prefill_a_preempted_sequence_longer_than_the_budget_still_finishes():
+    # prompts fit the budget (8) but prompt + outputs (16) do not: the second sequence is preempted with ~10
+    # tokens and must be recomputed in chunks, or it waits forever
+    bm = BlockManager(num_blocks=10, block_size=2, enable_prefix_caching=False)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=8, enable_chunked_prefill=False)
+    seqs = [make_seq(6, max_tokens=10) for _ in range(2)]
+    for s in seqs:
+        sched.add(s)
+    run_all(sched, limit=500)
+    assert sched.num_preemptions > 0
+    assert all(s.num_output_tokens == 10 for s in seqs)

@@ -185,7 +185,9 @@ class Scheduler:
             cached = len(prefix) * bs
             n = seq.num_tokens - cached
             if n > budget:
-                if not self.enable_chunked_prefill:
+                # without chunked prefill a prompt waits for a step with room for all of it; a preempted sequence
+                # that grew past the whole budget could never fit, so it is recomputed in chunks instead
+                if not self.enable_chunked_prefill and n <= self.max_num_batched_tokens:
                     break
                 n = budget
             if not self.bm.allocate(seq.seq_id, cached + n, prefix):
