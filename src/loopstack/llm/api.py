@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,23 @@ class LLM:
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield the request's cumulative output after every step that advanced it; aborts if closed early."""
-        rid = self._add(prompt, params or SamplingParams())
+        from loopstack.llm.engine.output import request_output
+
+        plist = [[]] if isinstance(prompt, list) and not prompt else _as_prompt_list(prompt)  # [] = no token ids
+        if len(plist) != 1:
+            raise ValueError(f"stream() takes one prompt, got {len(plist)}; use generate() for several")
+        rid = self._add(plist[0], params or SamplingParams())
+        seq = self.engine.get_sequence(rid)
         finished = False
         try:
             while not finished:
-                for out in self.engine.step():
-                    if out.request_id == rid:
-                        finished = out.finished
-                        yield out
+                mine = [out for out in self.engine.step() if out.request_id == rid]
+                if not mine and seq is not None and seq.is_finished:
+                    # another stream() or generate() stepped the engine while this one was paused and saw the end
+                    mine = [request_output(seq)]
+                for out in mine:
+                    finished = out.finished
+                    yield out
         finally:
             if not finished:
                 self.engine.abort(rid)
@@ -129,6 +138,8 @@ class LLM:
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if isinstance(prompts, str):
         return [prompts]
+    if not isinstance(prompts, Iterable):
+        raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompts).__name__}")
     items = list(prompts)
     if items and all(isinstance(t, int) for t in items):
         return [items]  # a single prompt given as token ids

@@ -1,0 +1,47 @@
+"""Offline API edge cases: interleaved streams, bad prompt and parameter shapes, chat argument shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from loopstack.llm.engine.params import SamplingParams
+from tests.llm.test_api import make_llm
+
+G5 = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+G10 = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+
+
+@pytest.mark.timeout(30)  # before the fix, resuming the paused stream looped forever
+def test_a_paused_stream_finished_by_another_stream_ends_instead_of_hanging():
+    llm = make_llm()
+    alone = llm.generate("hello", G5, use_tqdm=False)[0].outputs[0].token_ids
+    a, b = llm.stream("hello", G5), llm.stream("world", G10)
+    next(a)
+    list(b)  # b's steps also run a to its end, while a is paused
+    rest = list(a)
+    assert rest and rest[-1].finished and rest[-1].outputs[0].finish_reason == "length"
+    assert rest[-1].outputs[0].token_ids == alone
+    assert not llm.engine.has_unfinished()
+
+
+@pytest.mark.timeout(30)
+def test_a_paused_stream_finished_by_generate_ends_instead_of_hanging():
+    llm = make_llm()
+    a = llm.stream("hello", G5)
+    next(a)
+    llm.generate(["x"], G10, use_tqdm=False)
+    rest = list(a)
+    assert rest[-1].finished and len(rest[-1].outputs[0].token_ids) == 5
+
+
+def test_stream_checks_its_prompt_like_generate():
+    llm = make_llm()
+    with pytest.raises(ValueError, match="stream\\(\\) takes one prompt, got 2"):
+        next(llm.stream(["hello", "world"], G5))
+    with pytest.raises(ValueError, match="list of token ids, got int"):
+        next(llm.stream(5, G5))
+    with pytest.raises(ValueError, match="list of token ids"):
+        next(llm.stream([104.7, 105.2], G5))  # not silently truncated to [104, 105]
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        next(llm.stream([], G5))
+    assert [len(o.outputs[0].token_ids) for o in llm.stream([104, 105], G5)][-1] == 5
