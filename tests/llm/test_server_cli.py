@@ -190,3 +190,28 @@ def test_llm_serve_refuses_a_port_out_of_range_before_loading(monkeypatch, port)
     monkeypatch.setattr(llm_cli, "_load", no_load)
     out = CliRunner().invoke(app, ["llm", "serve", "--port", port])
     assert out.exit_code == 2 and "Invalid value for '--port'" in out.output, out.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--raw", "--max-tokens", "600"], "exceed the context length of 512"),
+    (["--max-tokens", "100", "--kv-cache-mb", "1"], "KV blocks but the cache has 2"),
+    (["", "--raw"], "the prompt is empty"),
+])
+def test_generate_refused_request_is_a_clear_error_not_a_traceback(monkeypatch, args, msg):
+    from loopstack.errors import LoopstackError
+    from tests.llm.test_api import make_llm
+    monkeypatch.setattr(llm_cli, "_load", lambda model, kw: make_llm(**{**kw, "num_kv_blocks": 2
+                                                                         if "kv_cache_mb" in kw else 256}))
+    prompt = [] if args[0] == "" else ["hello"]
+    r = runner.invoke(app, ["llm", "generate", *prompt, *args, "--no-stats"])
+    assert isinstance(r.exception, LoopstackError), r.exception   # main() prints `error: ...`, exits 2
+    assert msg in str(r.exception)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--raw", "--system", "Be brief."], "--system needs --chat"),
+    (["--num-speculative-tokens", "8"], "--num-speculative-tokens needs --speculative"),
+])
+def test_generate_refuses_options_it_would_ignore(fake_llm, args, msg):
+    r = runner.invoke(app, ["llm", "generate", "hi", *args])
+    assert r.exit_code != 0 and msg in str(r.exception) and not fake_llm

@@ -49,6 +49,8 @@ def engine_kwargs(kv_cache_mb: float | None = None, num_kv_blocks: int | None = 
     spec = speculative.lower()
     if spec not in ("none", "ngram", "self"):
         raise LLMCliError(f"--speculative {speculative!r}: use ngram, self or none")
+    if spec == "none" and num_speculative_tokens is not None:
+        raise LLMCliError("--num-speculative-tokens needs --speculative ngram or self (speculation is off)")
     kw: dict[str, Any] = {"kv_cache_mb": kv_cache_mb, "num_kv_blocks": num_kv_blocks, "block_size": block_size,
                           "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                           "max_model_len": max_model_len, "enable_prefix_caching": enable_prefix_caching,
@@ -129,6 +131,8 @@ def generate(prompt: str = typer.Argument(..., help="The prompt ('-' reads it fr
              stats: bool = typer.Option(True, help="Print token counts and speeds to stderr at the end.")) -> None:
     """Generate for one prompt and stream the text to the terminal as it is produced."""
     from loopstack.llm.engine.params import SamplingParams
+    if system is not None and not chat:
+        raise LLMCliError("--system needs --chat: a raw prompt has no place for a system message")
     if prompt == "-":
         prompt = sys.stdin.read()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -148,13 +152,18 @@ def generate(prompt: str = typer.Argument(..., help="The prompt ('-' reads it fr
         ids = tok.encode(prompt)   # as LLM.generate tokenizes a text prompt
     t0 = time.perf_counter()
     t_first, sent, out = None, 0, None
-    for out in llm.stream(ids, params):
-        text = out.outputs[0].text
-        if t_first is None and out.outputs[0].token_ids:
-            t_first = time.perf_counter()
-        sys.stdout.write(text[sent:])
-        sys.stdout.flush()
-        sent = len(text)
+    try:
+        for out in llm.stream(ids, params):
+            text = out.outputs[0].text
+            if t_first is None and out.outputs[0].token_ids:
+                t_first = time.perf_counter()
+            sys.stdout.write(text[sent:])
+            sys.stdout.flush()
+            sent = len(text)
+    except ValueError as exc:
+        if out is not None:
+            raise
+        raise LLMCliError(str(exc)) from None   # the engine refused the request (empty, too long for the cache)
     sys.stdout.write("\n")
     if stats and out is not None:
         dt = time.perf_counter() - t0
