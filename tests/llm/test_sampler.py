@@ -109,3 +109,19 @@ def test_stop_string_is_normalised_to_tuple():
     p = SamplingParams(stop="END")
     p.validate()
     assert p.stop == ("END",)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"seed": 2 ** 64}, "seed"), ({"seed": -(2 ** 63) - 1}, "seed"),   # torch raised 'Overflow when unpacking'
+    ({"temperature": True}, "temperature"), ({"top_p": True}, "top_p"), ({"top_k": True}, "top_k"),
+    ({"logprobs": True}, "logprobs"), ({"stop_token_ids": [True]}, "stop_token_ids"), ({"n": True}, "n="),
+])
+def test_validate_rejects_seeds_a_generator_cannot_take_and_bools_for_numbers(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs).validate()
+
+
+def test_every_seed_validate_accepts_makes_a_generator():
+    for seed in (-(2 ** 63), -1, 0, 2 ** 64 - 1):
+        SamplingParams(seed=seed).validate()
+        assert make_generator(seed) is not None

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
+SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what a torch.Generator takes
+
+
+def _is_int(x: object) -> bool:
+    """An int that is not a bool (True is not a count, a seed or a token id)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 class QueueFullError(RuntimeError):
@@ -42,24 +53,24 @@ class SamplingParams:
         def bad(msg: str) -> ValueError:
             return ValueError(f"invalid sampling parameters: {msg}")
 
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise bad(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not isinstance(self.temperature, int | float) or not 0.0 <= self.temperature <= 100.0:
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 100.0:
             raise bad(f"temperature must be a number in [0, 100] (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k not in (-1, 0)):
+        if not _is_int(self.top_k) or (self.top_k < 1 and self.top_k not in (-1, 0)):
             raise bad(f"top_k must be -1 or 0 (disabled) or an integer >= 1, got {self.top_k!r}")
-        if not isinstance(self.top_p, int | float) or not 0.0 < self.top_p <= 1.0:
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise bad(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]):
+            raise bad(f"seed must be None or an integer in [-2**63, 2**64), got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad(f"stop must be a list of non-empty strings, got {self.stop!r}")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+        if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
             raise bad(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or
+        if self.logprobs is not None and (not _is_int(self.logprobs) or
                                           not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise bad(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
-        if self.n != 1:
+        if not _is_int(self.n) or self.n != 1:
             raise bad(f"only n=1 is supported, got n={self.n!r}; send separate requests instead")
 
 
