@@ -45,3 +45,21 @@ def test_stream_checks_its_prompt_like_generate():
     with pytest.raises(ValueError, match="the prompt is empty"):
         next(llm.stream([], G5))
     assert [len(o.outputs[0].token_ids) for o in llm.stream([104, 105], G5)][-1] == 5
+
+
+def test_engine_options_the_model_cannot_honour_are_refused():
+    with pytest.raises(ValueError, match="max_model_len=100000 is longer than the model's context \\(512"):
+        make_llm(max_model_len=100000)   # was silently cut to 512
+    assert make_llm(max_model_len=300).engine.max_model_len == 300
+    with pytest.raises(ValueError, match="must name some"):
+        make_llm(speculative_method="self", spec_skip_layers=())   # a draft that skips nothing is the model itself
+    with pytest.raises(ValueError, match="cannot allocate a KV cache .* lower kv_cache_mb"):
+        make_llm(num_kv_blocks=None, kv_cache_mb=1e12)   # was a bare MemoryError
+
+
+def test_engine_refuses_token_ids_that_are_not_integers():
+    eng = make_llm().engine
+    for bad in ([104.7, 105.2], ["h", "i"], [True, 5]):
+        with pytest.raises(ValueError, match="integer token ids"):
+            eng.add_request(f"r{bad}", bad, G5)
+    assert not eng.has_unfinished()

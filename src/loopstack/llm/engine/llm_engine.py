@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import numbers
 import time
 from collections import deque
 from typing import Any
@@ -31,13 +32,27 @@ def _percentile(values: Any, q: float) -> float:
     return float(vals[min(len(vals) - 1, int(q * len(vals)))])
 
 
+def _allocate_kv(mcfg: Any, num_blocks: int, config: EngineConfig) -> KVCache:
+    """The KV cache tensors; a size the machine cannot hold is a ValueError naming the knobs, not a MemoryError."""
+    dtype = getattr(torch, config.kv_cache_dtype)
+    try:
+        return KVCache.allocate(mcfg, num_blocks, config.block_size, dtype)
+    except (MemoryError, RuntimeError) as exc:
+        size = 2 * mcfg.num_layers * num_blocks * config.block_size * mcfg.kv_size * dtype.itemsize
+        raise ValueError(f"cannot allocate a KV cache of {num_blocks} blocks of {config.block_size} tokens "
+                         f"({size / 2 ** 20:.0f} MB): lower kv_cache_mb or num_kv_blocks") from exc
+
+
 class LLMEngine:
     """Continuous-batching engine over a paged KV cache (prefix caching, chunked prefill, speculative decoding)."""
 
     def __init__(self, model: Any, tokenizer: Any = None, config: EngineConfig | None = None) -> None:
         config = dataclasses.replace(config) if config is not None else EngineConfig()
         mcfg = model.config
-        self.max_model_len = min(config.max_model_len or mcfg.max_position, mcfg.max_position)
+        if config.max_model_len is not None and config.max_model_len > mcfg.max_position:
+            raise ValueError(f"max_model_len={config.max_model_len} is longer than the model's context "
+                             f"({mcfg.max_position} tokens); lower it or leave it unset")
+        self.max_model_len = config.max_model_len or mcfg.max_position
         config.max_model_len = self.max_model_len
         self.config = config
         self.model = model.eval()
@@ -45,8 +60,8 @@ class LLMEngine:
             model.pack_weights()  # MKL pre-packed projections: faster batched decode, same results
         self.tokenizer = tokenizer
         num_blocks = config.resolve_num_blocks(mcfg)
+        self.kv = _allocate_kv(mcfg, num_blocks, config)   # first: an impossible size fails here, at once
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.kv = KVCache.allocate(mcfg, num_blocks, config.block_size, getattr(torch, config.kv_cache_dtype))
         self.runner = ModelRunner(model, self.kv, self.block_manager)
         spec = config.speculative_method
         self.scheduler = Scheduler(
@@ -59,7 +74,7 @@ class LLMEngine:
             skip = config.spec_skip_layers
             if skip is None:
                 skip = SelfSpecDrafter.default_skip_layers(mcfg.num_layers)
-            if any(not 0 <= i < mcfg.num_layers for i in skip) or len(set(skip)) >= mcfg.num_layers:
+            if not skip or any(not 0 <= i < mcfg.num_layers for i in skip) or len(set(skip)) >= mcfg.num_layers:
                 raise ValueError(f"spec_skip_layers {skip} must name some (not all) of layers 0..{mcfg.num_layers - 1}")
             self.drafter = SelfSpecDrafter(skip)
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
@@ -91,7 +106,10 @@ class LLMEngine:
             text = prompt
             ids = self.tokenizer.encode(prompt, add_bos=bool(getattr(self.tokenizer, "add_bos_token", False)))
         else:
-            ids = [int(t) for t in prompt]
+            ids = list(prompt)
+            if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in ids):
+                raise ValueError("a prompt is a string or a list of integer token ids; got other values in the list")
+            ids = [int(t) for t in ids]
         self._check_prompt(ids, params)
         seq = Sequence(next(self._ids), request_id, ids, params, priority, arrival=0, prompt=text)
         seq.arrival = seq.seq_id
