@@ -129,3 +129,30 @@ def test_missing_file_and_wrong_architecture_give_clear_errors(tmp_path):
 def test_smollm2_gguf_is_found():
     path = weights.find_smollm2_gguf()
     assert path.is_file() and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_damaged_or_incomplete_gguf_files_give_clear_errors(tiny_gguf, tmp_path):
+    _, good = tiny_gguf
+    data = good.read_bytes()
+    for name, content in [("empty", b""), ("truncated", data[:len(data) // 2]), ("header", data[:20]),
+                          ("text", b"not a model\n" * 100)]:
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}.gguf is not a readable GGUF file"):
+            weights.load_model(path, cache_dir=tmp_path / "c")
+    import gguf
+
+    for name, keys in [("nokeys", {}), ("notok", {"block_count": 1, "embedding_length": 8, "head_count": 2,
+                                                   "feed_forward_length": 16})]:
+        path = tmp_path / f"{name}.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        for k, v in keys.items():
+            getattr(w, "add_" + k)(v)
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        missing = "tokenizer.ggml.tokens" if keys else "llama.attention.head_count"
+        with pytest.raises(ValueError, match=f"lacks metadata '{missing}'"):
+            weights.load_model(path, cache_dir=tmp_path / "c")

@@ -50,20 +50,27 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+def _required(reader: Any, key: str) -> Any:
+    value = _field(reader, key)
+    if value is None:
+        raise ValueError(f"GGUF file lacks metadata {key!r}; is it a complete Llama model with its tokenizer?")
+    return value
+
+
 def config_from_gguf(reader: Any) -> LlamaConfig:
     """LlamaConfig from a GGUF reader's `llama.*` metadata; rejects other architectures with a clear error."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"unsupported GGUF architecture {arch!r}: loopstack.llm runs Llama-architecture models only")
     names = {t.name for t in reader.tensors}
-    heads = int(_field(reader, "llama.attention.head_count"))
-    hidden = int(_field(reader, "llama.embedding_length"))
-    vocab = _field(reader, "llama.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    heads = int(_required(reader, "llama.attention.head_count"))
+    hidden = int(_required(reader, "llama.embedding_length"))
+    vocab = _field(reader, "llama.vocab_size") or len(_required(reader, "tokenizer.ggml.tokens"))
     return LlamaConfig(
         vocab_size=int(vocab),
         hidden_size=hidden,
-        intermediate_size=int(_field(reader, "llama.feed_forward_length")),
-        num_layers=int(_field(reader, "llama.block_count")),
+        intermediate_size=int(_required(reader, "llama.feed_forward_length")),
+        num_layers=int(_required(reader, "llama.block_count")),
         num_heads=heads,
         num_kv_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
         head_dim=int(_field(reader, "llama.attention.key_length", hidden // heads)),
@@ -79,6 +86,7 @@ def config_from_gguf(reader: Any) -> LlamaConfig:
 def tokenizer_data_from_gguf(reader: Any) -> dict[str, Any]:
     """The `tokenizer.*` metadata a Tokenizer needs, as plain JSON-able values."""
     data = {k: _field(reader, f"tokenizer.ggml.{k}") for k in _TOKENIZER_KEYS}
+    data["tokens"] = _required(reader, "tokenizer.ggml.tokens")
     data["chat_template"] = _field(reader, "tokenizer.chat_template")
     return data
 
@@ -139,7 +147,11 @@ def convert_gguf(path: Path, cache_dir: Path, key: str) -> tuple[Path, Path]:
     from gguf import GGUFReader
     from safetensors.torch import save_file
 
-    reader = GGUFReader(path)
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader's errors on a damaged file name numpy internals, not the file
+        raise ValueError(f"{path} is not a readable GGUF file ({exc or type(exc).__name__}); it may be truncated "
+                         "or another format: pass a complete .gguf model or 'smollm2-135m'") from exc
     config = config_from_gguf(reader)
     sd = state_dict_from_gguf(reader, config)
     cache_dir.mkdir(parents=True, exist_ok=True)
