@@ -63,3 +63,16 @@ def test_engine_refuses_token_ids_that_are_not_integers():
         with pytest.raises(ValueError, match="integer token ids"):
             eng.add_request(f"r{bad}", bad, G5)
     assert not eng.has_unfinished()
+
+
+def test_generate_and_chat_name_arguments_of_the_wrong_shape():
+    llm = make_llm()
+    for params in ([{"max_tokens": 2}], {"max_tokens": 2}):
+        with pytest.raises(ValueError, match="params must be a SamplingParams or a list of them, got dict"):
+            llm.generate(["a"], params, use_tqdm=False)
+    for messages in ({"role": "user", "content": "hi"}, ["hello"], "hello", [[]]):
+        with pytest.raises(ValueError, match="chat\\(\\) takes a conversation"):
+            llm.chat(messages, G5, use_tqdm=False)
+    two = llm.chat([[{"role": "user", "content": "a"}], ({"role": "user", "content": "b"},)], G5, use_tqdm=False)
+    assert [o.prompt for o in two] == ["<user>a<assistant>", "<user>b<assistant>"]
+    assert llm.chat([], G5, use_tqdm=False) == []

@@ -68,7 +68,10 @@ class LLM:
         if params is None or isinstance(params, SamplingParams):
             params_list = [params or SamplingParams()] * len(plist)
         else:
-            params_list = list(params)
+            params_list = list(params) if isinstance(params, Sequence) else [params]
+            if not all(isinstance(p, SamplingParams) for p in params_list):
+                bad = next(p for p in params_list if not isinstance(p, SamplingParams))
+                raise ValueError(f"params must be a SamplingParams or a list of them, got {type(bad).__name__}")
             if len(params_list) != len(plist):
                 raise ValueError(f"got {len(params_list)} SamplingParams for {len(plist)} prompts; "
                                  "pass one, or one each")
@@ -130,8 +133,8 @@ class LLM:
         """generate() over conversations rendered with the model's chat template (a generation prompt appended)."""
         if self.tokenizer is None:
             raise ValueError("chat() needs a tokenizer")
-        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.tokenizer.apply_chat_template(list(c), add_generation_prompt=True) for c in convs]
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True)
+                   for c in _as_conversations(messages)]
         return self.generate(prompts, params, use_tqdm=use_tqdm)
 
 
@@ -147,6 +150,20 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         if not isinstance(p, str) and not (isinstance(p, list) and all(isinstance(t, int) for t in p)):
             raise ValueError(f"each prompt must be a string or a list of token ids, got {type(p).__name__}")
     return items
+
+
+def _is_conversation(c: Any) -> bool:
+    return isinstance(c, Sequence) and not isinstance(c, str) and bool(c) and all(isinstance(m, dict) for m in c)
+
+
+def _as_conversations(messages: Any) -> list[list[dict[str, str]]]:
+    """One conversation (a list of message dicts) or a list of them, as a list of conversations."""
+    if _is_conversation(messages):
+        return [list(messages)]
+    if isinstance(messages, Sequence) and not isinstance(messages, str) and all(map(_is_conversation, messages)):
+        return [list(c) for c in messages]
+    raise ValueError("chat() takes a conversation (a non-empty list of {'role': ..., 'content': ...} dicts) or a "
+                     f"list of conversations, got {messages!r:.80}")
 
 
 class _Progress:
