@@ -156,3 +156,21 @@ def test_damaged_or_incomplete_gguf_files_give_clear_errors(tiny_gguf, tmp_path)
         missing = "tokenizer.ggml.tokens" if keys else "llama.attention.head_count"
         with pytest.raises(ValueError, match=f"lacks metadata '{missing}'"):
             weights.load_model(path, cache_dir=tmp_path / "c")
+
+
+def test_llm_converts_into_the_cache_folder_the_environment_names(tiny_gguf, tmp_path, monkeypatch):
+    from loopstack.llm.api import LLM
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))   # where the bug wrote: ~/.cache/loopstack/llm
+    monkeypatch.setenv(config.CACHE_ENV, str(tmp_path / "env-cache"))
+    assert config.EngineConfig().cache_dir == tmp_path / "env-cache"
+    _, path = tiny_gguf
+    LLM(model=str(path), num_kv_blocks=8, block_size=4)
+    assert len(list((tmp_path / "env-cache").glob("*.safetensors"))) == 1
+    assert not (tmp_path / "home").exists()
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(tiny_gguf, tmp_path):
+    _, path = tiny_gguf
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="cannot write the converted model to .*a-file/cache.*writable folder"):
+        weights.load_model(path, cache_dir=tmp_path / "a-file" / "cache")

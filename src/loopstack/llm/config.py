@@ -78,7 +78,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None = the model's max_position
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    cache_dir: Path = field(default_factory=lambda: DEFAULT_CACHE_DIR)
+    cache_dir: Path = field(default_factory=default_cache_dir)  # $LOOPSTACK_LLM_CACHE_DIR, else ~/.cache/...
     # [ENGINE helper] queue limit (QueueFullError / HTTP 429 beyond it) and speculative decoding
     max_waiting: int | None = 1024
     speculative_method: str | None = None  # None | "ngram" (prompt lookup) | "self" (layer-skipping draft)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loopstack.llm.config import LlamaConfig, default_cache_dir
+from loopstack.llm.config import CACHE_ENV, LlamaConfig, default_cache_dir
 from loopstack.llm.models.llama import LlamaForCausalLM
 from loopstack.llm.models.tokenizer import Tokenizer
 
@@ -154,11 +154,16 @@ def convert_gguf(path: Path, cache_dir: Path, key: str) -> tuple[Path, Path]:
                          "or another format: pass a complete .gguf model or 'smollm2-135m'") from exc
     config = config_from_gguf(reader)
     sd = state_dict_from_gguf(reader, config)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     weights, tok = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.tokenizer.json"
     meta = {"format": CACHE_FORMAT, "config": json.dumps(config.__dict__), "source": str(path)}
-    _atomic_write(tok, lambda p: Path(p).write_text(json.dumps(tokenizer_data_from_gguf(reader))))
-    _atomic_write(weights, lambda p: save_file(sd, p, metadata=meta))
+    tok_json = json.dumps(tokenizer_data_from_gguf(reader))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(tok, lambda p: Path(p).write_text(tok_json))
+        _atomic_write(weights, lambda p: save_file(sd, p, metadata=meta))
+    except OSError as exc:
+        raise ValueError(f"cannot write the converted model to {cache_dir} ({exc}); point cache_dir or "
+                         f"${CACHE_ENV} at a writable folder") from exc
     return weights, tok
 
 
