@@ -215,3 +215,19 @@ def test_generate_refused_request_is_a_clear_error_not_a_traceback(monkeypatch, 
 def test_generate_refuses_options_it_would_ignore(fake_llm, args, msg):
     r = runner.invoke(app, ["llm", "generate", "hi", *args])
     assert r.exit_code != 0 and msg in str(r.exception) and not fake_llm
+
+
+def test_generate_with_an_unreadable_model_file_is_a_clear_error(tmp_path, monkeypatch):
+    from loopstack.errors import LoopstackError
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    real_open = open
+
+    def deny(path, *a, **k):   # chmod 000 does not stop root, so deny the read the way the OS would
+        if str(path) == str(model):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    r = runner.invoke(app, ["llm", "generate", "hi", "-m", str(model)])
+    assert isinstance(r.exception, LoopstackError) and "Permission denied" in str(r.exception)

@@ -69,7 +69,7 @@ def _load(model: str, kw: dict[str, Any]) -> Any:
     from loopstack.llm.api import LLM
     try:
         return LLM(model=model, **kw)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:   # OSError: a model file or cache folder we may not read or write
         raise LLMCliError(str(exc)) from None
 
 
