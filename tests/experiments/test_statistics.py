@@ -119,3 +119,41 @@ def test_errors_name_the_problem():
         mde_two_proportions(0.5, 5, power=0.99)
     with pytest.raises(ExperimentError, match=r"\(0, 1\)"):
         sample_size_two_proportions(0.95, 0.1)
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: power_two_proportions(0.1, 0.02, 0), "n_control"),
+    (lambda: power_two_proportions(0.1, 0.02, -5), "n_control"),
+    (lambda: power_two_proportions(0.1, 0.02, 1000, ratio=0), "ratio"),
+    (lambda: sample_size_two_proportions(0.1, 0.02, ratio=-1), "ratio"),
+    (lambda: sample_size_two_proportions(0.1, 0.02, ratio=math.nan), "ratio"),
+    (lambda: mde_two_proportions(0.1, 0), "n_control"),
+    (lambda: mde_two_proportions(0.0, 1000), "baseline must be a proportion"),
+    (lambda: power_means(1.0, 0.1, 0), "n_control"),
+    (lambda: power_means(-1.0, 0.1, 100), "sd"),
+    (lambda: power_means(1.0, math.nan, 100), "mde"),
+    (lambda: sample_size_means(1.0, 0.1, ratio=-1), "ratio"),
+    (lambda: sample_size_means(math.nan, 0.1), "sd"),
+    (lambda: sample_size_means(1.0, math.nan), "mde"),
+    (lambda: mde_means(-1.0, 100), "sd"),
+    (lambda: mde_means(1.0, 0), "n_control"),
+])
+def test_planning_refuses_empty_arms_and_impossible_ratios(call, fragment):
+    """A sample size of 0, a ratio <= 0 or a negative sd was a ZeroDivisionError, or a silent answer
+    (SampleSize(0, 0) for ratio=-1, a negative MDE for sd=-1)."""
+    with pytest.raises(ExperimentError, match=fragment):
+        call()
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: two_proportion_ztest(1.5, 10, 2, 10), "successes must be a whole number"),
+    (lambda: two_proportion_ztest(1, math.nan, 2, 10), "n must be a whole number"),
+    (lambda: welch_ttest(10, math.nan, 1.0, 10, 1.0, 1.0), "mean must be a finite number"),
+    (lambda: welch_ttest(math.nan, 0.0, 1.0, 10, 1.0, 1.0), "n must be a whole number"),
+    (lambda: sample_ratio_mismatch({"a": math.nan, "b": 10}), "count of arm 'a'"),
+    (lambda: sample_ratio_mismatch({"a": 10.5, "b": 10}), "count of arm 'a'"),
+])
+def test_tests_refuse_fractional_counts_and_nan_means(call, fragment):
+    """1.5 successes was tested as if real, a NaN mean gave a result of Nones marked not significant."""
+    with pytest.raises(ExperimentError, match=fragment):
+        call()

@@ -16,6 +16,7 @@ readouts never need row-level data.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NamedTuple
 
@@ -69,6 +70,28 @@ def _check_alpha(alpha: float, name: str = "alpha") -> None:
         raise ExperimentError(f"{name} must be in (0, 1), got {alpha!r}")
 
 
+def _check_positive(value: float, name: str) -> float:
+    """``value`` as a float, refusing NaN, infinities, zero and negatives (sizes, ratios, sds)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ExperimentError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_finite(value: float, name: str) -> float:
+    """``value`` as a float, refusing NaN and infinities (means, effects)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ExperimentError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_count(value: int, name: str) -> int:
+    """``value`` as an int, refusing negatives, fractions, NaN (counts of units or successes)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < 0 or value != int(value)):
+        raise ExperimentError(f"{name} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _check_alternative(alternative: str) -> None:
     if alternative not in ALTERNATIVES:
         raise ExperimentError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
@@ -96,7 +119,8 @@ def two_proportion_ztest(successes_a: int, n_a: int, successes_b: int, n_b: int,
     _check_alpha(alpha)
     _check_alternative(alternative)
     for name, x, n in (("a", successes_a, n_a), ("b", successes_b, n_b)):
-        if n <= 0 or x < 0 or x > n:
+        x, n = _check_count(x, f"arm {name}: successes"), _check_count(n, f"arm {name}: n")
+        if n <= 0 or x > n:
             raise ExperimentError(f"arm {name}: need 0 <= successes <= n and n > 0, got {x} of {n}")
     pa, pb = successes_a / n_a, successes_b / n_b
     pooled = (successes_a + successes_b) / (n_a + n_b)
@@ -116,8 +140,10 @@ def welch_ttest(n_a: int, mean_a: float, var_a: float, n_b: int, mean_b: float, 
     """Welch's unequal-variance t-test from n, mean and sample variance (ddof=1) of each arm."""
     _check_alpha(alpha)
     _check_alternative(alternative)
-    for name, n, v in (("a", n_a, var_a), ("b", n_b, var_b)):
-        if n < 2 or v < 0 or not math.isfinite(v):
+    for name, n, m, v in (("a", n_a, mean_a, var_a), ("b", n_b, mean_b, var_b)):
+        _check_count(n, f"arm {name}: n")
+        _check_finite(m, f"arm {name}: mean")
+        if n < 2 or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
             raise ExperimentError(f"arm {name}: need n >= 2 and a finite variance >= 0, got n={n}, var={v}")
     va, vb = var_a / n_a, var_b / n_b
     se = math.sqrt(va + vb)
@@ -185,6 +211,7 @@ def power_two_proportions(baseline: float, mde: float, n_control: int, *, alpha:
                           alternative: str = "two-sided", relative: bool = False) -> float:
     """Power of the two-proportion z-test to detect ``mde`` (absolute, or relative to baseline)."""
     crit = _crit(alpha, alternative)
+    n_control, ratio = _check_positive(n_control, "n_control"), _check_positive(ratio, "ratio")
     effect = _abs_effect(baseline, mde, relative)
     p2 = _check_proportions(baseline, effect)
     se0, se1 = _proportion_ses(baseline, p2, n_control, n_control * ratio)
@@ -197,6 +224,7 @@ def sample_size_two_proportions(baseline: float, mde: float, *, alpha: float = 0
     """Users per arm (treatment = ratio x control) to detect ``mde`` with the given power."""
     crit = _crit(alpha, alternative)
     _check_alpha(power, "power")
+    ratio = _check_positive(ratio, "ratio")
     effect = _abs_effect(baseline, mde, relative)
     if effect == 0:
         raise ExperimentError("mde must be non-zero")
@@ -211,6 +239,10 @@ def mde_two_proportions(baseline: float, n_control: int, *, alpha: float = 0.05,
                         ratio: float = 1.0, alternative: str = "two-sided", relative: bool = False) -> float:
     """Smallest increase over ``baseline`` detected with ``power`` (absolute, or relative if asked)."""
     _check_alpha(power, "power")
+    _check_positive(n_control, "n_control")
+    _check_positive(ratio, "ratio")
+    if not 0 < baseline < 1:
+        raise ExperimentError(f"baseline must be a proportion in (0, 1), got {baseline!r}")
     alt = "greater" if alternative == "less" else alternative     # symmetric: solve for an increase
 
     def gap(effect: float) -> float:
@@ -229,6 +261,8 @@ def power_means(sd: float, mde: float, n_control: int, *, alpha: float = 0.05, r
                 alternative: str = "two-sided") -> float:
     """Power of a two-sample test on means (common ``sd``) to detect a difference ``mde``."""
     crit = _crit(alpha, alternative)
+    sd, mde = _check_positive(sd, "sd"), _check_finite(mde, "mde")
+    n_control, ratio = _check_positive(n_control, "n_control"), _check_positive(ratio, "ratio")
     se = sd * math.sqrt(1 / n_control + 1 / (n_control * ratio))
     return _normal_power(mde, se, se, crit, alternative)
 
@@ -238,7 +272,8 @@ def sample_size_means(sd: float, mde: float, *, alpha: float = 0.05, power: floa
     """Users per arm to detect a difference ``mde`` in means with common standard deviation ``sd``."""
     crit = _crit(alpha, alternative)
     _check_alpha(power, "power")
-    if mde == 0 or sd <= 0:
+    sd, mde, ratio = _check_positive(sd, "sd"), _check_finite(mde, "mde"), _check_positive(ratio, "ratio")
+    if mde == 0:
         raise ExperimentError(f"need mde != 0 and sd > 0, got mde={mde}, sd={sd}")
     n = (crit + _z(power)) ** 2 * sd ** 2 * (1 + 1 / ratio) / mde ** 2
     return SampleSize(math.ceil(n - 1e-9), math.ceil(n * ratio - 1e-9))
@@ -249,6 +284,8 @@ def mde_means(sd: float, n_control: int, *, alpha: float = 0.05, power: float = 
     """Smallest difference in means detected with ``power`` (the far tail of a two-sided test ignored)."""
     crit = _crit(alpha, alternative)
     _check_alpha(power, "power")
+    sd = _check_positive(sd, "sd")
+    n_control, ratio = _check_positive(n_control, "n_control"), _check_positive(ratio, "ratio")
     return (crit + _z(power)) * sd * math.sqrt(1 / n_control + 1 / (n_control * ratio))
 
 
@@ -291,9 +328,7 @@ def sample_ratio_mismatch(counts: Mapping[str, int], weights: Mapping[str, float
         shares = normalized_weights(weights)
     except AssignmentError as e:
         raise ExperimentError(str(e)) from None
-    for k, v in counts.items():
-        if v < 0:
-            raise ExperimentError(f"count of arm {k!r} is {v}: counts must be >= 0")
+    counts = {k: _check_count(v, f"count of arm {k!r}") for k, v in counts.items()}
     total = sum(counts.values())
     if total == 0:
         raise ExperimentError("no units were counted in any arm")
