@@ -104,3 +104,18 @@ def test_interleaving_needs_far_fewer_queries_than_an_ab_test():
     budget = 3000
     assert preference_test(outcomes[:budget]).preferred == "B"
     assert power_means(sd, effect, budget // 2) < 0.5
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: sign_test(-1, 5), "wins_a"),
+    (lambda: preference_test(["A", "B"], alpha=2), "alpha"),
+    (lambda: sample_size_sign_test(0.6, alpha=0), "alpha"),
+    (lambda: sample_size_sign_test(0.6, alpha=1.5), "alpha"),
+    (lambda: sample_size_sign_test(0.6, power=1), "power"),
+    (lambda: team_draft([1, 2], [2, 3], length=-1), "length"),
+])
+def test_interleaving_refuses_impossible_inputs(call, fragment):
+    """alpha=1.5 planned 1 query and alpha=0 overflowed; a negative win count was scipy's ValueError; a
+    negative length silently showed nothing."""
+    with pytest.raises(ExperimentError, match=fragment):
+        call()

@@ -84,3 +84,24 @@ def test_sequential_errors_and_burn_in():
     assert r.p_value == 1.0 and not r.significant
     with pytest.raises(ExperimentError, match="cumulative"):
         t.update(40, 0.0, 1.0, 40, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: SequentialTest(0.1, min_samples=0).update(0, 0.0, 1.0, 0, 0.0, 1.0), "min_samples"),
+    (lambda: SequentialTest(0.1, min_samples=1).update(10, 0.0, -1.0, 10, 1.0, -1.0), "variance must be >= 0"),
+    (lambda: SequentialTest(0.1, min_samples=1).update(10, math.nan, 1.0, 10, 1.0, 1.0), "mean must be a finite"),
+    (lambda: SequentialTest(0.1).update(-1, 0.0, 1.0, 10, 1.0, 1.0), "n must be a whole number"),
+    (lambda: msprt_log_lr(1.0, 1.0, math.nan), "tau"),
+    (lambda: confidence_halfwidth(1.0, 1.0, 0.0), "alpha"),
+    (lambda: simulate_false_positive_rate(n_sims=0, looks=2), "n_sims"),
+    (lambda: simulate_false_positive_rate(n_sims=5, looks=0), "looks"),
+    (lambda: simulate_false_positive_rate(n_sims=5, looks=3, n_per_look=1), "n_per_look"),
+    (lambda: simulate_false_positive_rate(n_sims=5, looks=3, alpha=2), "alpha"),
+    (lambda: simulate_false_positive_rate(n_sims=5, looks=3, metric="proportion", baseline=0.9, effect=0.2),
+     "baseline"),
+])
+def test_sequential_refuses_impossible_looks(call, fragment):
+    """min_samples=0 with an empty arm was a ZeroDivisionError; a negative variance or NaN mean was read as
+    "no evidence yet"; n_sims=0 returned NaN rates; looks=0 an IndexError; alpha=2 a 100 % "rejection" rate."""
+    with pytest.raises(ExperimentError, match=fragment):
+        call()

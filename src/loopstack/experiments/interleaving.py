@@ -20,7 +20,7 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-from loopstack.experiments.statistics import ExperimentError
+from loopstack.experiments.statistics import ExperimentError, _check_alpha, _check_count
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ def team_draft(ranking_a: Sequence[Hashable], ranking_b: Sequence[Hashable], *, 
     ``length`` defaults to the number of distinct items. For per-query determinism in production,
     seed with a stable hash of (experiment, query id), e.g. `assignment.bucket`.
     """
+    if length is not None and (isinstance(length, bool) or _check_count(length, "length") < 1):
+        raise ExperimentError(f"length must be a whole number >= 1 (results to show), got {length!r}")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     distinct = len(set(ranking_a) | set(ranking_b))
     k = distinct if length is None else min(int(length), distinct)
@@ -119,7 +121,7 @@ class InterleavingResult:
 
 def sign_test(wins_a: int, wins_b: int) -> float:
     """Two-sided exact binomial (sign) test of wins_a vs wins_b with p = 1/2; 1.0 with no decided queries."""
-    n = wins_a + wins_b
+    n = _check_count(wins_a, "wins_a") + _check_count(wins_b, "wins_b")
     if n == 0:
         return 1.0
     from scipy.stats import binomtest
@@ -128,6 +130,7 @@ def sign_test(wins_a: int, wins_b: int) -> float:
 
 def preference_test(outcomes: Iterable[str], *, alpha: float = 0.05) -> InterleavingResult:
     """Sign test over per-query outcomes ("A", "B" or "tie")."""
+    _check_alpha(alpha)
     counts = {"A": 0, "B": 0, "tie": 0}
     for o in outcomes:
         if o not in counts:
@@ -144,6 +147,8 @@ def sample_size_sign_test(win_share_b: float, tie_share: float = 0.0, *, alpha: 
         raise ExperimentError(f"win_share_b must be in (0, 1) and not 0.5, got {win_share_b!r}")
     if not 0 <= tie_share < 1:
         raise ExperimentError(f"tie_share must be in [0, 1), got {tie_share!r}")
+    _check_alpha(alpha)
+    _check_alpha(power, "power")
     from scipy.special import ndtri
     p = win_share_b
     decided = ((ndtri(1 - alpha / 2) * 0.5 + ndtri(power) * math.sqrt(p * (1 - p))) / (p - 0.5)) ** 2

@@ -26,18 +26,19 @@ estimates (for proportions p(1 - p)), which is exact only asymptotically: looks 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import special
 
-from loopstack.experiments.statistics import ExperimentError
+from loopstack.experiments.statistics import ExperimentError, _check_count, _check_finite
 
 
 def msprt_log_lr(difference: Any, variance: Any, tau: float, theta0: float = 0.0) -> np.ndarray:
     """ln Lambda of the normal-mixture SPRT; ``variance`` is Var(difference estimate). Vectorised."""
-    if tau <= 0:
+    if not tau > 0:
         raise ExperimentError(f"tau must be > 0 (the expected effect scale, in metric units), got {tau!r}")
     d = np.asarray(difference, dtype="float64") - theta0
     v = np.asarray(variance, dtype="float64")
@@ -55,6 +56,8 @@ def always_valid_p_values(log_lr: Any, axis: int = -1) -> np.ndarray:
 
 def confidence_halfwidth(variance: Any, tau: float, alpha: float) -> np.ndarray:
     """Half-width of the always-valid (1 - alpha) confidence sequence around the difference."""
+    if not 0 < alpha < 1:
+        raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
     v = np.asarray(variance, dtype="float64")
     t2 = tau * tau
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -98,6 +101,9 @@ class SequentialTest:
             raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
         if not tau > 0:
             raise ExperimentError(f"tau must be > 0 (the expected effect scale, in metric units), got {tau!r}")
+        if isinstance(min_samples, bool) or not isinstance(min_samples, numbers.Integral) or min_samples < 1:
+            raise ExperimentError(f"min_samples must be a whole number >= 1 (units per arm before the first "
+                                  f"look counts), got {min_samples!r}")
         self.tau, self.alpha, self.theta0, self.min_samples = float(tau), float(alpha), float(theta0), int(min_samples)
         self.p_value = 1.0
         self.ci = (-math.inf, math.inf)
@@ -106,6 +112,11 @@ class SequentialTest:
 
     def update(self, n_a: int, mean_a: float, var_a: float, n_b: int, mean_b: float, var_b: float) -> SequentialResult:
         """One look at cumulative n, mean and sample variance per arm; returns the always-valid state."""
+        for arm, n, mean, var in (("control", n_a, mean_a, var_a), ("treatment", n_b, mean_b, var_b)):
+            _check_count(n, f"{arm}: n")
+            _check_finite(mean, f"{arm}: mean")
+            if _check_finite(var, f"{arm}: variance") < 0:
+                raise ExperimentError(f"{arm}: variance must be >= 0 (the sample variance), got {var!r}")
         if n_a < self.last_n("control") or n_b < self.last_n("treatment"):
             raise ExperimentError("sample sizes went down between looks: pass cumulative counts, not increments")
         self.looks += 1
@@ -191,6 +202,16 @@ def simulate_false_positive_rate(n_sims: int = 2000, looks: int = 50, n_per_look
     """
     if metric not in ("mean", "proportion"):
         raise ExperimentError(f"metric must be 'mean' or 'proportion', got {metric!r}")
+    for name, value, least in (("n_sims", n_sims, 1), ("looks", looks, 1), ("n_per_look", n_per_look, 2)):
+        if _check_count(value, name) < least:
+            raise ExperimentError(f"{name} must be at least {least}, got {value!r}")
+    if not 0 < alpha < 1:
+        raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
+    if metric == "mean" and not (math.isfinite(sd) and sd > 0):
+        raise ExperimentError(f"sd must be a finite number > 0, got {sd!r}")
+    if metric == "proportion" and not (0 < baseline < 1 and 0 <= baseline + effect <= 1):
+        raise ExperimentError(f"baseline {baseline!r} must be in (0, 1) and baseline + effect "
+                              f"{baseline + effect!r} in [0, 1]")
     rng = np.random.default_rng(seed)
     shape = (n_sims, looks)
     m = int(n_per_look)
