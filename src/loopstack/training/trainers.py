@@ -101,6 +101,12 @@ def fit_and_log(project: Any, estimator: Any, dataset: Any, train_frame: pd.Data
     X_ev, y_ev = _split(eval_frame, features, label, "eval")
     if X_tr.empty:
         raise TrainingError("the train part has no rows: rebuild the dataset with a later train_end")
+    values = [v.item() if hasattr(v, "item") else v for v in pd.unique(y_tr.dropna())]
+    if len(values) < 2:
+        only = f"only the value {values[0]!r}" if values else "no value"
+        raise TrainingError(f"the train part's label {label!r} holds {only} in its {len(y_tr)} rows: a classifier "
+                            "needs examples of both classes (it would score every row as that class); move "
+                            "train_end so the train part has both, or check the labels")
     params = dict(params or {})
     if params and custom_loop is None:
         if not hasattr(estimator, "set_params"):
