@@ -1,10 +1,14 @@
 """Bad input to training and evaluation: one clear error instead of a traceback or a silently wrong result."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from loopstack import Project
+from loopstack.training import evaluation as E
+from loopstack.training.evaluation import EvaluationError
 from loopstack.training.datasets import _store, content_hash
 from loopstack.training.trainers import TrainingError
 
@@ -34,3 +38,51 @@ def test_a_train_part_with_one_class_is_refused_before_fitting(project):
     with pytest.raises(TrainingError, match=r"label 'label' holds only the value 0 in its 300 rows"):
         project.train(DecisionTreeClassifier(), ds)
     assert project.runs.search() == []       # refused before a run was started
+
+
+class _NaNModel:
+    """A model (e.g. from a custom loop) that has no score for any row."""
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X):
+        return np.full((len(X), 2), np.nan)
+
+
+def test_nan_scores_are_an_error_not_negatives(project):
+    """NaN scores were counted as negatives: precision 0, recall 0 and a PR-AUC, all logged as if real."""
+    ds = _dataset(project, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    with pytest.raises(EvaluationError, match="NaN scores for 200 of 200 rows"):
+        project.train(None, ds, custom_loop=lambda *a: _NaNModel(), save_model=False)
+    with pytest.raises(EvaluationError, match="NaN scores for 1 of 3 rows"):
+        E.roc_auc([0, 1, 1], [0.1, np.nan, 0.8])
+
+
+def test_string_labels_are_an_evaluation_error(project):
+    """'spam'/'ham' labels trained fine and then died in evaluation with numpy's ValueError."""
+    train, eval_ = frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20")
+    for f in (train, eval_):
+        f["label"] = np.where(f["label"] == 1, "spam", "ham")
+    ds = _dataset(project, train, eval_)
+    with pytest.raises(EvaluationError, match=r"binary 0/1.*\['ham', 'spam'\]|binary 0/1.*\['spam', 'ham'\]"):
+        project.train(LogisticRegression(max_iter=200), ds)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"threshold": float("nan")}, "threshold"),
+    ({"precision_target": 5}, "precision_target"),
+    ({"precision_target": 0}, "precision_target"),
+])
+def test_nonsense_evaluation_options_are_refused_before_fitting(project, options, fragment):
+    """threshold=NaN reported precision 0 and recall 0; precision_target=5 silently 'not met'."""
+    ds = _dataset(project, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    with pytest.raises(EvaluationError, match=fragment):
+        project.train(LogisticRegression(max_iter=200), ds, **options)
+    assert project.runs.search() == []
+    with pytest.raises(EvaluationError, match=fragment):
+        E.evaluate_scores([0, 1], [0.2, 0.7], **options)
+
+
+def test_zero_calibration_bins_are_refused():
+    """n_bins=0 returned an ECE of 0 over no bins."""
+    with pytest.raises(EvaluationError, match="n_bins"):
+        E.evaluate_scores([0, 1], [0.2, 0.7], n_bins=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -30,13 +31,36 @@ class EvaluationError(LoopstackError):
 
 # -- array core ----------------------------------------------------------------------------------
 def _arrays(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y, dtype=np.float64).ravel()
-    s = np.asarray(s, dtype=np.float64).ravel()
+    try:
+        y = np.asarray(y, dtype=np.float64).ravel()
+    except (ValueError, TypeError):
+        values = pd.unique(pd.Series(np.asarray(y, dtype=object).ravel()))[:3]
+        raise EvaluationError(f"labels must be binary 0/1 (or booleans) for this evaluation; got values like "
+                              f"{[str(v) for v in values]}: map them to 0/1 when building the dataset") from None
+    try:
+        s = np.asarray(s, dtype=np.float64).ravel()
+    except (ValueError, TypeError):
+        raise EvaluationError("scores must be numbers (the model's probability of the positive class)") from None
     if y.shape != s.shape:
         raise EvaluationError(f"labels ({y.size}) and scores ({s.size}) differ in length")
     if not np.isin(y, (0.0, 1.0)).all():
         raise EvaluationError("labels must be binary 0/1 (or booleans) for this evaluation")
+    nan = int(np.isnan(s).sum())
+    if nan:
+        raise EvaluationError(f"the model gave NaN scores for {nan} of {s.size} rows; metrics would count them as "
+                              "negatives: fill or drop the missing feature values, or fix the model/custom loop")
     return y.astype(np.int8), s
+
+
+def check_options(threshold: float, precision_target: float, n_bins: int = 10) -> None:
+    """Refuse a NaN threshold, a precision target outside (0, 1] or fewer than 1 calibration bin."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise EvaluationError(f"threshold must be a number (scores >= it count as positive), got {threshold!r}")
+    if isinstance(precision_target, bool) or not isinstance(precision_target, numbers.Real) \
+            or not 0 < precision_target <= 1:
+        raise EvaluationError(f"precision_target must be in (0, 1], got {precision_target!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise EvaluationError(f"n_bins must be a whole number >= 1, got {n_bins!r}")
 
 
 def roc_auc(y: Any, s: Any) -> float | None:
@@ -308,6 +332,7 @@ def evaluate_scores(y: Any, s: Any, frame: pd.DataFrame | None = None, *, thresh
                     precision_target: float = 0.95, slices: Sequence[str] | None = None,
                     n_bins: int = 10) -> Evaluation:
     """The full evaluation of (labels, scores); `frame` holds the slice columns, row-aligned."""
+    check_options(threshold, precision_target, n_bins)
     y, s = _arrays(y, s)
     if y.size == 0:
         raise EvaluationError("nothing to evaluate: the evaluation part has no rows (move the split so the "
@@ -338,7 +363,7 @@ def evaluate(model: Any, dataset: Any, threshold: float = 0.5, precision_target:
     missing = [c for c in [label, *features] if c not in frame.columns]
     if missing:
         raise EvaluationError(f"the {part} part lacks column(s) {missing}; it has {list(frame.columns)}")
-    y = frame[label].astype(np.float64).to_numpy()
+    y = frame[label].to_numpy()
     ev = evaluate_scores(y, positive_scores(model, frame[features], positive_class), frame,
                          threshold=threshold, precision_target=precision_target, slices=slices, n_bins=n_bins)
     m = getattr(dataset, "manifest", {}) or {}

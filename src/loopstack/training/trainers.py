@@ -88,8 +88,9 @@ def fit_and_log(project: Any, estimator: Any, dataset: Any, train_frame: pd.Data
                 threshold: float = 0.5, precision_target: float = 0.95, slices: Sequence[str] | None = None,
                 report: bool = True, save_model: bool = True) -> TrainResult:
     """The core of `train`, on explicit train/eval frames (tuning passes subsamples)."""
-    from loopstack.training.evaluation import evaluate
+    from loopstack.training.evaluation import check_options, evaluate
 
+    check_options(threshold, precision_target)
     label = label or dataset.label_column
     features = dataset.feature_columns
     if estimator is None and custom_loop is None:
