@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,8 +21,10 @@ def _cmd() -> list[str]:
 
 
 def ls(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([*_cmd(), *args], capture_output=True, text=True, timeout=120,
-                         env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+    env = {"COLUMNS": "250", "PATH": "/usr/bin:/bin"}
+    if os.environ.get("PYTHONPATH"):      # test these sources, not whichever checkout the venv installed
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    res = subprocess.run([*_cmd(), *args], capture_output=True, text=True, timeout=120, env=env)
     if ok:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -69,3 +72,17 @@ def test_runs_list_show_compare(project, tmp_path):
     assert bad.returncode == 2 and "add a value" in bad.stderr
     bad = ls("runs", "list", "-p", p, "--limit", "-1", ok=False)   # it listed every run
     assert bad.returncode == 2 and "--limit" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dataset_build_refuses_split_options_it_would_ignore(tmp_path):
+    """--eval-start without --train-end was silently dropped (the default split used instead); --weekly
+    with --train-end, or --random-fraction with --weekly, silently kept only one of them."""
+    from loopstack import Project
+    Project.init(tmp_path / "proj", example=False).close()
+    base = ["dataset", "build", "-p", str(tmp_path / "proj"), "--labels", "labels.parquet", "-f", FEATURES[0]]
+    for extra, words in ((["--eval-start", "2026-11-10"], "--eval-start needs --train-end"),
+                         (["--weekly", "2026-11-10", "--train-end", "2026-11-10"], "--weekly and --train-end"),
+                         (["--random-fraction", "0.2", "--weekly", "2026-11-10"], "--random-fraction and --weekly")):
+        res = ls(*base, *extra, ok=False)
+        assert res.returncode == 2 and words in res.stderr.replace("\n", " "), res.stderr
+        assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr

@@ -53,14 +53,7 @@ def dataset_build(
         entity: Optional[List[str]] = typer.Option(None, help="Entity key column(s) (default: the views' keys)."),
         project: Path = ProjectOpt) -> None:
     """Build and store a dataset snapshot; prints rows kept/dropped (and why), split and hash."""
-    from loopstack.training.splits import RandomSplit, TemporalSplit
-    split: Any = None
-    if random_fraction is not None:
-        split = RandomSplit(seed=seed, fraction=random_fraction)
-    elif weekly:
-        split = TemporalSplit.weekly(weekly)
-    elif train_end:
-        split = TemporalSplit(train_end=train_end, eval_start=eval_start, eval_end=eval_end, train_start=train_start)
+    split = _split_option(random_fraction, seed, weekly, train_start, train_end, eval_start, eval_end)
     p = _project(project)
     try:
         ds = p.build_dataset(labels, feature, label_delay=label_delay, split=split, cutoff=cutoff, name=name,
@@ -70,6 +63,31 @@ def dataset_build(
             console.print(line, highlight=False)
     finally:
         p.close()
+
+
+def _split_option(random_fraction: float | None, seed: int, weekly: str | None, train_start: str | None,
+                  train_end: str | None, eval_start: str | None, eval_end: str | None) -> Any:
+    """The split the options ask for: exactly one kind, and no bound that would be silently ignored."""
+    from loopstack.training.datasets import DatasetError
+    from loopstack.training.splits import RandomSplit, TemporalSplit
+    bounds = {"--train-start": train_start, "--train-end": train_end, "--eval-start": eval_start,
+              "--eval-end": eval_end}
+    given = [k for k, v in bounds.items() if v]
+    kinds = [k for k, on in (("--random-fraction", random_fraction is not None), ("--weekly", bool(weekly)),
+                             (" ".join(given), bool(given))) if on]
+    if len(kinds) > 1:
+        raise DatasetError(f"choose one split: {' and '.join(kinds)} were both given (a random split, "
+                           "--weekly T, or explicit --train-end/--eval-* bounds)")
+    if given and not train_end:
+        raise DatasetError(f"{' '.join(given)} needs --train-end (where the train part ends); without it the "
+                           "default split (the last 7 days evaluate) would be used instead")
+    if random_fraction is not None:
+        return RandomSplit(seed=seed, fraction=random_fraction)
+    if weekly:
+        return TemporalSplit.weekly(weekly)
+    if train_end:
+        return TemporalSplit(train_end=train_end, eval_start=eval_start, eval_end=eval_end, train_start=train_start)
+    return None
 
 
 @dataset_app.command("list")
