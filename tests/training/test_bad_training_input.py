@@ -1,6 +1,8 @@
 """Bad input to training and evaluation: one clear error instead of a traceback or a silently wrong result."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -9,9 +11,11 @@ from sklearn.tree import DecisionTreeClassifier
 from loopstack import Project
 from loopstack.training import evaluation as E
 from loopstack.training.evaluation import EvaluationError
-from loopstack.training.datasets import _store, content_hash
+from loopstack.training.datasets import DatasetError, _store, content_hash, list_datasets
 from loopstack.training.trainers import TrainingError
 
+from .conftest import FEATURES as FEATURES_VIEW
+from .conftest import T0, labels_for
 from .test_trainers import FEATURES, frame
 
 
@@ -24,20 +28,20 @@ def _dataset(project: Project, train, eval_, name: str = "tiny"):
 
 
 @pytest.fixture
-def project(tmp_path):
+def bare(tmp_path):
     p = Project.init(tmp_path / "proj", example=False)
     yield p
     p.close()
 
 
-def test_a_train_part_with_one_class_is_refused_before_fitting(project):
+def test_a_train_part_with_one_class_is_refused_before_fitting(bare):
     """A tree fitted on all-negative labels scored 'probability of class 0' as the spam score (mean 1.0)."""
     train, eval_ = frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20")
     train["label"] = 0
-    ds = _dataset(project, train, eval_)
+    ds = _dataset(bare, train, eval_)
     with pytest.raises(TrainingError, match=r"label 'label' holds only the value 0 in its 300 rows"):
-        project.train(DecisionTreeClassifier(), ds)
-    assert project.runs.search() == []       # refused before a run was started
+        bare.train(DecisionTreeClassifier(), ds)
+    assert bare.runs.search() == []       # refused before a run was started
 
 
 class _NaNModel:
@@ -48,23 +52,23 @@ class _NaNModel:
         return np.full((len(X), 2), np.nan)
 
 
-def test_nan_scores_are_an_error_not_negatives(project):
+def test_nan_scores_are_an_error_not_negatives(bare):
     """NaN scores were counted as negatives: precision 0, recall 0 and a PR-AUC, all logged as if real."""
-    ds = _dataset(project, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    ds = _dataset(bare, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
     with pytest.raises(EvaluationError, match="NaN scores for 200 of 200 rows"):
-        project.train(None, ds, custom_loop=lambda *a: _NaNModel(), save_model=False)
+        bare.train(None, ds, custom_loop=lambda *a: _NaNModel(), save_model=False)
     with pytest.raises(EvaluationError, match="NaN scores for 1 of 3 rows"):
         E.roc_auc([0, 1, 1], [0.1, np.nan, 0.8])
 
 
-def test_string_labels_are_an_evaluation_error(project):
+def test_string_labels_are_an_evaluation_error(bare):
     """'spam'/'ham' labels trained fine and then died in evaluation with numpy's ValueError."""
     train, eval_ = frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20")
     for f in (train, eval_):
         f["label"] = np.where(f["label"] == 1, "spam", "ham")
-    ds = _dataset(project, train, eval_)
+    ds = _dataset(bare, train, eval_)
     with pytest.raises(EvaluationError, match=r"binary 0/1.*\['ham', 'spam'\]|binary 0/1.*\['spam', 'ham'\]"):
-        project.train(LogisticRegression(max_iter=200), ds)
+        bare.train(LogisticRegression(max_iter=200), ds)
 
 
 @pytest.mark.parametrize("options, fragment", [
@@ -72,12 +76,12 @@ def test_string_labels_are_an_evaluation_error(project):
     ({"precision_target": 5}, "precision_target"),
     ({"precision_target": 0}, "precision_target"),
 ])
-def test_nonsense_evaluation_options_are_refused_before_fitting(project, options, fragment):
+def test_nonsense_evaluation_options_are_refused_before_fitting(bare, options, fragment):
     """threshold=NaN reported precision 0 and recall 0; precision_target=5 silently 'not met'."""
-    ds = _dataset(project, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    ds = _dataset(bare, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
     with pytest.raises(EvaluationError, match=fragment):
-        project.train(LogisticRegression(max_iter=200), ds, **options)
-    assert project.runs.search() == []
+        bare.train(LogisticRegression(max_iter=200), ds, **options)
+    assert bare.runs.search() == []
     with pytest.raises(EvaluationError, match=fragment):
         E.evaluate_scores([0, 1], [0.2, 0.7], **options)
 
@@ -86,3 +90,12 @@ def test_zero_calibration_bins_are_refused():
     """n_bins=0 returned an ECE of 0 over no bins."""
     with pytest.raises(EvaluationError, match="n_bins"):
         E.evaluate_scores([0, 1], [0.2, 0.7], n_bins=0)
+
+
+@pytest.mark.parametrize("name", ["spam@2", "spam:v2"])
+def test_a_dataset_name_that_reads_as_a_version_is_refused(project, comment_events, name):
+    """A dataset named 'spam@2' was stored, then `dataset show spam@2` said: no dataset 'spam@2'; known
+    datasets: ['spam@2']."""
+    with pytest.raises(DatasetError, match="holds '@' or ':'"):
+        project.build_dataset(labels_for(comment_events), FEATURES_VIEW, cutoff=T0 + timedelta(days=30), name=name)
+    assert list_datasets(project) == []

@@ -285,6 +285,9 @@ def build_dataset(project: Any, labels: Any, features: Sequence[str], label_dela
         warnings.warn(f"the split {split.describe()} leaves no evaluation rows", UserWarning, stacklevel=3)
     chash = content_hash(train, eval_)
     name = name or (source.get("topic") or (Path(source["path"]).stem if "path" in source else "dataset"))
+    if "@" in name or ":" in name:
+        raise DatasetError(f"dataset name {name!r} holds '@' or ':', which a reference reads as name@version, "
+                           "so the dataset could not be found by name: pick a name without them (name=/--name)")
     manifest = {
         "name": name, "content_hash": chash, "features": refs, "label_source": source,
         "columns": {"entities": list(entity_columns), "time": time_column, "label": label_column,
