@@ -9,8 +9,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from loopstack import Project
+from loopstack.errors import LoopstackError
 from loopstack.training import evaluation as E
 from loopstack.training.evaluation import EvaluationError
+from loopstack.training.splits import RandomSplit, TemporalSplit
 from loopstack.training.datasets import DatasetError, _store, content_hash, list_datasets
 from loopstack.training.trainers import TrainingError
 
@@ -99,3 +101,20 @@ def test_a_dataset_name_that_reads_as_a_version_is_refused(project, comment_even
     with pytest.raises(DatasetError, match="holds '@' or ':'"):
         project.build_dataset(labels_for(comment_events), FEATURES_VIEW, cutoff=T0 + timedelta(days=30), name=name)
     assert list_datasets(project) == []
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"train_weeks": 0}, "train_weeks = 0"), ({"train_weeks": -1}, "train_weeks = -1"),
+    ({"eval_weeks": 0}, "eval_weeks = 0"), ({"eval_weeks": float("nan")}, "eval_weeks = nan"),
+])
+def test_weekly_split_refuses_empty_or_negative_week_counts(kwargs, fragment):
+    """train_weeks=0 silently meant 'every week before T'; -1 said 'train_start must be before train_end'."""
+    with pytest.raises(LoopstackError, match=fragment):
+        TemporalSplit.weekly("2026-11-08", **kwargs)
+    assert TemporalSplit.weekly("2026-11-08", train_weeks=2).train_start.isoformat() == "2026-10-25T00:00:00+00:00"
+
+
+def test_random_split_fraction_that_is_not_a_number():
+    """fraction='x' was float()'s ValueError."""
+    with pytest.raises(LoopstackError, match="RandomSplit.fraction = 'x'"):
+        RandomSplit(fraction="x")

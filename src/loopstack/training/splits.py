@@ -42,6 +42,12 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
+def _check_weeks(name: str, weeks: Any, hint: str = "") -> None:
+    """A week count of `TemporalSplit.weekly` must be a finite number > 0 (0 weeks is an empty part)."""
+    if isinstance(weeks, bool) or not isinstance(weeks, (int, float)) or not 0 < weeks < float("inf"):
+        raise LoopstackError(f"TemporalSplit.weekly: {name} = {weeks!r} must be a number of weeks > 0{hint}")
+
+
 @dataclass(frozen=True)
 class TemporalSplit:
     """Rows with train_start <= t < train_end train; rows with eval_start <= t < eval_end evaluate.
@@ -77,7 +83,10 @@ class TemporalSplit:
     def weekly(cls, T: Any, train_weeks: int | None = None, eval_weeks: int = 1) -> "TemporalSplit":
         """Train on the weeks before T (all of them, or the last `train_weeks`), evaluate on the week after."""
         t = to_utc(T, "TemporalSplit.weekly(T)")
-        start = t - timedelta(weeks=train_weeks) if train_weeks else None
+        if train_weeks is not None:
+            _check_weeks("train_weeks", train_weeks, " (or None: every week before T)")
+        _check_weeks("eval_weeks", eval_weeks)
+        start = t - timedelta(weeks=train_weeks) if train_weeks is not None else None
         return cls(train_end=t, eval_start=t, eval_end=t + timedelta(weeks=eval_weeks), train_start=start)
 
     @classmethod
@@ -114,7 +123,8 @@ class RandomSplit:
     fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        if not 0.0 < float(self.fraction) < 1.0:
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
+                or not 0.0 < float(self.fraction) < 1.0:
             raise LoopstackError(f"RandomSplit.fraction = {self.fraction!r}: give the evaluation share, 0 < f < 1")
 
     def assign(self, times: pd.Series, frame: pd.DataFrame | None = None) -> np.ndarray:
