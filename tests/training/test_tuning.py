@@ -91,3 +91,15 @@ def test_sh_on_data_fraction_with_sklearn(tiny):
     assert res.best_run_id in {r.run_id for r in runs if r.tags["rung"] == "2"}
     with pytest.raises(TuningError, match="fractions"):
         successive_halving(project, LogisticRegression(), ds, configs=[{}], budget="data_fraction", max_budget=5)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    (("loguniform", 0, 1), "numbers > 0"), (("loguniform", -1.0, 1.0), "numbers > 0"),
+    (("int", 10, 1), "lo <= hi"), (("int", 1.5, 4), "whole numbers"),
+    (("uniform", 1.0, 0.0), "lo <= hi"), (("uniform", 0.0, float("nan")), "finite numbers"),
+])
+def test_sample_configs_refuses_undrawable_ranges(spec, fragment):
+    """loguniform from 0 was 'math domain error', int 10..1 numpy's 'low >= high', uniform 1..0 drew silently."""
+    with pytest.raises(TuningError, match=fragment):
+        sample_configs({"C": spec}, 3)
+    assert sample_configs({"C": ("loguniform", 0.01, 1.0), "k": ("int", 2, 2)}, 2)[0]["k"] == 2

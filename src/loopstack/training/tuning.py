@@ -54,6 +54,18 @@ def promote(scores: Mapping[int, float | None], k: int, mode: str = "max") -> li
     return [t for t, _ in sorted(scores.items(), key=key)[:k]]
 
 
+def _check_range(key: str, kind: str, lo: Any, hi: Any) -> None:
+    """A (kind, lo, hi) search dimension must be drawable: finite lo <= hi, lo > 0 for loguniform, ints for int."""
+    nums = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (lo, hi))
+    ok = nums and lo <= hi and (kind != "loguniform" or lo > 0) and (
+        kind != "int" or all(float(v).is_integer() for v in (lo, hi)))
+    if not ok:
+        need = {"uniform": "finite numbers", "loguniform": "numbers > 0", "int": "whole numbers"}[kind]
+        raise TuningError(f"search space {key!r} = ({kind!r}, {lo!r}, {hi!r}): lo and hi must be {need} with "
+                          "lo <= hi")
+
+
 def sample_configs(space: Mapping[str, Any], n: int, seed: int = 0) -> list[dict]:
     """`n` configs from a space: list/tuple-of-choices -> choice, ('uniform'|'loguniform'|'int', lo, hi)
     -> that distribution, callable(rng) -> its value, anything else -> the constant."""
@@ -66,6 +78,7 @@ def sample_configs(space: Mapping[str, Any], n: int, seed: int = 0) -> list[dict
                 v = spec(rng)
             elif isinstance(spec, tuple) and len(spec) == 3 and spec[0] in ("uniform", "loguniform", "int"):
                 kind, lo, hi = spec
+                _check_range(k, kind, lo, hi)
                 if kind == "uniform":
                     v = float(rng.uniform(lo, hi))
                 elif kind == "loguniform":
