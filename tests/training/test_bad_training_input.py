@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -118,3 +119,29 @@ def test_random_split_fraction_that_is_not_a_number():
     """fraction='x' was float()'s ValueError."""
     with pytest.raises(LoopstackError, match="RandomSplit.fraction = 'x'"):
         RandomSplit(fraction="x")
+
+
+def test_a_part_that_is_neither_train_nor_eval_is_refused(bare):
+    """evaluate(part='evaluation') silently scored the train part (optimistic metrics); X_y('test') gave eval."""
+    ds = _dataset(bare, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    model = LogisticRegression(max_iter=200).fit(*ds.X_y("train"))
+    with pytest.raises(EvaluationError, match="part must be 'eval'"):
+        E.evaluate(model, ds, part="evaluation")
+    with pytest.raises(DatasetError, match="part must be 'train' or 'eval'"):
+        ds.X_y("test")
+    assert E.evaluate(model, ds, part="train").metrics["count"] == 300
+
+
+def test_slice_frame_of_another_length_is_an_evaluation_error():
+    """A frame not row-aligned with the labels was numpy's IndexError."""
+    with pytest.raises(EvaluationError, match="slice frame has 2 rows but there are 4 labels"):
+        E.evaluate_scores([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], pd.DataFrame({"c": [1, 2]}), slices=["c"])
+
+
+def test_a_feature_listed_twice_is_refused(project, comment_events):
+    """The dataset was built with the feature twice in its manifest; training then died with pandas'
+    DuplicateError."""
+    with pytest.raises(DatasetError, match="'author_stats:spam_7d' is listed twice"):
+        project.build_dataset(labels_for(comment_events), [*FEATURES_VIEW, FEATURES_VIEW[0]],
+                              cutoff=T0 + timedelta(days=30), name="dup")
+    assert list_datasets(project) == []

@@ -197,6 +197,8 @@ class Dataset:
 
     def X_y(self, part: str = "train") -> tuple[pd.DataFrame, pd.Series]:
         """Feature columns (in reference order) and the label of one part."""
+        if part not in ("train", "eval"):
+            raise DatasetError(f"part must be 'train' or 'eval', got {part!r}")
         df = self.train if part == "train" else self.eval
         return df[self.feature_columns], df[self.label_column]
 
@@ -271,6 +273,14 @@ def build_dataset(project: Any, labels: Any, features: Sequence[str], label_dela
     label_side = kept.copy()
 
     refs = _feature_refs(project, features, full_feature_names)
+    columns: dict[str, str] = {}
+    for r in refs:
+        if columns.get(r["column"]) == r["ref"]:
+            raise DatasetError(f"feature {r['ref']!r} is listed twice: list each feature once")
+        if r["column"] in columns:
+            raise DatasetError(f"features {columns[r['column']]!r} and {r['ref']!r} both become column "
+                               f"{r['column']!r}: pass full_feature_names=True to keep them apart")
+        columns[r["column"]] = r["ref"]
     frame = project.get_historical_features(kept, features, full_feature_names=full_feature_names,
                                             timestamp_column=time_column)
     split = split if split is not None else TemporalSplit.last(frame[time_column], eval_window)

@@ -227,6 +227,9 @@ def slice_metrics(y: Any, s: Any, frame: pd.DataFrame, columns: Sequence[str], t
     if missing:
         raise EvaluationError(f"slice column(s) {missing} are not in the evaluation frame; it has "
                               f"{list(frame.columns)}")
+    if len(frame) != y.size:
+        raise EvaluationError(f"the slice frame has {len(frame)} rows but there are {y.size} labels: pass the "
+                              "frame the labels and scores came from (row-aligned)")
     out: dict[str, list[dict]] = {}
     for col in columns:
         groups = slice_groups(frame[col]).to_numpy()
@@ -357,6 +360,8 @@ def evaluate(model: Any, dataset: Any, threshold: float = 0.5, precision_target:
     `slices`: columns of the part (features or any other column, e.g. 'new_account') to break the
     metrics down by. With `run`, metrics and the evaluation.json/.html artifacts are logged to it.
     """
+    if part not in ("eval", "train"):
+        raise EvaluationError(f"part must be 'eval' (the holdout) or 'train', got {part!r}")
     frame = dataset.eval if part == "eval" else dataset.train
     label = label or dataset.label_column
     features = list(features or dataset.feature_columns)
