@@ -34,3 +34,22 @@ def test_valid(text, expected):
 def test_invalid(text, match):
     with pytest.raises(ModelReferenceError, match=match):
         parse_ref(text)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("models:/spam/³", "positive integer"),          # str.isdigit() is True, int() raises
+    ("models:/spam/٣", "positive integer"),          # Arabic-Indic 3: not a version a user can type back
+    ("models:/spam\n/1", "invalid model name"),
+])
+def test_non_ascii_digits_and_trailing_newlines_are_refused(text, match):
+    with pytest.raises(ModelReferenceError, match=match):
+        parse_ref(text)
+
+
+def test_names_and_aliases_with_a_trailing_newline_are_refused():
+    """`$` in a regex matches before a final newline: 'spam\\n' would register a model no reference can name."""
+    from loopstack.registry.refs import validate_alias, validate_name
+    with pytest.raises(ModelReferenceError, match="invalid model name"):
+        validate_name("spam\n")
+    with pytest.raises(ModelReferenceError, match="invalid alias"):
+        validate_alias("champion\n")

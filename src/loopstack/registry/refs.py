@@ -25,14 +25,16 @@ class ModelRef:
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """The name unchanged, or ModelReferenceError saying which characters a model name may use."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ModelReferenceError(f"invalid model name {name!r}: use letters, digits, '_', '-', '.' "
                                   "(starting with a letter or digit), e.g. 'spam'")
     return name
 
 
 def validate_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+    """The alias unchanged, or ModelReferenceError saying what an alias may look like."""
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise ModelReferenceError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', starting with a "
                                   "letter or '_' (an alias cannot look like a version number), e.g. 'champion'")
     if alias.lower() == "latest":
@@ -67,7 +69,7 @@ def parse_ref(ref: "str | ModelRef") -> ModelRef:
         raise ModelReferenceError(f"in {ref!r}: {exc}") from None
     if version.lower() == "latest":
         return ModelRef(name, latest=True)
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise ModelReferenceError(f"version {version!r} in {ref!r} must be a positive integer (versions start at "
                                   f"1) or 'latest'; for an alias write models:/{name}@{version}")
     return ModelRef(name, version=int(version))
