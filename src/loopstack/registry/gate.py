@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from loopstack.registry.errors import RegistryError
+
 LOWER_IS_BETTER = ("log_loss", "logloss", "ece", "brier", "mse", "rmse", "mae", "latency_ms", "error_rate")
 _LATENCY_KEY = re.compile(r"^p(\d+(?:\.\d+)?)_batch(\d+)$")
 
@@ -188,6 +190,32 @@ class ModelValidationGate:
                                       f"p{mt.group(1)} predict at batch {batch} = {value:.2f} ms "
                                       f"({self.latency_repeats} calls), budget {budget} ms"))
         return reasons, measured
+
+
+def decision_dict(decision: Any) -> dict:
+    """A GateDecision (or its dict) as the dict the registry stores, its reasons as [check, passed, detail]
+    triples; RegistryError if it is malformed, so a gate cannot pass on a string like "no"."""
+    d = decision.to_dict() if hasattr(decision, "to_dict") else decision
+    if not isinstance(d, Mapping) or "passed" not in d or "reasons" not in d:
+        raise RegistryError("a gate decision needs 'passed' and 'reasons' (use ModelValidationGate.evaluate)")
+    passed, reasons = d["passed"], d["reasons"]
+    if not isinstance(passed, (bool, np.bool_)):
+        raise RegistryError(f"gate decision 'passed' must be True or False, not {passed!r}")
+    if isinstance(reasons, (str, bytes, Mapping)) or not hasattr(reasons, "__iter__"):
+        raise RegistryError(f"gate decision 'reasons' must be a list of [check, passed, detail], not {reasons!r}")
+    out = []
+    for x in reasons:
+        if isinstance(x, Mapping):
+            x = (x.get("check"), x.get("passed"), x.get("detail", ""))
+        if not isinstance(x, (list, tuple)) or len(x) != 3 or not isinstance(x[1], (bool, np.bool_)):
+            raise RegistryError(f"gate reason {x!r} must be [check, passed, detail] with passed True or False, "
+                                "e.g. ['absolute:auc', True, 'auc = 0.93, needs >= 0.9']")
+        out.append([str(x[0]), bool(x[1]), str(x[2])])
+    if passed and not all(ok for _, ok, _ in out):
+        failed = [c for c, ok, _ in out if not ok]
+        raise RegistryError(f"gate decision says passed but check(s) {', '.join(failed)} failed; a gate passes "
+                            "only when every check does")
+    return {**d, "passed": bool(passed), "reasons": out}
 
 
 def measure_latency(predict_fn: Callable[[Any], Any], sample: Any, batch: int, repeats: int = 100,

@@ -1,6 +1,7 @@
 """MLflow-style model references: ``models:/name/3``, ``models:/name@alias``, ``models:/name/latest``."""
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,17 @@ def validate_alias(alias: str) -> str:
     if alias.lower() == "latest":
         raise ModelReferenceError("'latest' is reserved (models:/<name>/latest); choose another alias")
     return alias
+
+
+def validate_version(version: object) -> int:
+    """`version` as an int; a bool, float or string is refused rather than silently rounded or misread."""
+    try:
+        if isinstance(version, bool):
+            raise TypeError
+        return operator.index(version)  # type: ignore[arg-type]
+    except TypeError:
+        raise ModelReferenceError(f"version {version!r} is not a version number: pass a whole number such as "
+                                  "3 (versions start at 1)") from None
 
 
 def parse_ref(ref: "str | ModelRef") -> ModelRef:

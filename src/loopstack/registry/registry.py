@@ -25,8 +25,9 @@ from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
                                          loads, utc, version_from_row)
 from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
+from loopstack.registry.gate import decision_dict
 from loopstack.registry.lineage import cached_code_version, dataset_lineage, default_actor, reference_profile
-from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name
+from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name, validate_version
 from loopstack.registry.schema import model_aliases as A
 from loopstack.registry.schema import model_audit as L
 from loopstack.registry.schema import model_versions as V
@@ -297,7 +298,7 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str | None = None, *,
                   expected_generation: int | None = None) -> None:
         """Point `models:/name@alias` at `version` (atomically; moving it from wherever it was)."""
-        self._alias(name, alias, version, reason, actor, expected_generation)
+        self._alias(name, alias, validate_version(version), reason, actor, expected_generation)
 
     def delete_alias(self, name: str, alias: str, reason: str = "", actor: str | None = None) -> None:
         self._alias(name, alias, None, reason, actor, None)
@@ -312,7 +313,7 @@ class Registry:
         def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(name), expected)
             if version is not None:
-                self.resolve(ModelRef(name, version=int(version)), conn)
+                self.resolve(ModelRef(name, version=version), conn)
             old = conn.execute(sa.select(A.c.version).where(A.c.name == name, A.c.alias == alias)).scalar()
             if version is None and old is None:
                 raise ModelReferenceError(f"model {name!r} has no alias {alias!r} to delete")
@@ -323,9 +324,7 @@ class Registry:
 
     def record_gate(self, ref: str | ModelRef, decision: Any, actor: str | None = None) -> None:
         """Store a gate decision (GateDecision or its dict) and every reason with the version; audited."""
-        d = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
-        if "passed" not in d or "reasons" not in d:
-            raise RegistryError("a gate decision needs 'passed' and 'reasons' (use ModelValidationGate.evaluate)")
+        d = decision_dict(decision)
         r = parse_ref(ref)
 
         def write(conn: Connection) -> None:
@@ -333,8 +332,7 @@ class Registry:
             name, version = self.resolve(r, conn)
             conn.execute(sa.update(V).where(V.c.name == name, V.c.version == version)
                          .values(gate=dumps(d), gate_passed=bool(d["passed"]), updated_at=_now()))
-            failed = [x[0] if isinstance(x, (list, tuple)) else x.get("check") for x in d["reasons"]
-                      if not (x[1] if isinstance(x, (list, tuple)) else x.get("passed"))]
+            failed = [check for check, ok, _ in d["reasons"] if not ok]
             self._audit(conn, name, version, "gate", gen, actor or default_actor(),
                         "gate passed" if d["passed"] else f"gate failed: {', '.join(map(str, failed))}", d)
         run_transaction(self.engine, write)

@@ -1,0 +1,48 @@
+"""Bad input to the registry API: refused with a RegistryError that says what was wrong, nothing stored."""
+from __future__ import annotations
+
+import pytest
+
+from loopstack.registry import GateDecision, ModelReferenceError, RegistryError, TransitionError
+from tests.registry.conftest import register
+
+
+@pytest.mark.parametrize("version", [1.7, True, "2", None])
+def test_set_alias_needs_a_whole_version_number(reg, version):
+    """1.7 was stored as-is (the alias then resolved to no row: NoResultFound); True meant version 1."""
+    register(reg, "spam", 2)
+    with pytest.raises(ModelReferenceError, match="not a version number"):
+        reg.set_alias("spam", "champion", version)
+    assert reg.list()[0]["aliases"] == {}
+    reg.set_alias("spam", "champion", 2)
+    assert reg.get("models:/spam@champion").version == 2
+
+
+@pytest.mark.parametrize("decision,match", [
+    ({"passed": "no", "reasons": []}, "'passed' must be True or False"),       # bool("no") was True: a pass
+    ({"passed": 1, "reasons": []}, "'passed' must be True or False"),
+    ({"passed": True, "reasons": "ok"}, "'reasons' must be a list"),
+    ({"passed": True, "reasons": [["absolute:auc"]]}, r"must be \[check, passed, detail\]"),   # was IndexError
+    ({"passed": True, "reasons": [5]}, r"must be \[check, passed, detail\]"),                  # was AttributeError
+    ({"passed": True, "reasons": [["absolute:auc", False, "auc = 0.5"]]}, "absolute:auc failed"),
+    ([1, 2], "needs 'passed' and 'reasons'"),                                                    # was TypeError
+    (None, "needs 'passed' and 'reasons'"),
+])
+def test_record_gate_refuses_malformed_decisions(reg, decision, match):
+    register(reg, "spam", 1, gate=False)
+    with pytest.raises(RegistryError, match=match):
+        reg.record_gate("models:/spam/1", decision)
+    assert reg.get("models:/spam/1").gate_passed is None
+    with pytest.raises(TransitionError, match="gate never ran"):
+        reg.promote("models:/spam/1", "shadow", reason="gate passed?")
+
+
+def test_record_gate_stores_dict_reasons_as_triples(reg):
+    """Reasons given as dicts are stored as [check, passed, detail], the form `models show` reads back."""
+    register(reg, "spam", 1, gate=False)
+    reg.record_gate("models:/spam/1", {"passed": False, "reasons": [
+        {"check": "absolute:auc", "passed": False, "detail": "auc = 0.5, needs >= 0.9"}]})
+    mv = reg.get("models:/spam/1")
+    assert mv.gate_passed is False and mv.gate["reasons"] == [["absolute:auc", False, "auc = 0.5, needs >= 0.9"]]
+    assert GateDecision.from_dict(mv.gate).failed[0].check == "absolute:auc"
+    assert reg.audit("spam", 1)[-1]["reason"] == "gate failed: absolute:auc"
