@@ -5,6 +5,7 @@ import pytest
 
 from loopstack.registry import GateDecision, ModelReferenceError, RegistryError, TransitionError
 from tests.registry.conftest import register
+from tests.registry.helpers import SIGNATURE, ThresholdModel
 
 
 @pytest.mark.parametrize("version", [1.7, True, "2", None])
@@ -46,3 +47,33 @@ def test_record_gate_stores_dict_reasons_as_triples(reg):
     assert mv.gate_passed is False and mv.gate["reasons"] == [["absolute:auc", False, "auc = 0.5, needs >= 0.9"]]
     assert GateDecision.from_dict(mv.gate).failed[0].check == "absolute:auc"
     assert reg.audit("spam", 1)[-1]["reason"] == "gate failed: absolute:auc"
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"params": {"alpha": NAN}}, "params cannot be stored as JSON"),          # was ValueError from json.dumps
+    ({"params": [("lr", 0.1)]}, "params must be a dict"),                     # was TypeError
+    ({"metrics": [0.9]}, "metrics must be a dict"),                           # was AttributeError
+    ({"feature_versions": ["author_stats:spam_7d"]}, "feature_versions must be a dict"),
+    ({"profile": {"features": 5}}, "profile is malformed"),                   # stored; `models show` crashed
+    ({"profile": {"features": {"url_count": {"mean": 1.0}}}}, r"profile is malformed \(feature 'url_count'"),
+])
+def test_register_refuses_malformed_lineage(reg, kwargs, match):
+    with pytest.raises(RegistryError, match=match):
+        reg.register("spam", ThresholdModel(), signature=SIGNATURE, **kwargs)
+    assert reg.list() == []
+
+
+def test_evidence_must_be_a_json_object(reg):
+    """NaN evidence raised ValueError mid-transaction; a list raised TypeError. Now refused, nothing written."""
+    register(reg, "spam", 1)
+    before = len(reg.audit("spam"))
+    with pytest.raises(RegistryError, match="evidence cannot be stored as JSON"):
+        reg.promote("models:/spam/1", "shadow", reason="shadow ok", evidence={"p99_ms": NAN})
+    with pytest.raises(RegistryError, match="evidence must be a dict"):
+        reg.promote("models:/spam/1", "shadow", reason="shadow ok", evidence=[1, 2])
+    with pytest.raises(RegistryError, match="evidence cannot be stored as JSON"):
+        reg.record_event("models:/spam/1", "note", "drift", {"psi": float("inf")})
+    assert reg.get("models:/spam/1").state == "candidate" and len(reg.audit("spam")) == before

@@ -87,7 +87,26 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def json_mapping(obj: Any, what: str, example: str) -> dict:
+    """`obj` (a mapping, or None for empty) as a dict that strict JSON can store; RegistryError naming
+    `what` otherwise, raised before anything is written (NaN/inf used to fail mid-transaction)."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, Mapping):
+        raise RegistryError(f"{what} must be a dict, e.g. {example}, not {type(obj).__name__} {obj!r:.80}")
+    out = dict(obj)
+    try:
+        dumps(out)
+    except ValueError as exc:
+        raise RegistryError(f"{what} cannot be stored as JSON ({exc}): NaN and infinity have no JSON form; "
+                            "use a finite number or None") from None
+    return out
+
+
 def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Metrics as finite floats; RegistryError naming the first one that is not a number."""
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise RegistryError(f"metrics must be a dict of numbers, e.g. {{'auc': 0.93}}, not {type(metrics).__name__}")
     out: dict[str, float] = {}
     for k, v in (metrics or {}).items():
         try:

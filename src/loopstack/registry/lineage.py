@@ -67,6 +67,13 @@ def reference_profile(profile: Any, scores: Any) -> dict | None:
     if isinstance(profile, Mapping):
         if "features" not in profile:
             raise RegistryError("profile must come from loopstack.registry.profile.build_profile (no 'features')")
+        feats = profile["features"]
+        bad = ([f"'features' is a {type(feats).__name__}"] if not isinstance(feats, Mapping) else
+               [f"feature {k!r}" for k, f in feats.items()
+                if not isinstance(f, Mapping) or f.get("kind") not in ("numeric", "categorical")])
+        if bad:
+            raise RegistryError(f"profile is malformed ({', '.join(bad[:3])}: each feature needs a dict with kind "
+                                "'numeric' or 'categorical'); build it with loopstack.registry.build_profile(df)")
         return dict(profile)
     from loopstack.registry.profile import build_profile
     return build_profile(profile, scores=scores)

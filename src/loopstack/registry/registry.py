@@ -23,7 +23,7 @@ from loopstack.meta.tx import insert_ignore, run_transaction
 from loopstack.registry import stages
 from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
-                                         loads, utc, version_from_row)
+                                         json_mapping, loads, utc, version_from_row)
 from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
 from loopstack.registry.gate import decision_dict
 from loopstack.registry.lineage import cached_code_version, dataset_lineage, default_actor, reference_profile
@@ -60,7 +60,10 @@ class Registry:
         sig = coerce_signature(signature)
         ds_id, ds_hash = dataset_lineage(dataset)
         prof = reference_profile(profile, holdout_scores)
-        metrics_json, params_json = dumps(clean_metrics(metrics)), dumps(dict(params or {}))
+        prof = None if prof is None else json_mapping(prof, "profile", "build_profile(holdout_df)")
+        metrics_json = dumps(clean_metrics(metrics))
+        params_json = dumps(json_mapping(params, "params", "{'lr': 0.1}"))
+        fv = json_mapping(feature_versions, "feature_versions", "{'author:spam_7d': 2}") or sig.feature_versions
         data, fmt, filename = serialize(model)
         rel = f"models/{name}/{uuid.uuid4().hex}/{filename}"
         sha = self.artifacts.put_bytes(rel, data)
@@ -75,7 +78,7 @@ class Registry:
                 name=name, version=version, state=stages.CANDIDATE, run_id=None if run_id is None else str(run_id),
                 dataset_id=ds_id, dataset_hash=ds_hash,
                 code_version=code_version if code_version is not None else cached_code_version(),
-                feature_versions=dumps(dict(feature_versions) if feature_versions else sig.feature_versions),
+                feature_versions=dumps(fv),
                 params=params_json, metrics=metrics_json, signature=dumps(sig.to_dict()),
                 artifact_path=rel, artifact_uri=f"{self.artifacts.root}/{rel}", artifact_sha256=sha,
                 artifact_format=fmt, profile=None if prof is None else dumps(prof), gate=None, gate_passed=None,
@@ -252,6 +255,7 @@ class Registry:
         archives the previous production version and moves the `production` alias, atomically."""
         r = parse_ref(ref)
         actor = actor or default_actor()
+        evidence = json_mapping(evidence, "evidence", "{'shadow_p99_ms': 12}")
 
         def write(conn: Connection) -> tuple[str, int]:
             gen = self._lock(conn, validate_name(r.name), expected_generation)
@@ -324,7 +328,7 @@ class Registry:
 
     def record_gate(self, ref: str | ModelRef, decision: Any, actor: str | None = None) -> None:
         """Store a gate decision (GateDecision or its dict) and every reason with the version; audited."""
-        d = decision_dict(decision)
+        d = json_mapping(decision_dict(decision), "gate decision", "ModelValidationGate(...).evaluate(...)")
         r = parse_ref(ref)
 
         def write(conn: Connection) -> None:
@@ -343,6 +347,7 @@ class Registry:
         evidence). `action` must not be one the registry writes itself."""
         if action in ("register", "transition", "replaced", "alias", "gate", "rollback"):
             raise RegistryError(f"action {action!r} is written by the registry itself; use another name")
+        evidence = json_mapping(evidence, "evidence", "{'psi': 0.31}")
         r = parse_ref(ref)
 
         def write(conn: Connection) -> None:
