@@ -25,3 +25,13 @@ def test_record_event_refuses_registry_actions_and_unknown_versions(reg):
         reg.record_event(mv.ref, "transition", "x")
     with pytest.raises(ModelReferenceError):
         reg.record_event("models:/spam/9", "loop", "x")
+
+
+@pytest.mark.parametrize("action", ["", "   ", None, "a" * 33, " loop"])
+def test_record_event_needs_a_short_action_name(reg, action):
+    """An empty or None action was stored ('' / 'None'); a long one was silently cut to 32 characters."""
+    (v,) = register(reg)
+    before = len(reg.audit("spam"))
+    with pytest.raises(RegistryError, match="must be a short name"):
+        reg.record_event(f"models:/spam/{v}", action, "x")
+    assert len(reg.audit("spam")) == before

@@ -77,3 +77,10 @@ def test_evidence_must_be_a_json_object(reg):
     with pytest.raises(RegistryError, match="evidence cannot be stored as JSON"):
         reg.record_event("models:/spam/1", "note", "drift", {"psi": float("inf")})
     assert reg.get("models:/spam/1").state == "candidate" and len(reg.audit("spam")) == before
+
+
+def test_register_refuses_a_none_model(reg):
+    """A training function that forgot to return its model registered None as a loadable 'model'."""
+    with pytest.raises(RegistryError, match="the model is None"):
+        reg.register("spam", None, signature=SIGNATURE)
+    assert reg.list() == []

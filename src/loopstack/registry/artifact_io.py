@@ -16,6 +16,9 @@ from loopstack.registry.errors import ArtifactIntegrityError, RegistryError
 def serialize(model: Any) -> tuple[bytes, str, str]:
     """(bytes, format, file name): a path is stored as-is ("file") or as a tar ("dir"); an object is
     pickled with joblib when installed (efficient for numpy-heavy sklearn models), else pickle."""
+    if model is None:
+        raise RegistryError("the model is None: pass the trained model object or the path of its file or folder "
+                            "(did the training code return the model?)")
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
         if p.is_file():

@@ -345,6 +345,9 @@ class Registry:
                      actor: str | None = None) -> None:
         """Append an audit entry for a version without changing it (e.g. a closed-loop step and its
         evidence). `action` must not be one the registry writes itself."""
+        if not isinstance(action, str) or not action.strip() or len(action) > 32 or action != action.strip():
+            raise RegistryError(f"action {action!r} must be a short name (1-32 characters, no surrounding "
+                                "spaces), e.g. 'loop' or 'drift-check'")
         if action in ("register", "transition", "replaced", "alias", "gate", "rollback"):
             raise RegistryError(f"action {action!r} is written by the registry itself; use another name")
         evidence = json_mapping(evidence, "evidence", "{'psi': 0.31}")
@@ -353,5 +356,5 @@ class Registry:
         def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(r.name))
             name, version = self.resolve(r, conn)
-            self._audit(conn, name, version, str(action)[:32], gen, actor or default_actor(), reason, evidence)
+            self._audit(conn, name, version, action, gen, actor or default_actor(), reason, evidence)
         run_transaction(self.engine, write)
