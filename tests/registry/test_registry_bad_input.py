@@ -1,9 +1,12 @@
 """Bad input to the registry API: refused with a RegistryError that says what was wrong, nothing stored."""
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
-from loopstack.registry import GateDecision, ModelReferenceError, RegistryError, TransitionError
+from loopstack.registry import ArtifactIntegrityError, GateDecision, ModelReferenceError, RegistryError, TransitionError
 from tests.registry.conftest import register
 from tests.registry.helpers import SIGNATURE, ThresholdModel
 
@@ -84,3 +87,22 @@ def test_register_refuses_a_none_model(reg):
     with pytest.raises(RegistryError, match="the model is None"):
         reg.register("spam", None, signature=SIGNATURE)
     assert reg.list() == []
+
+
+def test_load_with_a_missing_artifact_names_the_version(reg):
+    mv = reg.register("spam", ThresholdModel(), signature=SIGNATURE)
+    os.remove(reg.artifacts._full(mv.artifact_path))
+    with pytest.raises(ArtifactIntegrityError, match=r"artifact of models:/spam/1 is missing .*register the model"):
+        reg.load("models:/spam/1")
+
+
+def test_load_of_a_model_whose_class_is_not_importable_is_a_registry_error(reg, tmp_path, monkeypatch):
+    """Unpickling needs the model's module; without it the user got a ModuleNotFoundError traceback."""
+    (tmp_path / "gone_module.py").write_text("class Model:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_module
+    mv = reg.register("spam", gone_module.Model(), signature=SIGNATURE)
+    monkeypatch.delitem(sys.modules, "gone_module")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(RegistryError, match=r"cannot load models:/spam/1: No module named 'gone_module'.*PYTHONPATH"):
+        reg.load(mv.ref)

@@ -24,7 +24,8 @@ from loopstack.registry import stages
 from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
                                          json_mapping, loads, utc, version_from_row)
-from loopstack.registry.errors import ConcurrentUpdateError, ModelReferenceError, RegistryError
+from loopstack.registry.errors import (ArtifactIntegrityError, ConcurrentUpdateError, ModelReferenceError,
+                                       RegistryError)
 from loopstack.registry.gate import decision_dict
 from loopstack.registry.lineage import cached_code_version, dataset_lineage, default_actor, reference_profile
 from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name, validate_version
@@ -131,9 +132,17 @@ class Registry:
         """The model object (pickle/joblib) or a local path (registered files/folders), after checking
         the artifact's sha256 against the one recorded at registration (ArtifactIntegrityError if not)."""
         mv = self.get(ref)
+        if not self.artifacts.exists(mv.artifact_path):
+            raise ArtifactIntegrityError(f"the artifact of {mv.ref} is missing ({mv.artifact_uri}): it was deleted or "
+                                         "moved after registration; restore it there or register the model again")
         data = self.artifacts.get_bytes(mv.artifact_path)
         verify(data, mv.artifact_sha256, mv.ref, mv.artifact_uri)
-        return deserialize(data, mv.artifact_format, Path(mv.artifact_path).name, mv.artifact_sha256, self.cache_dir)
+        try:
+            return deserialize(data, mv.artifact_format, Path(mv.artifact_path).name, mv.artifact_sha256,
+                               self.cache_dir)
+        except (ImportError, AttributeError) as exc:   # the pickled classes are not importable here
+            raise RegistryError(f"cannot load {mv.ref}: {exc}. The model's classes must be importable where it "
+                                "loads: install the package that defines them or add its folder to PYTHONPATH") from exc
 
     def versions(self, name: str) -> list[ModelVersion]:
         validate_name(name)
