@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from loopstack.registry import ArtifactIntegrityError, GateDecision, ModelReferenceError, RegistryError, TransitionError
-from tests.registry.conftest import register
+from tests.registry.conftest import PASSING, register
 from tests.registry.helpers import SIGNATURE, ThresholdModel
 
 
@@ -106,3 +106,40 @@ def test_load_of_a_model_whose_class_is_not_importable_is_a_registry_error(reg, 
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     with pytest.raises(RegistryError, match=r"cannot load models:/spam/1: No module named 'gone_module'.*PYTHONPATH"):
         reg.load(mv.ref)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"run_id": "r" * 256}, "run_id is 256 characters long"),
+    ({"code_version": "c" * 300}, "code_version is 300 characters long"),
+    ({"dataset": {"id": "d" * 256}}, "dataset id is 256 characters long"),
+    ({"dataset": {"id": 7, "hash": "h" * 129}}, "dataset hash is 129 characters long"),
+    ({"actor": "a" * 256}, "actor is 256 characters long"),
+    ({"actor": "  "}, "actor is empty"),
+])
+def test_register_refuses_ids_longer_than_their_column(reg, kwargs, match):
+    """PostgreSQL raised DataError (a traceback) and left a model with no versions; SQLite kept the value."""
+    with pytest.raises(RegistryError, match=match):
+        reg.register("spam", ThresholdModel(), signature=SIGNATURE, **kwargs)
+    assert reg.list() == []
+
+
+def test_long_actor_is_refused_by_every_change(reg):
+    register(reg, "spam", 1)
+    before = len(reg.audit("spam"))
+    for change in (lambda a: reg.promote("models:/spam/1", "shadow", "ok", actor=a),
+                   lambda a: reg.set_alias("spam", "champion", 1, actor=a),
+                   lambda a: reg.record_gate("models:/spam/1", PASSING, actor=a),
+                   lambda a: reg.record_event("models:/spam/1", "note", "x", actor=a)):
+        with pytest.raises(RegistryError, match="actor is 300 characters long"):
+            change("a" * 300)
+    assert len(reg.audit("spam")) == before and reg.get("models:/spam/1").state == "candidate"
+
+
+def test_a_model_left_without_versions_is_named_not_a_traceback(reg):
+    """A first registration that failed after the model's row was created left it with no versions:
+    `models:/spam/latest` was `ValueError: max() arg is an empty sequence`."""
+    reg._ensure_model("spam", "")
+    with pytest.raises(ModelReferenceError, match="model 'spam' has no versions yet"):
+        reg.get("models:/spam/latest")
+    with pytest.raises(ModelReferenceError, match="model 'spam' has no versions yet"):
+        reg.get("models:/spam/1")

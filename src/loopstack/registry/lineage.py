@@ -22,6 +22,25 @@ def default_actor() -> str:
         return os.environ.get("USER") or "unknown"
 
 
+def bounded(value: Any, what: str, limit: int) -> str | None:
+    """`value` as text of at most `limit` characters (its column's width), or None; RegistryError if longer
+    (PostgreSQL refused it with a DataError traceback while SQLite kept it, so check before writing)."""
+    if value is None:
+        return None
+    text = str(value)
+    if len(text) > limit:
+        raise RegistryError(f"{what} is {len(text)} characters long ({text[:40]!r}...); the registry keeps at most "
+                            f"{limit}: pass a shorter id")
+    return text
+
+
+def actor_name(actor: str | None) -> str:
+    """Who made a change: `actor`, or the OS user when none is given (at most 255 characters)."""
+    if actor is not None and not str(actor).strip():
+        raise RegistryError("actor is empty: name who made the change, or leave it out to record the OS user")
+    return bounded(actor, "actor", 255) or default_actor()
+
+
 def code_version(cwd: str | Path | None = None) -> str | None:
     """The git commit of `cwd` (with "-dirty" when tracked files changed), or None outside git."""
     try:
@@ -50,12 +69,15 @@ def dataset_lineage(dataset: Any) -> tuple[str | None, str | None]:
     if dataset is None:
         return None, None
     if isinstance(dataset, Mapping):
-        did = dataset.get("id", dataset.get("dataset_id"))
-        return (None if did is None else str(did)), dataset.get("hash") or dataset.get("content_hash")
-    for attr in ("id", "dataset_id"):   # a dataset object from box 4, without importing it
-        if hasattr(dataset, attr):
-            return str(getattr(dataset, attr)), getattr(dataset, "hash", None) or getattr(dataset, "content_hash", None)
-    return str(dataset), None
+        did, dhash = dataset.get("id", dataset.get("dataset_id")), dataset.get("hash") or dataset.get("content_hash")
+    else:
+        did, dhash = dataset, None
+        for attr in ("id", "dataset_id"):   # a dataset object from box 4, without importing it
+            if hasattr(dataset, attr):
+                did, dhash = getattr(dataset, attr), getattr(dataset, "hash", None) or getattr(dataset, "content_hash",
+                                                                                              None)
+                break
+    return bounded(did, "dataset id", 255), bounded(dhash, "dataset hash", 128)
 
 
 def reference_profile(profile: Any, scores: Any) -> dict | None:

@@ -27,7 +27,7 @@ from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_met
 from loopstack.registry.errors import (ArtifactIntegrityError, ConcurrentUpdateError, ModelReferenceError,
                                        RegistryError)
 from loopstack.registry.gate import decision_dict
-from loopstack.registry.lineage import cached_code_version, dataset_lineage, default_actor, reference_profile
+from loopstack.registry.lineage import actor_name, bounded, cached_code_version, dataset_lineage, reference_profile
 from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name, validate_version
 from loopstack.registry.schema import model_aliases as A
 from loopstack.registry.schema import model_audit as L
@@ -58,6 +58,8 @@ class Registry:
         `holdout_scores`, the model's scores on the holdout).
         """
         validate_name(name)
+        actor = actor_name(actor)
+        run_id, code_version = bounded(run_id, "run_id", 255), bounded(code_version, "code_version", 255)
         sig = coerce_signature(signature)
         ds_id, ds_hash = dataset_lineage(dataset)
         prof = reference_profile(profile, holdout_scores)
@@ -68,7 +70,6 @@ class Registry:
         data, fmt, filename = serialize(model)
         rel = f"models/{name}/{uuid.uuid4().hex}/{filename}"
         sha = self.artifacts.put_bytes(rel, data)
-        actor = actor or default_actor()
         now = _now()
         self._ensure_model(name, description)
 
@@ -76,7 +77,7 @@ class Registry:
             gen = self._lock(conn, name)
             version = (conn.execute(sa.select(sa.func.max(V.c.version)).where(V.c.name == name)).scalar() or 0) + 1
             conn.execute(V.insert().values(
-                name=name, version=version, state=stages.CANDIDATE, run_id=None if run_id is None else str(run_id),
+                name=name, version=version, state=stages.CANDIDATE, run_id=run_id,
                 dataset_id=ds_id, dataset_hash=ds_hash,
                 code_version=code_version if code_version is not None else cached_code_version(),
                 feature_versions=dumps(fv),
@@ -114,6 +115,8 @@ class Registry:
                                           f"{', '.join(sorted(aliases)) or 'none'})")
             return r.name, v
         versions = list(conn.execute(sa.select(V.c.version).where(V.c.name == r.name)).scalars())
+        if not versions:   # its first registration failed after the model's row was created
+            raise ModelReferenceError(f"model {r.name!r} has no versions yet: register one first")
         if r.latest:
             return r.name, max(versions)
         if r.version not in versions:
@@ -263,7 +266,7 @@ class Registry:
         """Move a version to `to_state` as the stage machine allows; audited. Promoting to production
         archives the previous production version and moves the `production` alias, atomically."""
         r = parse_ref(ref)
-        actor = actor or default_actor()
+        actor = actor_name(actor)
         evidence = json_mapping(evidence, "evidence", "{'shadow_p99_ms': 12}")
 
         def write(conn: Connection) -> tuple[str, int]:
@@ -285,7 +288,7 @@ class Registry:
         one goes to `current_to` (archived or candidate). Returns the restored version."""
         if not reason or not str(reason).strip():
             raise RegistryError("a reason is required for a rollback (it goes in the audit log): pass --reason")
-        actor = actor or default_actor()
+        actor = actor_name(actor)
 
         def write(conn: Connection) -> stages.Plan:
             gen = self._lock(conn, validate_name(name), expected_generation)
@@ -319,6 +322,7 @@ class Registry:
     def _alias(self, name: str, alias: str, version: int | None, reason: str, actor: str | None,
                expected: int | None) -> None:
         validate_alias(alias)
+        who = actor_name(actor)
         if alias == stages.PRODUCTION_ALIAS:
             raise RegistryError("the 'production' alias follows the rollout state: use promote(ref, 'production') "
                                 "or rollback(name) to move it")
@@ -331,13 +335,14 @@ class Registry:
             if version is None and old is None:
                 raise ModelReferenceError(f"model {name!r} has no alias {alias!r} to delete")
             self._move_alias(conn, name, alias, version, _now())
-            self._audit(conn, name, version, "alias", gen, actor or default_actor(), reason,
+            self._audit(conn, name, version, "alias", gen, who, reason,
                         {"from_version": old, "to_version": version}, alias=alias)
         run_transaction(self.engine, write)
 
     def record_gate(self, ref: str | ModelRef, decision: Any, actor: str | None = None) -> None:
         """Store a gate decision (GateDecision or its dict) and every reason with the version; audited."""
         d = json_mapping(decision_dict(decision), "gate decision", "ModelValidationGate(...).evaluate(...)")
+        who = actor_name(actor)
         r = parse_ref(ref)
 
         def write(conn: Connection) -> None:
@@ -346,7 +351,7 @@ class Registry:
             conn.execute(sa.update(V).where(V.c.name == name, V.c.version == version)
                          .values(gate=dumps(d), gate_passed=bool(d["passed"]), updated_at=_now()))
             failed = [check for check, ok, _ in d["reasons"] if not ok]
-            self._audit(conn, name, version, "gate", gen, actor or default_actor(),
+            self._audit(conn, name, version, "gate", gen, who,
                         "gate passed" if d["passed"] else f"gate failed: {', '.join(map(str, failed))}", d)
         run_transaction(self.engine, write)
 
@@ -360,10 +365,11 @@ class Registry:
         if action in ("register", "transition", "replaced", "alias", "gate", "rollback"):
             raise RegistryError(f"action {action!r} is written by the registry itself; use another name")
         evidence = json_mapping(evidence, "evidence", "{'psi': 0.31}")
+        who = actor_name(actor)
         r = parse_ref(ref)
 
         def write(conn: Connection) -> None:
             gen = self._lock(conn, validate_name(r.name))
             name, version = self.resolve(r, conn)
-            self._audit(conn, name, version, action, gen, actor or default_actor(), reason, evidence)
+            self._audit(conn, name, version, action, gen, who, reason, evidence)
         run_transaction(self.engine, write)
