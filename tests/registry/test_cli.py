@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loopstack.project import Project
-from loopstack.registry import TransitionError
+from loopstack.registry import RegistryError, TransitionError
 from loopstack.registry.cli import models_app
 from tests.meta.helpers import use_metadata
 from tests.registry.conftest import PASSING, register
@@ -91,3 +91,23 @@ def test_subprocess_cli_errors_are_one_line(project):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no alias 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     project.models.record_gate("models:/spam/1", PASSING)
+
+
+def test_alias_with_a_version_and_delete_is_refused(project):
+    """`alias spam champion 1 --delete` deleted @champion although it pointed at version 2."""
+    project.models.set_alias("spam", "champion", 2)
+    r = run(project, "alias", "spam", "champion", "1", "--delete")
+    assert isinstance(r.exception, RegistryError) and "not both" in str(r.exception)
+    assert project.models.get("models:/spam@champion").version == 2
+
+
+def test_list_with_an_empty_name_is_refused(project):
+    """`list ""` listed every model as if no name had been given."""
+    r = run(project, "list", "")
+    assert isinstance(r.exception, RegistryError) and "invalid model name ''" in str(r.exception)
+
+
+def test_evidence_with_nan_is_one_error(project):
+    r = run(project, "promote", "models:/spam/1", "shadow", "--reason", "x", "--evidence", '{"p99_ms": NaN}')
+    assert isinstance(r.exception, RegistryError) and "evidence cannot be stored as JSON" in str(r.exception)
+    assert project.models.get("models:/spam/1").state == "candidate"

@@ -31,7 +31,7 @@ def list_models(project: Path = ProjectOpt,
                 name: str = typer.Argument(None, help="Show the versions of this model instead.")) -> None:
     """Registered models (or one model's versions) with their rollout states and aliases."""
     reg = _registry(project)
-    if name:
+    if name is not None:
         t = Table(title=f"model {name}")
         for c in ("version", "state", "aliases", "gate", "metrics", "run", "created"):
             t.add_column(c)
@@ -132,6 +132,9 @@ def alias(name: str = typer.Argument(...), alias_name: str = typer.Argument(...,
           delete: bool = typer.Option(False, "--delete", help="Remove the alias."),
           reason: str = typer.Option("", "--reason", "-r"), project: Path = ProjectOpt) -> None:
     """Set (or move, or delete) an alias such as @champion."""
+    if delete and version is not None:
+        raise RegistryError(f"give either a version or --delete, not both (--delete removes @{alias_name} "
+                            "wherever it points)")
     reg = _registry(project)
     if delete:
         reg.delete_alias(name, alias_name, reason)
