@@ -143,3 +143,31 @@ def test_a_model_left_without_versions_is_named_not_a_traceback(reg):
         reg.get("models:/spam/latest")
     with pytest.raises(ModelReferenceError, match="model 'spam' has no versions yet"):
         reg.get("models:/spam/1")
+
+
+def test_folder_with_symbolic_links_stores_what_they_point_at(reg, tmp_path):
+    """A Hugging Face style snapshot links to its weights: the links were stored, so the weights were lost
+    and load() failed with tarfile.LinkOutsideDestinationError."""
+    (tmp_path / "blobs" / "shared").mkdir(parents=True)
+    (tmp_path / "blobs" / "w1").write_bytes(b"weights")
+    (tmp_path / "blobs" / "shared" / "vocab.txt").write_text("a b c")
+    snap = tmp_path / "snap"
+    (snap / "sub").mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap / "model.bin").symlink_to("../blobs/w1")
+    (snap / "sub" / "w.bin").symlink_to(tmp_path / "blobs" / "w1")
+    (snap / "tok").symlink_to("../blobs/shared", target_is_directory=True)
+    (snap / "sub" / "loop").symlink_to("..", target_is_directory=True)   # must not recurse forever
+    mv = reg.register("llm", snap, signature=SIGNATURE)
+    out = reg.load(mv.ref)
+    assert (out / "model.bin").read_bytes() == b"weights" and not (out / "model.bin").is_symlink()
+    assert (out / "sub" / "w.bin").read_bytes() == b"weights"
+    assert (out / "tok" / "vocab.txt").read_text() == "a b c" and (out / "config.json").read_text() == "{}"
+
+
+def test_folder_with_a_broken_link_is_refused(reg, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.bin").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RegistryError, match="broken symbolic link"):
+        reg.register("llm", tmp_path / "m", signature=SIGNATURE)
+    assert reg.list() == []

@@ -25,9 +25,9 @@ def serialize(model: Any) -> tuple[bytes, str, str]:
             return p.read_bytes(), "file", p.name
         if p.is_dir():
             buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                for f in sorted(p.rglob("*")):
-                    tar.add(f, arcname=str(f.relative_to(p)), recursive=False)
+            with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
+                for f in _folder_entries(p):
+                    tar.add(p / f, arcname=f, recursive=False)
             return buf.getvalue(), "dir", p.name + ".tar"
         raise RegistryError(f"model path {str(p)!r} does not exist: pass a model object or an existing file/folder")
     try:
@@ -43,6 +43,25 @@ def serialize(model: Any) -> tuple[bytes, str, str]:
         return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), "pickle", "model.pkl"
     except Exception as exc:  # noqa: BLE001
         raise _unpicklable(model, exc) from exc
+
+
+def _folder_entries(root: Path) -> list[str]:
+    """Relative paths of every folder and file under `root`, sorted, following symbolic links (a model
+    folder such as a Hugging Face snapshot links to its weights; storing the links would lose them)."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:   # a link back to a folder already stored: stop the loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for n in dirnames + filenames:
+            full = Path(dirpath) / n
+            if not full.exists():
+                raise RegistryError(f"{str(full)!r} in the model folder is a broken symbolic link: fix or remove "
+                                    "it before registering the folder")
+            out.append(str(full.relative_to(root)))
+    return sorted(out)
 
 
 def _unpicklable(model: Any, exc: Exception) -> RegistryError:
