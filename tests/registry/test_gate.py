@@ -109,3 +109,32 @@ def test_gate_decision_stored_and_blocks_promotion(reg, gate):
         reg.promote("models:/spam/1", "shadow", reason="x")
     reg.record_gate("models:/spam/1", gate.evaluate(GOOD, PROD, SLICES))
     assert reg.promote("models:/spam/1", "shadow", reason="gate passed").state == "shadow"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"absolute": {"auc": "0.9"}}, r"absolute\['auc'\] = '0.9' must be a finite number"),   # TypeError at evaluate
+    ({"absolute": {"auc": float("nan")}}, r"absolute\['auc'\] = nan"),                     # failed every time
+    ({"relative": {"guarded": {"auc": -0.01}}}, r"guarded'\]\['auc'\] = -0.01 must be a finite number >= 0"),
+    ({"relative": {"primary": ("auc", "x")}}, "must be a finite number"),
+    ({"max_slice_gap": {"recall": "x"}}, r"max_slice_gap\['recall'\]"),
+    ({"latency_budget_ms": {"p99_batch1": "5"}}, r"latency_budget_ms\['p99_batch1'\]"),
+    ({"latency_budget_ms": {"p99_batch0": 5}}, "batch size of at least 1"),                # passed on empty batches
+    ({"latency_budget_ms": {"p150_batch1": 5}}, r"percentile in \(0, 100\]"),              # ValueError from numpy
+    ({"latency_budget_ms": {"p99_batch1": 5}, "latency_repeats": 0}, "latency_repeats must be >= 1"),  # IndexError
+])
+def test_gate_configuration_is_checked_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelValidationGate(**kwargs)
+
+
+def test_latency_on_an_empty_sample_is_not_measured():
+    """Predicting on zero rows took no time, so an empty sample passed every latency budget."""
+    g = ModelValidationGate(latency_budget_ms={"p99_batch1": 5}, latency_repeats=3, latency_warmup=0)
+    d = g.evaluate({}, predict_fn=lambda x: [0] * len(x), sample=[])
+    assert not d.passed and "sample has no rows" in d.reasons[0].detail
+
+
+def test_slice_metrics_without_per_slice_dicts_are_named():
+    g = ModelValidationGate(max_slice_gap={"recall": 0.1})
+    with pytest.raises(ValueError, match="slice_metrics entry 'US' is 0.9, not a dict of metrics"):
+        g.evaluate({}, slice_metrics={"US": 0.9, "DE": 0.8})

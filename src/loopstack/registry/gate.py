@@ -77,22 +77,28 @@ class ModelValidationGate:
                  max_slice_gap: Mapping[str, float] | None = None,
                  latency_budget_ms: Mapping[str, float] | None = None, *, latency_repeats: int = 100,
                  latency_warmup: int = 3, lower_is_better: tuple[str, ...] = LOWER_IS_BETTER) -> None:
-        self.absolute = dict(absolute or {})
+        self.absolute = _numbers(absolute, "absolute")
         relative = dict(relative or {})
         unknown = set(relative) - {"guarded", "primary"}
         if unknown:
             raise ValueError(f"relative takes 'guarded' and 'primary', not {sorted(unknown)}")
-        self.guarded = dict(relative.get("guarded") or {})
+        self.guarded = _numbers(relative.get("guarded"), "relative['guarded']", minimum=0.0)
         primary = relative.get("primary")
         if primary is not None and (not isinstance(primary, (tuple, list)) or len(primary) != 2):
             raise ValueError("relative['primary'] must be (metric, min_improvement), e.g. ('auc', 0.002)")
-        self.primary = (str(primary[0]), float(primary[1])) if primary else None
-        self.max_slice_gap = dict(max_slice_gap or {})
-        self.latency_budget_ms = dict(latency_budget_ms or {})
+        self.primary = tuple(_numbers({str(primary[0]): primary[1]}, "relative['primary']").items())[0] \
+            if primary else None
+        self.max_slice_gap = _numbers(max_slice_gap, "max_slice_gap", minimum=0.0)
+        self.latency_budget_ms = _numbers(latency_budget_ms, "latency_budget_ms", minimum=0.0)
         for key in self.latency_budget_ms:
-            if not _LATENCY_KEY.match(key):
-                raise ValueError(f"latency budget key {key!r} must look like 'p99_batch1' (percentile, batch size)")
+            mt = _LATENCY_KEY.match(key)
+            if not mt or not 0 < float(mt.group(1)) <= 100 or int(mt.group(2)) < 1:
+                raise ValueError(f"latency budget key {key!r} must look like 'p99_batch1' (a percentile in (0, 100], "
+                                 "a batch size of at least 1)")
         self.latency_repeats, self.latency_warmup = int(latency_repeats), int(latency_warmup)
+        if self.latency_repeats < 1 or self.latency_warmup < 0:
+            raise ValueError(f"latency_repeats must be >= 1 and latency_warmup >= 0, not {latency_repeats} and "
+                             f"{latency_warmup}")
         self.lower_is_better = set(lower_is_better)
 
     def config(self) -> dict:
@@ -175,6 +181,9 @@ class ModelValidationGate:
         if predict_fn is None or sample is None:
             return [GateReason(f"latency:{k}", False, "not measured: pass predict_fn and sample")
                     for k in self.latency_budget_ms], {}
+        if hasattr(sample, "__len__") and len(sample) == 0:   # predict on empty batches would always pass
+            return [GateReason(f"latency:{k}", False, "not measured: sample has no rows")
+                    for k in self.latency_budget_ms], {}
         measured: dict[str, float] = {}
         reasons = []
         cache: dict[int, np.ndarray] = {}
@@ -248,8 +257,31 @@ def _slice_groups(slice_metrics: Mapping[str, Any]) -> dict[str, dict[str, Mappi
     """{slice: {metric: v}} -> {"": that}; {column: {value: {metric: v}}} -> per column."""
     first = next(iter(slice_metrics.values()))
     if isinstance(first, Mapping) and first and all(isinstance(v, Mapping) for v in first.values()):
-        return {str(g): dict(s) for g, s in slice_metrics.items()}
-    return {"": dict(slice_metrics)}
+        groups = {str(g): dict(s) if isinstance(s, Mapping) else {"": s} for g, s in slice_metrics.items()}
+    else:
+        groups = {"": dict(slice_metrics)}
+    for g, slices in groups.items():
+        for name, ms in slices.items():
+            if not isinstance(ms, Mapping):
+                raise ValueError(f"slice_metrics entry {g or name!r} is {ms!r}, not a dict of metrics: give "
+                                 "{slice: {metric: value}} or {column: {value: {metric: value}}}, "
+                                 "e.g. {'US': {'recall': 0.9}, 'DE': {'recall': 0.86}}")
+    return groups
+
+
+def _numbers(spec: Mapping[str, Any] | None, what: str, minimum: float | None = None) -> dict[str, Any]:
+    """{metric: threshold} as finite floats (at least `minimum`); ValueError naming the bad entry, since a
+    string or NaN threshold made evaluate() raise TypeError or fail every check."""
+    if spec is not None and not isinstance(spec, Mapping):
+        raise ValueError(f"{what} must be a dict of {{metric: number}}, not {type(spec).__name__}")
+    out = {}
+    for k, v in (spec or {}).items():
+        f = finite_number(v) if not isinstance(v, (str, bool)) else None
+        if f is None or (minimum is not None and f < minimum):
+            raise ValueError(f"{what}[{k!r}] = {v!r} must be a finite number" +
+                             (f" >= {minimum:g}" if minimum is not None else ""))
+        out[str(k)] = v if type(v) in (int, float) else f   # as given, so details read "budget 50 ms"
+    return out
 
 
 def finite_number(v: Any) -> float | None:
