@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loopstack.registry import RegistryError
 from loopstack.registry.profile import bin_counts, build_profile
 
 
@@ -71,3 +72,24 @@ def test_bin_counts_reproduce_reference_and_count_outliers(df):
 def test_all_null_column():
     f = build_profile(pd.DataFrame({"x": [np.nan, np.nan]}))["features"]["x"]
     assert f["null_rate"] == 1.0 and f["counts"] == [] and f["min"] is None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"scores": [0.1, 0.2]}, r"scores have shape \(2,\) but the profiled data has 1000 rows"),   # silently kept
+    ({"scores": ["spam"] * 1000}, "scores must be numbers"),                                    # ValueError
+    ({"categorical": ["contry"]}, r"categorical names column\(s\) \['contry'\]"),              # typo ignored
+    ({"bins": 0}, "bins must be a whole number >= 1"),
+    ({"bins": -3}, "bins must be a whole number >= 1"),                                         # numpy ValueError
+    ({"top_k": -1}, "top_k must be a whole number >= 0"),                                       # dropped a category
+    ({"quantiles": [1.5]}, "quantiles must be between 0 and 1"),
+])
+def test_build_profile_refuses_inputs_that_profile_nonsense(df, kwargs, match):
+    with pytest.raises(RegistryError, match=match):
+        build_profile(df, **kwargs)
+
+
+def test_build_profile_refuses_empty_data_and_duplicate_columns():
+    with pytest.raises(RegistryError, match=r"empty \(0 rows, 0 columns\)"):
+        build_profile(pd.DataFrame())
+    with pytest.raises(RegistryError, match=r"column\(s\) \['a'\] appear more than once"):   # was TypeError
+        build_profile(pd.DataFrame([[1, 2]], columns=["a", "a"]))

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from loopstack.registry.errors import RegistryError
+
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 PROFILE_FORMAT = 1
 
@@ -39,6 +41,7 @@ def build_profile(df: pd.DataFrame, scores: Any = None, *, categorical: Iterable
         df = pd.DataFrame(df)
     cat = set(categorical)
     qs = tuple(float(q) for q in quantiles)
+    _check_inputs(df, cat, qs, bins, top_k)
     feats = {}
     for col in df.columns:
         s = df[col]
@@ -48,11 +51,39 @@ def build_profile(df: pd.DataFrame, scores: Any = None, *, categorical: Iterable
             feats[str(col)] = numeric_profile(s, bins=bins, quantiles=qs)
     out: dict = {"format": PROFILE_FORMAT, "n_rows": int(len(df)), "features": feats, "scores": None}
     if scores is not None:
-        arr = np.asarray(scores, dtype="float64")
+        try:
+            arr = np.asarray(scores, dtype="float64")
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"scores must be numbers (the model's scores on the profiled rows): {exc}") from None
         if arr.ndim == 2:
             arr = arr[:, -1]
+        if arr.ndim != 1 or len(arr) != len(df):
+            raise RegistryError(f"scores have shape {np.shape(scores)} but the profiled data has {len(df)} rows: "
+                                "pass the model's scores on those same rows (1-D, or 2-D probabilities)")
         out["scores"] = numeric_profile(pd.Series(arr), bins=max(bins, 20), quantiles=qs)
     return out
+
+
+def _check_inputs(df: pd.DataFrame, categorical: set, quantiles: tuple[float, ...], bins: int, top_k: int) -> None:
+    """RegistryError for inputs that would profile nonsense (silently, or with a numpy/pandas traceback)."""
+    problems = []
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        problems.append(f"the data to profile is empty ({df.shape[0]} rows, {df.shape[1]} columns)")
+    dups = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if dups:
+        problems.append(f"column(s) {dups} appear more than once")
+    missing = sorted(str(c) for c in categorical if c not in df.columns)
+    if missing:
+        problems.append(f"categorical names column(s) {missing} the data does not have (columns: "
+                        f"{', '.join(map(str, df.columns))})")
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 1:
+        problems.append(f"bins must be a whole number >= 1, not {bins!r}")
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+        problems.append(f"top_k must be a whole number >= 0, not {top_k!r}")
+    if any(not 0.0 <= q <= 1.0 for q in quantiles):
+        problems.append(f"quantiles must be between 0 and 1, not {list(quantiles)}")
+    if problems:
+        raise RegistryError("cannot build a reference profile: " + "; ".join(problems))
 
 
 def _is_numeric(s: pd.Series) -> bool:
