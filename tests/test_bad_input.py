@@ -1,6 +1,8 @@
 """Bad input on the definitions / config / offline-retrieval surface: each gives a clear error, not a crash."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +46,14 @@ def test_out_of_range_durations_are_definition_errors(text):
         parse_duration(text)
     with pytest.raises(DefinitionError):
         Count(window=text)
+
+
+def test_zero_needs_no_unit_but_other_numbers_do():
+    # `dataset build --label-delay 0` was "not understood" while "0s" worked
+    assert parse_duration("0") == parse_duration(" 0.0 ") == parse_duration("0s") == timedelta(0)
+    for text in ("1", "-0", "0x"):
+        with pytest.raises(DefinitionError, match="not understood"):
+            parse_duration(text)
 
 
 def test_definitions_error_names_file_and_line(tmp_path):

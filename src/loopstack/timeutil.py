@@ -10,6 +10,7 @@ from loopstack.errors import DefinitionError, RetrievalError
 _UNITS = {"us": "microseconds", "ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours",
           "d": "days", "w": "weeks"}
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)\s*$")
+_ZERO_RE = re.compile(r"^\s*0+(?:\.0*)?\s*$")
 
 
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
@@ -20,6 +21,8 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
         unit, value = "s", str(text)
     else:
         m = _DUR_RE.match(str(text))
+        if not m and _ZERO_RE.match(str(text)):   # "0" needs no unit (`--label-delay 0`)
+            return timedelta(0)
         if not m:
             raise DefinitionError(
                 f"duration {text!r} is not understood: write a number and a unit, one of "

@@ -57,3 +57,6 @@ def test_missing_blocking_result_and_bad_tolerance_are_errors():
     assert evaluate_guardrails([Guardrail("x", blocking=False)], {}).decision == "pass"
     with pytest.raises(ExperimentError, match="tolerance"):
         Guardrail("x", tolerance=-1)
+    for bad in ("0.1", True, None):   # a string was a TypeError from math.isfinite
+        with pytest.raises(ExperimentError, match="tolerance must be a finite number"):
+            Guardrail("x", tolerance=bad)

@@ -103,3 +103,9 @@ def test_sample_configs_refuses_undrawable_ranges(spec, fragment):
     with pytest.raises(TuningError, match=fragment):
         sample_configs({"C": spec}, 3)
     assert sample_configs({"C": ("loguniform", 0.01, 1.0), "k": ("int", 2, 2)}, 2)[0]["k"] == 2
+
+
+def test_successive_halving_with_no_configs_says_so():
+    """configs=[] was blamed on n_trials, which the caller did not give."""
+    with pytest.raises(TuningError, match="configs= is empty"):
+        successive_halving(None, None, None, configs=[])

@@ -36,7 +36,8 @@ class Guardrail:
     blocking: bool = True
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+        if not isinstance(self.tolerance, (int, float)) or isinstance(self.tolerance, bool) or \
+                not math.isfinite(self.tolerance) or self.tolerance < 0:
             raise ExperimentError(f"guardrail {self.metric!r}: tolerance must be a finite number >= 0, "
                                   f"got {self.tolerance!r}")
 

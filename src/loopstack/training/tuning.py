@@ -158,6 +158,8 @@ def successive_halving(project: Any, estimator: Any, dataset: Any, space: Mappin
             raise TuningError("give a search space (space=) or explicit configs=")
         configs = sample_configs(space, n_trials, seed)
     configs = [dict(c) for c in configs]
+    if not configs:   # rung_schedule would blame n_trials, which the caller did not give
+        raise TuningError("configs= is empty: give at least one configuration (or a search space with space=)")
     study = study or f"sh-{uuid.uuid4().hex[:8]}"
     schedule = rung_schedule(len(configs), min_budget, max_budget, eta)
     from loopstack.training.trainers import fit_and_log
