@@ -145,3 +145,14 @@ def test_a_feature_listed_twice_is_refused(project, comment_events):
         project.build_dataset(labels_for(comment_events), [*FEATURES_VIEW, FEATURES_VIEW[0]],
                               cutoff=T0 + timedelta(days=30), name="dup")
     assert list_datasets(project) == []
+
+
+@pytest.mark.parametrize("column", ["event_timestamp", "label_timestamp"])
+def test_a_time_column_of_numbers_is_refused(project, comment_events, column):
+    """Epoch numbers (or a 0/1 column named by mistake) were read as nanoseconds: every time in 1970, and the
+    split then blamed train_end."""
+    labels = labels_for(comment_events)
+    labels[column] = (labels[column].astype("int64") // 10**9).astype("int64")   # epoch seconds
+    with pytest.raises(DatasetError, match=rf"column '{column}' holds numbers \(int64\), not times"):
+        project.build_dataset(labels, FEATURES_VIEW, cutoff=T0 + timedelta(days=30), name="nums")
+    assert list_datasets(project) == []

@@ -98,6 +98,9 @@ def _read_label_files(files: list[Path]) -> pd.DataFrame:
 
 
 def _utc_times(s: pd.Series, name: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):   # pandas would read them as ns
+        raise DatasetError(f"column {name!r} holds numbers ({s.dtype}), not times: as nanoseconds they are all "
+                           "in 1970; give datetimes or ISO 8601 strings, e.g. pd.to_datetime(df[col], unit='s')")
     try:
         out = pd.to_datetime(s, utc=True, format="ISO8601") if s.dtype == object or pd.api.types.is_string_dtype(s) \
             else pd.to_datetime(s, utc=True)
