@@ -181,5 +181,5 @@ def traffic(name: str = typer.Argument(..., help="Registered model name."), proj
 
 
 def _actor() -> str:
-    from loopstack.registry.registry import default_actor
+    from loopstack.registry.lineage import default_actor
     return default_actor()
