@@ -62,7 +62,7 @@ _ZONED = r"[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?\s*(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
 def normalize_timestamps(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     """Entity timestamps → timestamp[us, UTC]. Naive values are taken as UTC (with one warning)."""
     t = col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+    if _is_text(t):
         values = col.to_pylist()
         try:
             parsed = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=False)
@@ -101,23 +101,26 @@ def normalize_timestamps(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     return col
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def _check_key_type(t: pa.DataType, view: FeatureView) -> None:
     """entity_df's key column must hold the entity's kind of value: strings against int64 keys failed deep
     in the offline engine with a cast error that named neither the column nor the fix."""
     want, key = view.entity.dtype.lower(), view.entity.join_key
     if pa.types.is_dictionary(t):   # a pandas categorical
         t = t.value_type
-    numeric = want.startswith(("int", "uint", "float"))
-    if pa.types.is_null(t) or (numeric and (pa.types.is_integer(t) or pa.types.is_floating(t))):
-        return
-    if not numeric and want in ("string", "str") and (pa.types.is_string(t) or pa.types.is_large_string(t)
-                                                      or pa.types.is_string_view(t)):
-        return
-    if not numeric and want not in ("string", "str"):
+    if want.startswith(("int", "uint", "float")):
+        fits, fix = pa.types.is_integer(t) or pa.types.is_floating(t), f"df[{key!r}].astype('int64')"
+    elif want in ("string", "str"):
+        fits, fix = _is_text(t), f"df[{key!r}].astype(str)"
+    else:
         return   # another key type (e.g. bytes): the engine compares it as it is
-    fix = f"df[{key!r}].astype('int64')" if numeric else f"df[{key!r}].astype(str)"
-    held = ("string" if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-            else "integer" if pa.types.is_integer(t) else "float" if pa.types.is_floating(t) else str(t))
+    if fits or pa.types.is_null(t):
+        return
+    held = ("string" if _is_text(t) else "integer" if pa.types.is_integer(t)
+            else "float" if pa.types.is_floating(t) else str(t))
     raise RetrievalError(
         f"entity_df column {key!r} holds {held} values, but entity {view.entity.name!r} (feature view "
         f"{view.name!r}) is keyed by {want}; convert the column first, e.g. {fix}")
