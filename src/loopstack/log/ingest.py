@@ -76,22 +76,15 @@ def _jsonl(path: Path, chunk: int, advance: Callable[[int], None]) -> Iterator[t
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             advance(len(raw))
-            enc = "utf-8-sig" if n == 1 else "utf-8"
-            try:
-                line = raw.decode(enc).strip()
-            except UnicodeDecodeError as exc:   # kept in the DLQ, not altered by a replacement character
-                line = raw.decode(enc, errors="replace").strip()
-                bad.append((line, _not_utf8(n, exc)))
-                line = ""
-            if not line:
-                if len(recs) + len(bad) >= chunk:
-                    yield recs, bad
-                    recs, bad = [], []
-                continue
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                bad.append((line, f"line {n} is not valid JSON ({exc.msg}): got {line[:80]!r}"))
+            line, why = _decode(raw, n)
+            line = line.strip()
+            if why is not None:   # kept in the DLQ, not altered by a replacement character
+                bad.append((line, why))
+            elif line:
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    bad.append((line, f"line {n} is not valid JSON ({exc.msg}): got {line[:80]!r}"))
             if len(recs) + len(bad) >= chunk:
                 yield recs, bad
                 recs, bad = [], []
@@ -108,12 +101,10 @@ def _csv(path: Path, cfg: TopicConfig, chunk: int, advance: Callable[[int], None
     def lines(f: io.BufferedReader) -> Iterator[str]:
         for n, raw in enumerate(f, 1):
             advance(len(raw))
-            enc = "utf-8-sig" if n == 1 else "utf-8"   # -sig: Excel's byte-order mark
-            try:
-                yield raw.decode(enc)
-            except UnicodeDecodeError as exc:
-                broken[n] = _not_utf8(n, exc)
-                yield raw.decode(enc, errors="replace")
+            text, why = _decode(raw, n)
+            if why is not None:
+                broken[n] = why
+            yield text
 
     recs: list = []
     bad: list[Bad] = []
@@ -139,8 +130,15 @@ def _csv(path: Path, cfg: TopicConfig, chunk: int, advance: Callable[[int], None
         yield recs, bad
 
 
-def _not_utf8(n: int, exc: UnicodeDecodeError) -> str:
-    return (f"line {n} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+def _decode(raw: bytes, n: int) -> tuple[str, str | None]:
+    """Line `n` of a file as text, and why it is not UTF-8 (None if it is; the text then has replacement
+    characters, for the DLQ). Line 1 may start with a byte-order mark (Excel, PowerShell)."""
+    enc = "utf-8-sig" if n == 1 else "utf-8"
+    try:
+        return raw.decode(enc), None
+    except UnicodeDecodeError as exc:
+        return raw.decode(enc, errors="replace"), (
+            f"line {n} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
             "save the file as UTF-8 and ingest it again")
 
 
