@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from loopstack.experiments.statistics import ExperimentError
+from loopstack.experiments.statistics import ExperimentError, _check_finite
 
 STATUSES = ("pass", "inconclusive", "fail")
 
@@ -36,8 +36,7 @@ class Guardrail:
     blocking: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tolerance, (int, float)) or isinstance(self.tolerance, bool) or \
-                not math.isfinite(self.tolerance) or self.tolerance < 0:
+        if _check_finite(self.tolerance, f"guardrail {self.metric!r}: tolerance") < 0:
             raise ExperimentError(f"guardrail {self.metric!r}: tolerance must be a finite number >= 0, "
                                   f"got {self.tolerance!r}")
 

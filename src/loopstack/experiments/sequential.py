@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from loopstack.experiments.statistics import ExperimentError, _check_count, _check_finite
+from loopstack.experiments.statistics import ExperimentError, _check_alpha, _check_count, _check_finite
 
 
 def msprt_log_lr(difference: Any, variance: Any, tau: float, theta0: float = 0.0) -> np.ndarray:
@@ -56,8 +56,7 @@ def always_valid_p_values(log_lr: Any, axis: int = -1) -> np.ndarray:
 
 def confidence_halfwidth(variance: Any, tau: float, alpha: float) -> np.ndarray:
     """Half-width of the always-valid (1 - alpha) confidence sequence around the difference."""
-    if not 0 < alpha < 1:
-        raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
+    _check_alpha(alpha)
     v = np.asarray(variance, dtype="float64")
     t2 = tau * tau
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -97,8 +96,7 @@ class SequentialTest:
     """mSPRT on a difference in means or proportions; call `update` at every look with cumulative stats."""
 
     def __init__(self, tau: float, *, alpha: float = 0.05, theta0: float = 0.0, min_samples: int = 100) -> None:
-        if not 0 < alpha < 1:
-            raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
+        _check_alpha(alpha)
         if not tau > 0:
             raise ExperimentError(f"tau must be > 0 (the expected effect scale, in metric units), got {tau!r}")
         if isinstance(min_samples, bool) or not isinstance(min_samples, numbers.Integral) or min_samples < 1:
@@ -205,8 +203,7 @@ def simulate_false_positive_rate(n_sims: int = 2000, looks: int = 50, n_per_look
     for name, value, least in (("n_sims", n_sims, 1), ("looks", looks, 1), ("n_per_look", n_per_look, 2)):
         if _check_count(value, name) < least:
             raise ExperimentError(f"{name} must be at least {least}, got {value!r}")
-    if not 0 < alpha < 1:
-        raise ExperimentError(f"alpha must be in (0, 1), got {alpha!r}")
+    _check_alpha(alpha)
     if metric == "mean" and not (math.isfinite(sd) and sd > 0):
         raise ExperimentError(f"sd must be a finite number > 0, got {sd!r}")
     if metric == "proportion" and not (0 < baseline < 1 and 0 <= baseline + effect <= 1):
