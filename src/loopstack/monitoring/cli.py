@@ -27,7 +27,7 @@ def _models(m, model: str | None) -> list[str]:
     return [model] if model else m.models()
 
 
-def _warn_unknown(m, model: str) -> None:
+def _check_model(m, model: str) -> None:
     """A model with no monitoring windows: warn if the registry knows it (nothing logged yet), and stop
     with exit 2 if it does not (a typo would otherwise give an empty report and exit 0)."""
     known = m.models()
@@ -76,7 +76,7 @@ def status(project: Path = ProjectOpt, model: str = typer.Argument(None, help="O
     from loopstack.monitoring.report import terminal_summary
     m = _monitor(project)
     if model:
-        _warn_unknown(m, model)
+        _check_model(m, model)
     lag = m.lag()
     console.print("records not yet consumed: " + (", ".join(f"{t}: {n}" for t, n in lag.items()) or "none"))
     for name in _models(m, model):
@@ -91,7 +91,7 @@ def alerts(project: Path = ProjectOpt, model: str = typer.Argument(None), limit:
     """Stored alerts, newest first."""
     m = _monitor(project)
     if model:
-        _warn_unknown(m, model)
+        _check_model(m, model)
     got = m.alerts(model, limit)
     if as_json:
         print(json.dumps([a.to_dict() for a in got], indent=2))
@@ -113,7 +113,7 @@ def report(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Mo
     """Write the self-contained HTML report and print a terminal summary."""
     from loopstack.monitoring.report import terminal_summary, write_report
     m = _monitor(project)
-    _warn_unknown(m, model)
+    _check_model(m, model)
     path = write_report(m, model, out or Path(f"monitor-{model}.html"), version=version, every=every)
     terminal_summary(console, model, m.summaries(model, version, every=every))
     console.print(f"report written to [bold]{path}[/]")
@@ -125,7 +125,7 @@ def diagnose(project: Path = ProjectOpt, model: str = typer.Argument(..., help="
     """Walk the on-call playbook in order and stop at the first explanation."""
     from loopstack.monitoring.gather import run_diagnosis
     m = _monitor(project)
-    _warn_unknown(m, model)
+    _check_model(m, model)
     facts, d = run_diagnosis(m, model)
     if as_json:
         print(json.dumps(d.to_dict(), indent=2))

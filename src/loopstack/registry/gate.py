@@ -86,8 +86,10 @@ class ModelValidationGate:
         primary = relative.get("primary")
         if primary is not None and (not isinstance(primary, (tuple, list)) or len(primary) != 2):
             raise ValueError("relative['primary'] must be (metric, min_improvement), e.g. ('auc', 0.002)")
-        self.primary = tuple(_numbers({str(primary[0]): primary[1]}, "relative['primary']").items())[0] \
-            if primary else None
+        self.primary = None
+        if primary:
+            metric = str(primary[0])
+            self.primary = (metric, _numbers({metric: primary[1]}, "relative['primary']")[metric])
         self.max_slice_gap = _numbers(max_slice_gap, "max_slice_gap", minimum=0.0)
         self.latency_budget_ms = _numbers(latency_budget_ms, "latency_budget_ms", minimum=0.0)
         for key in self.latency_budget_ms:
