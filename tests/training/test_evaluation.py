@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
 from loopstack import Project
+from loopstack.errors import LoopstackError
 from loopstack.training import evaluation as E
 from tests.training.test_trainers import make_dataset
 
@@ -133,4 +134,8 @@ def test_evaluate_model_logs_to_run_and_writes_report(tmp_path):
     assert "https://" not in page and "<script" not in page
     with pytest.raises(E.EvaluationError, match=r"slice column\(s\) \['region'\]"):
         E.evaluate(model, ds, slices=["region"])
+    written = ev.write_report(tmp_path / "ev.html", title="évaluation")
+    assert "évaluation" in written.read_text(encoding="utf-8")
+    with pytest.raises(LoopstackError, match=r"cannot write the evaluation report to .*no-such-dir.*writable folder"):
+        ev.write_report(tmp_path / "no-such-dir" / "ev.html")
     project.close()

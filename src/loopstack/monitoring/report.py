@@ -14,6 +14,7 @@ import numpy as np
 from loopstack.monitoring.summary import WindowSummary, curve
 from loopstack.monitoring.summaries import CategoricalSummary, NumericSummary
 from loopstack.monitoring.window_state import SCORE_HIST_BINS, WindowState
+from loopstack.pages import write_page
 from loopstack.training.report_html import COLORS, svg_chart
 
 W, H, PL, PR, PT, PB = 560, 240, 56, 12, 12, 48
@@ -93,13 +94,9 @@ def write_report(monitor: Any, model: str, path: str | Path, *, version: int | N
     sums = monitor.summaries(model, version, every=every, now=now)
     path = Path(path)
     page = render(model, sums, monitor)
-    try:
-        path.write_text(page)
-    except OSError as exc:
-        from loopstack.monitoring.columns import MonitoringError
-        raise MonitoringError(f"cannot write the report to {path}: {exc.strerror or exc}; pass -o/--out a file "
-                              "path in an existing, writable folder") from None
-    return path
+    from loopstack.monitoring.columns import MonitoringError
+    return write_page(path, page, "the report", "pass -o/--out a file path in an existing, writable folder",
+                      MonitoringError)
 
 
 def render(model: str, sums: list[WindowSummary], monitor: Any) -> str:

@@ -306,9 +306,10 @@ class Evaluation:
         return render(self, title)
 
     def write_report(self, path: str | Path, title: str | None = None) -> Path:
-        p = Path(path)
-        p.write_text(self.report_html(title), encoding="utf-8")
-        return p
+        """Write the HTML report to `path` (a clear error if it cannot be written)."""
+        from loopstack.pages import write_page
+        return write_page(path, self.report_html(title), "the evaluation report",
+                          "give a path in an existing, writable folder")
 
 
 def _safe(v: Any) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loopstack.errors import LoopstackError
+from loopstack.pages import write_page
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
           "#17becf")
@@ -126,9 +126,5 @@ section{{margin-top:1.5em}}</style></head>
 </body></html>
 """
         if path is not None:
-            try:
-                Path(path).write_text(page, encoding="utf-8")   # the page says charset=utf-8
-            except OSError as exc:
-                raise LoopstackError(f"cannot write the comparison page to {str(path)!r}: {exc.strerror or exc}; "
-                                     "give a path in an existing, writable folder") from None
+            write_page(path, page, "the comparison page", "give a path in an existing, writable folder")
         return page
