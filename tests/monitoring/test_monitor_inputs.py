@@ -78,3 +78,16 @@ def test_a_model_the_registry_does_not_know_is_an_error(monitor, tmp_path, args)
     assert not out.exists()
     r = CliRunner().invoke(app, ["monitor", args[0], "spam", *args[2:], *extra, "-p", str(monitor.project.root)])
     assert r.exit_code == (1 if args[0] == "diagnose" else 0), r.output   # known, no windows yet: a warning
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+def test_follow_interval_must_be_a_positive_finite_number(monitor, interval):
+    # --interval -1 / nan ran the monitor once, then died in time.sleep with a ValueError traceback;
+    # 0 spun without pausing
+    from typer.testing import CliRunner
+
+    from loopstack.cli import app
+    root = str(monitor.project.root)
+    r = CliRunner().invoke(app, ["monitor", "run", "--follow", "--interval", interval, "-p", root])
+    assert r.exit_code == 2 and "--interval" in r.output and "positive" in r.output, r.output
+    assert monitor.lag() == {}          # refused before running (a run creates the labels topic)

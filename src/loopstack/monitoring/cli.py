@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,10 @@ def run(project: Path = ProjectOpt,
         server: str = typer.Option(None, help="Model server URL: also sample its /metrics (queue depth, "
                                               "batch sizes).")) -> None:
     """Consume new predictions and labels, update the windows, evaluate the alert rules."""
+    if follow and not (math.isfinite(interval) and interval > 0):
+        err_console.print(f"[red]error:[/] --interval {interval} must be a positive number of seconds (the pause "
+                          "between runs with --follow), e.g. --interval 60")
+        raise typer.Exit(2)
     m = _monitor(project)
     while True:
         if server:
