@@ -61,3 +61,13 @@ def test_loop_cli(tmp_path, meta_url):
                         str(tmp_path / "bad.py")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "failed" in r.stdout and "p99" in r.stdout
+
+
+def test_status_limit_must_be_positive(tmp_path):
+    # --limit 0 said "no loop runs yet" whatever was stored; --limit -3 listed every run (SQL LIMIT -3)
+    from loopstack.project import Project
+    root = str(Project.init(tmp_path / "proj", example=False).root)
+    for bad in ("0", "-3"):
+        r = CliRunner().invoke(app, ["loop", "status", "-p", root, "--limit", bad])
+        assert r.exit_code == 2 and "greater than or equal to 1" in r.output, r.output
+    assert CliRunner().invoke(app, ["loop", "status", "-p", root, "--limit", "1"]).exit_code == 0

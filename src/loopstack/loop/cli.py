@@ -97,7 +97,7 @@ def resume(project: Path = ProjectOpt, file: Path = FileOpt,
 def status(project: Path = ProjectOpt,
            model: str = typer.Option(None, help="Only this model's runs."),
            run_id: str = typer.Option(None, "--run", help="Show one run step by step."),
-           limit: int = typer.Option(10, help="How many recent runs to list."),
+           limit: int = typer.Option(10, min=1, help="How many recent runs to list."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Recent loop runs (step, trigger, version) and the next scheduled run; --run shows one in detail."""
     from loopstack.loop.store import LoopStore
