@@ -39,6 +39,31 @@ def test_bands_follow_the_configured_thresholds():
         Thresholds.from_config({"psy": 0.1})
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"psi": 0.2},                          # a scalar: TypeError 'float' object is not iterable
+    {"psi": "0.1"},                        # a string: ValueError could not convert '.'
+    {"psi": "12"},                         # a string that happened to parse as (1.0, 2.0)
+    {"psi": (0.1, float("inf"))},          # accepted: the act band could never fire
+    {"ks_alpha": "x"},                     # ValueError could not convert string to float
+    {"chi2_alpha": None},                  # TypeError
+])
+def test_bad_threshold_values_are_monitoring_errors(kwargs):
+    with pytest.raises(MonitoringError, match="thresholds"):
+        Thresholds(**kwargs)
+    with pytest.raises(MonitoringError, match="thresholds"):
+        Thresholds.from_config(kwargs)
+
+
+def test_bad_threshold_config_shapes_are_monitoring_errors():
+    with pytest.raises(MonitoringError, match="'watch' and 'act'"):   # was KeyError: 'act'
+        Thresholds.from_config({"psi": {"watch": 0.1}})
+    with pytest.raises(MonitoringError, match="'watch' and 'act'"):   # a typo was silently dropped
+        Thresholds.from_config({"psi": {"watch": 0.1, "act": 0.3, "acts": 0.5}})
+    with pytest.raises(MonitoringError, match="must be a mapping"):
+        Thresholds.from_config([0.1, 0.2])
+    assert Thresholds(ks_alpha=np.float32(0.01)).ks_alpha == pytest.approx(0.01)
+
+
 def test_identical_data_scores_zero_and_stable():
     ref = frame(5000, 0)
     report = DataDriftDetector().fit(ref).score(ref)

@@ -48,14 +48,24 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         for name in ("psi", "js"):
-            pair = tuple(float(v) for v in getattr(self, name))
-            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
-                raise MonitoringError(f"thresholds.{name} must be (watch, act) with 0 <= watch <= act, "
-                                      f"got {getattr(self, name)!r}")
+            raw = getattr(self, name)
+            try:
+                pair = () if isinstance(raw, (str, bytes)) else tuple(float(v) for v in raw)
+            except (TypeError, ValueError):
+                pair = ()
+            if len(pair) != 2 or not all(map(math.isfinite, pair)) or not 0 <= pair[0] <= pair[1]:
+                raise MonitoringError(f"thresholds.{name} must be (watch, act): two finite numbers with "
+                                      f"0 <= watch <= act, e.g. (0.1, 0.2); got {raw!r}")
             object.__setattr__(self, name, pair)
         for name in ("ks_alpha", "chi2_alpha"):
-            if not 0 < float(getattr(self, name)) < 1:
-                raise MonitoringError(f"thresholds.{name} must be in (0, 1), got {getattr(self, name)!r}")
+            raw = getattr(self, name)
+            try:
+                alpha = math.nan if isinstance(raw, (str, bytes, bool)) else float(raw)
+            except (TypeError, ValueError):
+                alpha = math.nan
+            if not 0 < alpha < 1:
+                raise MonitoringError(f"thresholds.{name} must be a p-value cutoff in (0, 1), e.g. 0.05; got {raw!r}")
+            object.__setattr__(self, name, alpha)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Thresholds | None) -> Thresholds:
@@ -65,6 +75,9 @@ class Thresholds:
             return cls()
         if isinstance(config, Thresholds):
             return config
+        if not isinstance(config, Mapping):
+            raise MonitoringError(f"drift thresholds must be a mapping like {{'psi': {{'watch': 0.1, 'act': 0.2}}, "
+                                  f"'ks_alpha': 0.05}}, got {config!r}")
         unknown = set(config) - {"psi", "js", "ks_alpha", "chi2_alpha"}
         if unknown:
             raise MonitoringError(f"unknown drift threshold keys {sorted(unknown)}; use psi, js, ks_alpha, "
@@ -72,6 +85,9 @@ class Thresholds:
         kwargs: dict[str, Any] = {}
         for key, value in config.items():
             if key in ("psi", "js") and isinstance(value, Mapping):
+                if set(value) != {"watch", "act"}:
+                    raise MonitoringError(f"thresholds.{key} needs exactly the keys 'watch' and 'act', got "
+                                          f"{sorted(map(str, value))}")
                 value = (value["watch"], value["act"])
             kwargs[key] = value
         return cls(**kwargs)
