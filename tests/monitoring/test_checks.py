@@ -48,6 +48,29 @@ def test_null_spike_out_of_range_and_unseen_categories_alert(reference):
     assert unseen.alert and unseen.value == pytest.approx(0.5, abs=0.03) and "'zz'" in unseen.detail
 
 
+@pytest.mark.parametrize("kwargs", [{"max_null_increase": float("nan")}, {"max_out_of_range": float("nan")},
+                                    {"max_unseen": float("nan")}, {"max_null_increase": -0.01},
+                                    {"max_out_of_range": "0.01"}, {"max_unseen": 2}])
+def test_bad_data_check_tolerances_are_refused(reference, kwargs):
+    # NaN made every check "ok" even on a broken window; a negative tolerance alerted on a healthy one
+    bad = window(reference, 5000, 2, nulls=0.2, x_shift=5, cats=("a", "zz"))
+    with pytest.raises(MonitoringError, match=f"{next(iter(kwargs))} = .* must be"):
+        data_checks(reference, bad, **kwargs)
+
+
+@pytest.mark.parametrize("call", [
+    lambda r, w: mean_score_shift(r, w, max_shift=float("nan")),      # never alerted
+    lambda r, w: mean_score_shift(r, w, alpha=5),                      # every shift "significant"
+    lambda r, w: high_score_share(r, w, max_change=float("nan")),     # never alerted
+    lambda r, w: high_score_share(r, w, threshold=float("nan")),      # IndexError traceback
+    lambda r, w: share_above(r.scores, float("nan")),                  # IndexError traceback
+])
+def test_bad_model_check_parameters_are_refused(reference, call):
+    with pytest.raises(MonitoringError, match="must be|needs"):
+        call(reference, window(reference, 5000, 4, score_beta=(1, 3)))
+    assert share_above(reference.scores, float("inf")) == 0.0 and share_above(reference.scores, -np.inf) == 1.0
+
+
 def test_unseen_is_unknown_when_the_reference_vocabulary_was_truncated():
     ref = Profile(max_categories=2).fit(pd.DataFrame({"c": ["a", "a", "b", "c"]}))
     results = data_checks(ref, ref.empty().update(pd.DataFrame({"c": ["q"]})))

@@ -47,12 +47,31 @@ class CheckResult:
                 "detail": self.detail}
 
 
+def _share(name: str, value: Any) -> float:
+    """A check's tolerance on a share: a number in [0, 1] (NaN would never alert, a negative one always)."""
+    v = _number(name, value)
+    if not 0 <= v <= 1:
+        raise MonitoringError(f"{name} = {value!r} must be a share in [0, 1] (e.g. 0.01 = 1 point)")
+    return v
+
+
+def _number(name: str, value: Any, *, finite: bool = True) -> float:
+    try:
+        v = math.nan if isinstance(value, (str, bytes, bool)) else float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if math.isnan(v) or (finite and math.isinf(v)):
+        raise MonitoringError(f"{name} = {value!r} must be a{' finite' if finite else ''} number")
+    return v
+
+
 def _rate(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
 def null_rate_change(column: str, reference: Summary, current: Summary, *, max_increase: float = 0.01) -> CheckResult:
     """Alert when the null rate rose by more than ``max_increase`` (absolute, e.g. 0.01 = 1 point)."""
+    max_increase = _share("max_increase", max_increase)
     ref, cur = _rate(reference.null_count, reference.count), _rate(current.null_count, current.count)
     if math.isnan(cur) or math.isnan(ref):
         return CheckResult("null_rate", column, "unknown", _nan_none(cur), _nan_none(ref), max_increase, "no rows")
@@ -64,6 +83,7 @@ def null_rate_change(column: str, reference: Summary, current: Summary, *, max_i
 def out_of_range(column: str, reference: NumericSummary, current: NumericSummary, *,
                  max_share: float = 0.01) -> CheckResult:
     """Alert when more than ``max_share`` of the current values lie outside the reference [min, max]."""
+    max_share = _share("max_share", max_share)
     if not len(reference.edges) or current.n == 0:
         return CheckResult("out_of_range", column, "unknown", None, None, max_share,
                            "no reference range" if not len(reference.edges) else "no current values")
@@ -81,6 +101,7 @@ def out_of_range(column: str, reference: NumericSummary, current: NumericSummary
 def unseen_categories(column: str, reference: CategoricalSummary, current: CategoricalSummary, *,
                       max_share: float = 0.001) -> CheckResult:
     """Alert when more than ``max_share`` of current values are categories the reference never had."""
+    max_share = _share("max_share", max_share)
     if not reference.complete:
         return CheckResult("unseen_categories", column, "unknown", None, None, max_share,
                            "reference vocabulary was truncated (raise max_categories to track unseen values)")
@@ -96,6 +117,8 @@ def data_checks(reference: Profile | Mapping[str, Any], current: Profile | Mappi
                 columns: Iterable[str] | None = None, max_null_increase: float = 0.01,
                 max_out_of_range: float = 0.01, max_unseen: float = 0.001) -> list[CheckResult]:
     """Null-rate, range and unseen-category checks for every column (numeric: range; categorical: unseen)."""
+    max_null_increase = _share("max_null_increase", max_null_increase)
+    max_out_of_range, max_unseen = _share("max_out_of_range", max_out_of_range), _share("max_unseen", max_unseen)
     ref, cur = as_profile(reference), as_profile(current)
     out: list[CheckResult] = []
     for c in (list(ref.features) if columns is None else list(columns)):
@@ -132,6 +155,11 @@ def mean_score_shift(reference: Profile | Mapping[str, Any], current: Profile | 
     The z-test uses each side's mean and variance from the mergeable moments (Welch, normal
     approximation: windows hold thousands of scores). A tiny but significant shift is not an alert.
     """
+    max_shift = _number("max_shift", max_shift)
+    alpha = _number("alpha", alpha)
+    if max_shift < 0 or not 0 < alpha < 1:
+        raise MonitoringError(f"mean_score_shift needs max_shift >= 0 and alpha in (0, 1), got max_shift="
+                              f"{max_shift!r}, alpha={alpha!r}")
     r, c = _scores(as_profile(reference), "reference"), _scores(as_profile(current), "current")
     if r.n < 2 or c.n < 2:
         return CheckResult("mean_score_shift", "score", "unknown", _mean(c), _mean(r), max_shift, "too few scores")
@@ -146,6 +174,7 @@ def mean_score_shift(reference: Profile | Mapping[str, Any], current: Profile | 
 def share_above(summary: NumericSummary, threshold: float = 0.9) -> float:
     """Share of non-null values above ``threshold``: exact if it was tracked (``score_thresholds``),
     otherwise interpolated linearly inside the reference bin that contains it."""
+    threshold = _number("threshold", threshold, finite=False)
     if summary.n == 0:
         return math.nan
     if threshold in summary.thresholds:
@@ -171,6 +200,7 @@ def share_above(summary: NumericSummary, threshold: float = 0.9) -> float:
 def high_score_share(reference: Profile | Mapping[str, Any], current: Profile | Mapping[str, Any], *,
                      threshold: float = 0.9, max_change: float = 0.05) -> CheckResult:
     """Alert when the share of scores above ``threshold`` changed by more than ``max_change`` (absolute)."""
+    threshold, max_change = _number("threshold", threshold, finite=False), _share("max_change", max_change)
     r, c = _scores(as_profile(reference), "reference"), _scores(as_profile(current), "current")
     ref, cur = share_above(r, threshold), share_above(c, threshold)
     if math.isnan(ref) or math.isnan(cur):
