@@ -166,6 +166,28 @@ def test_errors_say_what_to_do(df):
         Profile(columns=["nope"]).fit(df)
 
 
+def test_a_misspelt_categorical_column_is_an_error_not_a_numeric_profile():
+    # a typo in `categorical=` was ignored: the int-coded column was profiled (and drift-tested) as numeric
+    codes = pd.DataFrame({"country_code": np.tile([1, 2, 3, 44], 50), "x": np.arange(200.0)})
+    with pytest.raises(MonitoringError, match=r"categorical columns \['contry_code'\].*fix `categorical=`"):
+        Profile(categorical=["contry_code"]).fit(codes)
+    with pytest.raises(MonitoringError, match="not among the profiled columns"):
+        Profile(columns=["x"], categorical=["country_code"]).fit(codes)
+    assert Profile(categorical=["country_code"]).fit(codes)["country_code"].kind == "categorical"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_unseen": -1}, "max_unseen"),                        # silently dropped the last unseen name
+    ({"max_unseen": 2.5}, "max_unseen"),
+    ({"score_thresholds": [float("nan")]}, "score_thresholds"),   # counted nothing, stored as key 'nan'
+    ({"score_thresholds": [0.5, float("inf")]}, "score_thresholds"),
+    ({"score_thresholds": "0.9"}, "score_thresholds"),
+])
+def test_bad_profile_config_is_refused(kwargs, match):
+    with pytest.raises(MonitoringError, match=match):
+        Profile(**kwargs)
+
+
 def test_one_million_rows_by_25_columns_is_fast():
     rng = np.random.default_rng(0)
     n = 1_000_000

@@ -18,6 +18,7 @@ window profile needs the reference data again.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -46,11 +47,13 @@ class Profile:
         for name, value in (("bins", bins), ("score_bins", score_bins), ("max_categories", max_categories)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MonitoringError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(max_unseen, bool) or not isinstance(max_unseen, (int, np.integer)) or max_unseen < 0:
+            raise MonitoringError(f"max_unseen must be a whole number >= 0, got {max_unseen!r}")
         self.columns = None if columns is None else [str(c) for c in columns]
         self.categorical = {str(c) for c in categorical}
         self.bins, self.score_bins = bins, score_bins
         self.max_categories, self.max_unseen = max_categories, int(max_unseen)
-        self.score_thresholds = tuple(float(t) for t in score_thresholds)
+        self.score_thresholds = _thresholds(score_thresholds)
         self.features: dict[str, Summary] = {}
         self.scores: NumericSummary | None = None
         self.sorted_values: dict[str, np.ndarray] = {}
@@ -65,6 +68,10 @@ class Profile:
         (in memory only, never serialised) for an exact KS test later.
         """
         cols = self._select(as_columns(data))
+        unknown = sorted(self.categorical - set(cols))
+        if unknown:
+            raise MonitoringError(f"categorical columns {unknown} are not among the profiled columns {list(cols)}; "
+                                  "fix `categorical=` (a misspelt name would leave the column profiled as numeric)")
         self.features, self.sorted_values = {}, {}
         for name, col in cols.items():
             if name in self.categorical or not is_numeric(col):
@@ -240,6 +247,17 @@ def quantiles_sorted(v: np.ndarray, qs: np.ndarray) -> np.ndarray:
     t = pos - lo
     a, b = v[lo], v[hi]
     return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)   # numpy's _lerp, bit for bit
+
+
+def _thresholds(values: Iterable[float]) -> tuple[float, ...]:
+    """Score thresholds whose exceedances are counted: finite numbers (a NaN one would count nothing)."""
+    try:
+        out = (math.nan,) if isinstance(values, (str, bytes)) else tuple(float(t) for t in values)
+    except (TypeError, ValueError):
+        out = (math.nan,)
+    if not all(map(math.isfinite, out)):
+        raise MonitoringError(f"score_thresholds must be finite numbers like (0.5, 0.9), got {values!r}")
+    return out
 
 
 def _n_rows(cols: Mapping[str, Any]) -> int:
