@@ -159,6 +159,20 @@ def test_errors():
         score_profile(a, b, columns=["nope"])
 
 
+def test_one_column_name_as_a_string_is_that_column_not_its_letters():
+    # columns="amount" was read as ["a", "m", "o", ...]: "columns are not in the data"/"not in both profiles";
+    # categorical="urls" became {"u", "r", "l", "s"} and urls stayed numeric
+    ref, cur = frame(2000, 1), frame(2000, 2, shift=1.0)
+    det = DataDriftDetector(columns="amount").fit(ref)
+    assert list(det.score(cur).columns) == ["amount"] and det.score(cur)["amount"].drifted
+    assert DataDriftDetector(categorical="urls").fit(ref).reference_["urls"].kind == "categorical"
+    a, b = Profile(columns="length").fit(ref), Profile().fit(ref).empty().update(cur)
+    assert list(a.features) == ["length"]
+    assert list(score_profile(Profile().fit(ref), b, columns="length").columns) == ["length"]
+    from loopstack.monitoring import data_checks
+    assert {c.column for c in data_checks(Profile().fit(ref), b, columns="country")} == {"country"}
+
+
 def test_profile_check_of_a_window_is_milliseconds():
     det = DataDriftDetector().fit(frame(200_000, 1))
     window = det.reference_.empty().update(frame(100_000, 2))

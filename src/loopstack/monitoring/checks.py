@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from scipy import special
 
-from loopstack.monitoring.columns import MonitoringError
+from loopstack.monitoring.columns import MonitoringError, column_names
 from loopstack.monitoring.drift import DriftReport, Thresholds, column_drift
 from loopstack.monitoring.profiles import Profile, as_profile
 from loopstack.monitoring.summaries import CategoricalSummary, NumericSummary, Summary, _qkey
@@ -121,7 +121,7 @@ def data_checks(reference: Profile | Mapping[str, Any], current: Profile | Mappi
     max_out_of_range, max_unseen = _share("max_out_of_range", max_out_of_range), _share("max_unseen", max_unseen)
     ref, cur = as_profile(reference), as_profile(current)
     out: list[CheckResult] = []
-    for c in (list(ref.features) if columns is None else list(columns)):
+    for c in (list(ref.features) if columns is None else column_names(columns)):
         r, k = ref[c], cur[c]
         out.append(null_rate_change(c, r, k, max_increase=max_null_increase))
         if isinstance(r, NumericSummary) and isinstance(k, NumericSummary):

@@ -34,6 +34,13 @@ def as_columns(data: Any) -> dict[str, Any]:
                           "RecordBatch, or a mapping of column name -> array")
 
 
+def column_names(names: Any) -> list[str]:
+    """Column names from a list of them, or from one name (a string is one column, not its characters)."""
+    if isinstance(names, (str, bytes)):
+        return [names.decode() if isinstance(names, bytes) else names]
+    return [str(c) for c in names]
+
+
 def _is_arrow(col: Any) -> bool:
     mod = type(col).__module__
     return mod.startswith("pyarrow")

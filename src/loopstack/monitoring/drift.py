@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from loopstack.monitoring.columns import MonitoringError, as_columns, to_float
+from loopstack.monitoring.columns import MonitoringError, as_columns, column_names, to_float
 from loopstack.monitoring.profiles import Profile, as_profile
 from loopstack.monitoring.stats import chi2_test, js_distance, ks_2samp, ks_binned, psi
 from loopstack.monitoring.summaries import CategoricalSummary, NumericSummary, Summary
@@ -251,7 +251,7 @@ def score_profile(reference: Profile | Mapping[str, Any], current: Profile | Map
                   thresholds: Thresholds | Mapping[str, Any] | None = None) -> DatasetDrift:
     """Drift of a window profile against a reference profile, with no raw data (KS is the binned one)."""
     ref, cur = as_profile(reference), as_profile(current)
-    names = list(ref.features) if columns is None else [str(c) for c in columns]
+    names = list(ref.features) if columns is None else column_names(columns)
     th, ms = Thresholds.from_config(thresholds), _check_methods(methods)
     missing = [c for c in names if c not in ref.features or c not in cur.features]
     if missing:
@@ -273,10 +273,10 @@ class DataDriftDetector:
     def __init__(self, columns: Iterable[str] | None = None, methods: Iterable[str] = DEFAULT_METHODS,
                  thresholds: Thresholds | Mapping[str, Any] | None = None, *, categorical: Iterable[str] = (),
                  bins: int = 10, max_categories: int = 50, exact_ks: bool = True) -> None:
-        self.columns = None if columns is None else [str(c) for c in columns]
+        self.columns = None if columns is None else column_names(columns)
         self.methods = _check_methods(methods)
         self.thresholds = Thresholds.from_config(thresholds)
-        self.categorical = tuple(categorical)
+        self.categorical = tuple(column_names(categorical))
         self.bins, self.max_categories, self.exact_ks = bins, max_categories, exact_ks
         self.reference_: Profile | None = None
         self._sorted: dict[str, np.ndarray] = {}

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from loopstack.monitoring.columns import (MonitoringError, as_columns, dtype_name, is_numeric, scores_1d, to_float,
-                                          value_counts)
+from loopstack.monitoring.columns import (MonitoringError, as_columns, column_names, dtype_name, is_numeric, scores_1d,
+                                          to_float, value_counts)
 from loopstack.monitoring.summaries import (CategoricalSummary, NumericSummary, Summary, _qkey,
                                             summary_from_dict)
 from loopstack.registry.profile import PROFILE_FORMAT, QUANTILES
@@ -49,8 +49,8 @@ class Profile:
                 raise MonitoringError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(max_unseen, bool) or not isinstance(max_unseen, (int, np.integer)) or max_unseen < 0:
             raise MonitoringError(f"max_unseen must be a whole number >= 0, got {max_unseen!r}")
-        self.columns = None if columns is None else [str(c) for c in columns]
-        self.categorical = {str(c) for c in categorical}
+        self.columns = None if columns is None else column_names(columns)
+        self.categorical = set(column_names(categorical))
         self.bins, self.score_bins = bins, score_bins
         self.max_categories, self.max_unseen = max_categories, int(max_unseen)
         self.score_thresholds = _thresholds(score_thresholds)
