@@ -91,3 +91,27 @@ def test_follow_interval_must_be_a_positive_finite_number(monitor, interval):
     r = CliRunner().invoke(app, ["monitor", "run", "--follow", "--interval", interval, "-p", root])
     assert r.exit_code == 2 and "--interval" in r.output and "positive" in r.output, r.output
     assert monitor.lag() == {}          # refused before running (a run creates the labels topic)
+
+
+def test_labels_other_than_0_and_1_are_never_read_as_positives(monitor):
+    # a label of -1 (a common "negative") or 2 was counted as a positive: int(bool(-1)) == 1
+    from loopstack.log.base import TopicConfig
+    from loopstack.monitoring.windows import append_labels, labels_topic
+    from loopstack.serving.prediction_log import SCHEMA
+    log = monitor.project.log
+    log.create_topic(TopicConfig("predictions", 1, SCHEMA))
+    t0 = 1_700_000_000_000_000
+    preds = [{"kind": "prediction", "request_id": f"r{i}", "ts": t0 + i, "model": "spam", "version": 1,
+              "output": 0.9} for i in range(4)]
+    assert log.append("predictions", preds).accepted == 4
+    with pytest.raises(MonitoringError, match=r"not 0 or 1.*'label': -1"):
+        append_labels(log, [{"request_id": "r0", "label": 1}, {"request_id": "r1", "label": -1}])
+    assert "labels" not in {t.name for t in log.topics()}      # nothing appended
+    log.create_topic(labels_topic())
+    log.append("labels", [{"request_id": "r0", "label": 1}, {"request_id": "r1", "label": -1},
+                          {"request_id": "r2", "label": 2}, {"request_id": "r3", "label": 0}])  # past the helper
+    res = monitor.run()
+    assert res.labels == 4 and res.joined == 2
+    state = monitor.window_state("spam", 1, t0 - t0 % 3_600_000_000)
+    assert (state.labelled, state.tp, state.fp) == (2, 1, 1)
+    assert append_labels(log, [{"request_id": "r1", "label": False}, {"request_id": "r2", "label": 1.0}]) == 2

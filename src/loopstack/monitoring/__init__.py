@@ -19,7 +19,7 @@ _EXPORTS = {
     "share_above": "checks", "high_score_share": "checks",
     "CalibrationBins": "calibration", "expected_calibration_error": "calibration",
     "calibration_curve": "calibration",
-    "Monitor": "windows", "RunResult": "windows", "append_labels": "windows", "labels_topic": "windows",
+    "Monitor": "windows", "RunResult": "windows", "append_labels": "labels", "labels_topic": "labels",
     "WindowState": "window_state", "WindowSummary": "summary", "summarize": "summary",
     "Alert": "alerts", "Rule": "rules", "parse_rules": "rules", "DEFAULT_RULES": "rules",
     "Facts": "diagnose", "Diagnosis": "diagnose", "run_diagnosis": "gather",

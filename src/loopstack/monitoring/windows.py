@@ -23,10 +23,9 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from loopstack.features.definitions import Field
-from loopstack.log.base import TopicConfig
 from loopstack.monitoring import schema as S
 from loopstack.monitoring.alerts import Alert, list_alerts, send_webhook, store_new
+from loopstack.monitoring.labels import LABEL_SCHEMA, LABELS, append_labels, label_value, labels_topic  # noqa: F401
 from loopstack.monitoring.drift import Thresholds
 from loopstack.monitoring.profiles import Profile
 from loopstack.monitoring.rules import evaluate
@@ -35,14 +34,8 @@ from loopstack.monitoring.window_state import WindowState, parse_score, segment_
 from loopstack.timeutil import now_micros, parse_duration, to_micros, to_us
 
 log = logging.getLogger("loopstack.monitoring")
-PREDICTIONS, LABELS = "predictions", "labels"
-LABEL_SCHEMA = (Field("label", "int64"), Field("ts", "timestamp", required=False))
+PREDICTIONS = "predictions"
 CHUNK = 5000
-
-
-def labels_topic(partitions: int = 1) -> TopicConfig:
-    """The ``labels`` topic: one record per label, ``{request_id (or the label key), label: 0/1, ts}``."""
-    return TopicConfig(LABELS, partitions, LABEL_SCHEMA)
 
 
 @dataclass
@@ -182,11 +175,12 @@ class Monitor:
         key_field = self.config.label_key
         labels: dict[str, tuple[int, int]] = {}
         for r in recs:
-            k, y = r.value.get(key_field), r.value.get("label")
-            if k is None or y is None:
-                log.warning("label record at %s:%s lacks %r or 'label'; skipped", r.partition, r.offset, key_field)
+            k, y = r.value.get(key_field), label_value(r.value.get("label"))
+            if k is None or y is None:     # -1 or 2 is not read as a positive
+                log.warning("label record at %s:%s lacks %r or a 'label' of 0/1 (has %r); skipped", r.partition,
+                            r.offset, key_field, r.value.get("label"))
                 continue
-            labels[str(k)] = (int(bool(y)), _ts(r.value.get("ts"), r.timestamp))
+            labels[str(k)] = (y, _ts(r.value.get("ts"), r.timestamp))
         with self.engine.begin() as conn:
             missing = self._join(conn, labels, result)
             for k in missing:
@@ -366,15 +360,6 @@ class Monitor:
         names = {t.name for t in log_.topics()}
         return {t: sum(log_.end_offsets(t).values()) - sum(self._offsets(t).values())
                 for t in (PREDICTIONS, LABELS) if t in names}
-
-
-def append_labels(event_log: Any, records: Iterable[dict]) -> int:
-    """Append labels (``{request_id, label: 0/1 or bool, ts}``) to the ``labels`` topic (created if
-    needed); returns how many were accepted (the rest went to ``labels.dlq`` with the reason)."""
-    if LABELS not in {t.name for t in event_log.topics()}:
-        event_log.create_topic(labels_topic())
-    recs = [{**r, "label": int(r["label"])} if isinstance(r.get("label"), bool) else r for r in records]
-    return event_log.append(LABELS, recs).accepted
 
 
 def _ts(value: Any, fallback: int) -> int:
