@@ -8,7 +8,7 @@ from loopstack.experiments.guardrails import Guardrail
 from loopstack.loop import core
 from loopstack.loop.core import (CANARY, DATASET, DONE, EXPERIMENT, FAIL, FAILED, GATE, PASS, PROMOTE, REGISTER,
                                  ROLLBACK, ROLLED_BACK, SHADOW, TRAIN, WAIT, Decision, ExperimentPlan, Goal,
-                                 LiveChecks, LoopError, LoopState, advance, decide_experiment, decide_gate,
+                                 LiveChecks, LoopError, LoopPolicy, LoopState, advance, decide_experiment, decide_gate,
                                  decide_live, next_step)
 
 HAPPY = [DATASET, TRAIN, GATE, REGISTER, SHADOW, CANARY, EXPERIMENT, PROMOTE, DONE]
@@ -210,3 +210,34 @@ def test_plan_validation():
         ExperimentPlan(goal=Goal("x", tau=1), treatment_percent=100)
     with pytest.raises(LoopError):
         LiveChecks(min_requests=0)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda: LiveChecks(max_error_rate=NAN), "max_error_rate"),       # every error rate passed
+    (lambda: LiveChecks(max_p99_ms=NAN), "max_p99_ms"),               # every latency passed
+    (lambda: LiveChecks(max_score_psi=NAN), "max_score_psi"),
+    (lambda: LiveChecks(max_error_rate=-0.1), "max_error_rate"),      # every rung failed
+    (lambda: LiveChecks(min_requests=2.5), "min_requests"),
+    (lambda: LiveChecks(max_minutes=INF), "max_minutes"),
+    (lambda: Goal("caught", tau=0), "tau"),                           # failed at the experiment, hours in
+    (lambda: Goal("caught", tau=INF), "tau"),
+    (lambda: Goal("caught", tau=0.02, alpha=1.5), "alpha"),
+    (lambda: Goal("caught", tau=0.02, min_samples=0), "min_samples"),
+    (lambda: Goal("", tau=0.02), "metric"),
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), max_minutes=NAN), "max_minutes"),   # never reached
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), max_minutes=-60), "max_minutes"),
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), min_minutes=NAN), "min_minutes"),   # ignored
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), max_minutes=60, min_minutes=120), "min_minutes"),
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), srm_alpha=0), "srm_alpha"),
+    (lambda: ExperimentPlan(goal=Goal("x", tau=1), guardrail_tau={"latency_ms": -1}), "guardrail_tau"),
+    (lambda: LoopPolicy(experiment=PLAN, canary_percent=150), "canary_percent"),  # refused at the canary
+    (lambda: LoopPolicy(experiment=PLAN, shadow_sample=0), "shadow_sample"),
+    (lambda: LoopPolicy(experiment=PLAN, holdback_percent=NAN), "holdback_percent"),
+    (lambda: LoopPolicy(experiment=PLAN, poll_seconds=-1), "poll_seconds"),
+])
+def test_bad_policy_numbers_are_refused_when_the_policy_is_built(build, name):
+    with pytest.raises(LoopError, match=f"{name}.* must be"):
+        build()

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from loopstack.errors import LoopstackError
 from loopstack.experiments.guardrails import Guardrail, GuardrailReport, evaluate_guardrails
 from loopstack.experiments.sequential import SequentialTest
+from loopstack.loop.policy_checks import check_goal, check_live, check_plan, check_policy
 from loopstack.registry.gate import finite_number
 
 DATASET, TRAIN, GATE, REGISTER, SHADOW, CANARY, EXPERIMENT, PROMOTE = (
@@ -79,8 +80,7 @@ class LiveChecks:
     max_score_psi: float | None = 0.2     # None: do not compare the score distribution
 
     def __post_init__(self) -> None:
-        if self.min_requests < 1 or not self.max_minutes > 0:
-            raise LoopError(f"live checks need min_requests >= 1 and max_minutes > 0, got {self}")
+        check_live(self)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,9 @@ class Goal:
     higher_is_better: bool = True
     alpha: float = 0.05
     min_samples: int = 100
+
+    def __post_init__(self) -> None:
+        check_goal(self)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,7 @@ class ExperimentPlan:
     guardrail_tau: Mapping[str, float] = field(default_factory=dict)  # default: the tolerance's scale
 
     def __post_init__(self) -> None:
-        if not 0 < self.treatment_percent < 100:
-            raise LoopError(f"treatment_percent must be in (0, 100), got {self.treatment_percent}")
+        check_plan(self)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,9 @@ class LoopPolicy:
     canary_percent: float = 5.0
     holdback_percent: float = 2.0
     poll_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        check_policy(self)
 
 
 # -- decisions ---------------------------------------------------------------------------------------
