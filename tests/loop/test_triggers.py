@@ -96,3 +96,12 @@ def test_alert_skips_while_a_run_is_unfinished(pl):
     with pytest.raises(LoopError, match="unfinished loop run"):
         pl.start("manual")
     assert AlertTrigger(pl, metrics=["recall"])({**ALERT}) is None
+
+
+def test_alert_filters_take_one_name_and_refuse_unknown_ones(pl):
+    # severities="act" was the set {"a", "c", "t"}: no alert ever triggered; a typo ("modle") the same
+    assert AlertTrigger(pl, severities="act", layers="model", metrics="score_psi")(ALERT).step == DONE
+    for kwargs in ({"severities": ["critical"]}, {"layers": ["modle"]}, {"metrics": ["score-psi"]},
+                   {"severities": []}):
+        with pytest.raises(LoopError, match=f"AlertTrigger {next(iter(kwargs))}.*choose from"):
+            AlertTrigger(pl, **kwargs)

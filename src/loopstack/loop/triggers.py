@@ -80,9 +80,11 @@ class AlertTrigger:
     def __init__(self, pipeline: Any, *, severities: Iterable[str] = ("act",),
                  layers: Iterable[str] = ("data", "model", "product"), metrics: Iterable[str] | None = None,
                  cooldown: Any = "6h", drive: bool = True) -> None:
+        from loopstack.monitoring.rules import LAYERS, METRICS, SEVERITIES
         self.pipeline = pipeline
-        self.severities, self.layers = set(severities), set(layers)
-        self.metrics = None if metrics is None else set(metrics)
+        self.severities = _names("severities", severities, SEVERITIES)
+        self.layers = _names("layers", layers, sorted(set(LAYERS.values())))
+        self.metrics = None if metrics is None else _names("metrics", metrics, METRICS)
         self.cooldown, self.drive = parse_duration(cooldown), drive
         self.last_skip: str | None = None
 
@@ -111,6 +113,15 @@ class AlertTrigger:
             return None
         state = self.pipeline.start("alert", f"{a['metric']}: {a['message']}".strip(": "))
         return self.pipeline.drive(state) if self.drive else state
+
+
+def _names(what: str, values: Any, allowed: Iterable[str]) -> set[str]:
+    """A filter's names: one name or several, each one the monitor can emit (a typo would never match)."""
+    names = {values} if isinstance(values, str) else set(values)
+    unknown = sorted(map(str, names - set(allowed)))
+    if unknown or not names:
+        raise LoopError(f"AlertTrigger {what}: {unknown or 'none given'} not known; choose from {', '.join(allowed)}")
+    return names
 
 
 def _fields(alert: Any) -> dict[str, Any]:
