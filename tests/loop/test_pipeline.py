@@ -107,3 +107,25 @@ def test_shadow_failure_archives_and_restores_traffic_settings(tmp_path, meta_ur
     assert p.models.get("models:/spam/1").state == "archived"
     assert PolicyStore(p.meta).get("spam") == {"canary_percent": 10.0, "shadow_sample": 0.25}   # put back
     p.close()
+
+
+def test_bad_spec_values_are_refused_when_the_spec_is_built():
+    # features="author:spam" was split into letters and label_delay="soon" / latency_sample_rows=-5 were
+    # found only when a run reached the dataset or gate step
+    from loopstack.errors import LoopstackError
+    from loopstack.loop.core import LoopError
+    from loopstack.loop.spec import LoopSpec
+    from tests.loop.helpers import policy
+
+    def make(**kw):
+        base = dict(model="spam", labels="labels.parquet", features=["author:spam"], estimator=lambda: None,
+                    gate=None, policy=policy())
+        return LoopSpec(**{**base, **kw})
+    assert make(features="author:spam").features == ["author:spam"]
+    for kw, match in (({"features": []}, "features is empty"), ({"model": ""}, "model"),
+                      ({"estimator": "LogisticRegression"}, "callable"),
+                      ({"latency_sample_rows": -5}, "latency_sample_rows"), ({"label_delay": "soon"}, "soon")):
+        with pytest.raises(LoopstackError, match=match):
+            make(**kw)
+    with pytest.raises(LoopError):
+        make(latency_sample_rows=0)

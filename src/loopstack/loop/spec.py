@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
-from loopstack.loop.core import FAIL, PASS, Decision, LoopPolicy, LoopState, decide_gate
+from loopstack.loop.core import FAIL, PASS, Decision, LoopError, LoopPolicy, LoopState, decide_gate
 
 
 @dataclass
@@ -35,6 +35,21 @@ class LoopSpec:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     train_options: Mapping[str, Any] = field(default_factory=lambda: {"report": False})
     latency_sample_rows: int = 200
+
+    def __post_init__(self) -> None:
+        from loopstack.loop.policy_checks import check_range
+        from loopstack.timeutil import parse_duration
+        if not isinstance(self.model, str) or not self.model:
+            raise LoopError(f"LoopSpec: model must be the registered model's name, got {self.model!r}")
+        if isinstance(self.features, str):      # one feature, not its letters
+            self.features = [self.features]
+        if not self.features:
+            raise LoopError("LoopSpec: features is empty; list the features to train on, e.g. ['view:feature']")
+        if not callable(self.estimator):
+            raise LoopError(f"LoopSpec: estimator must be a callable returning a new unfitted estimator (e.g. "
+                            f"`lambda: LogisticRegression()`), got {self.estimator!r}")
+        check_range("LoopSpec", "latency_sample_rows", self.latency_sample_rows, 1, integer=True)
+        parse_duration(self.label_delay)     # a bad duration fails here, not at the run's dataset step
 
 
 def _call(value: Any, now: datetime) -> Any:
