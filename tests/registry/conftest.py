@@ -36,6 +36,17 @@ def register(r: Registry, name: str = "spam", n: int = 1, gate: bool = True, **k
     return out
 
 
+def legacy_empty_model(r: Registry, name: str) -> None:
+    """A model row with no versions, as a first registration that failed part-way left it before it was atomic."""
+    from datetime import datetime, timezone
+
+    from loopstack.registry.schema import models
+    now = datetime.now(timezone.utc)
+    with r.engine.begin() as conn:
+        conn.execute(models.insert().values(name=name, description="", generation=0, created_at=now,
+                                            updated_at=now))
+
+
 def ladder_to(r: Registry, ref: str, state: str) -> None:
     """Walk a version up the ladder one rung at a time to `state`."""
     from loopstack.registry.stages import LADDER

@@ -32,9 +32,14 @@ class ArtifactStore:
         full = self._full(rel)
         self.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{full}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, full)
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, full)
+        except BaseException:
+            if self.fs.exists(tmp):   # a failed copy leaves no partial file behind
+                self.fs.rm(tmp)
+            raise
         return hashlib.sha256(data).hexdigest()
 
     def put_file(self, rel: str, src: str | Path) -> str:
@@ -47,6 +52,12 @@ class ArtifactStore:
             raise LoopstackError(f"no artifact {rel!r} in {self.root}")
         with self.fs.open(full, "rb") as f:
             return f.read()
+
+    def delete(self, rel: str) -> None:
+        """Remove the artifact (a file, or a folder and everything under it) at `rel`, if it exists."""
+        full = self._full(rel)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self._full(rel))

@@ -9,6 +9,7 @@ Policy (which transitions are allowed) lives in the pure `stages` module.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,8 @@ from loopstack.registry.schema import model_aliases as A
 from loopstack.registry.schema import model_audit as L
 from loopstack.registry.schema import model_versions as V
 from loopstack.registry.schema import models as M
+
+log = logging.getLogger("loopstack.registry")
 
 
 def _now() -> datetime:
@@ -68,12 +71,15 @@ class Registry:
         params_json = dumps(json_mapping(params, "params", "{'lr': 0.1}"))
         fv = json_mapping(feature_versions, "feature_versions", "{'author:spam_7d': 2}") or sig.feature_versions
         data, fmt, filename = serialize(model)
-        rel = f"models/{name}/{uuid.uuid4().hex}/{filename}"
-        sha = self.artifacts.put_bytes(rel, data)
+        folder = f"models/{name}/{uuid.uuid4().hex}"
+        rel = f"{folder}/{filename}"
         now = _now()
-        self._ensure_model(name, description)
 
         def write(conn: Connection) -> int:
+            # the model's row is created in the same transaction as its first version: a registration that
+            # fails part-way leaves neither (it used to leave a model with no versions, its name taken)
+            insert_ignore(conn, M, dict(name=name, description=description, generation=0, created_at=now,
+                                        updated_at=now), ["name"])
             gen = self._lock(conn, name)
             version = (conn.execute(sa.select(sa.func.max(V.c.version)).where(V.c.name == name)).scalar() or 0) + 1
             conn.execute(V.insert().values(
@@ -88,13 +94,23 @@ class Registry:
             self._audit(conn, name, version, "register", gen, actor, f"registered from run {run_id}",
                         {"sha256": sha, "artifact_uri": f"{self.artifacts.root}/{rel}"}, to_state=stages.CANDIDATE)
             return version
-        version = run_transaction(self.engine, write)
+        try:
+            sha = self.artifacts.put_bytes(rel, data)
+            version = run_transaction(self.engine, write)
+        except BaseException:
+            self._discard_artifact(folder, rel)
+            raise
         return self.get(ModelRef(name, version=version))
 
-    def _ensure_model(self, name: str, description: str) -> None:
-        """Create the model's row unless it exists (a concurrent creation of the same name is fine)."""
-        row = dict(name=name, description=description, generation=0, created_at=_now(), updated_at=_now())
-        run_transaction(self.engine, lambda conn: insert_ignore(conn, M, row, ["name"]))
+    def _discard_artifact(self, folder: str, rel: str) -> None:
+        """Remove the artifact of a registration that failed, unless a version row does point at it
+        (a commit whose acknowledgement was lost); if that cannot be checked, the file is kept."""
+        try:
+            with self.engine.connect() as conn:
+                if conn.execute(sa.select(V.c.version).where(V.c.artifact_path == rel)).first() is None:
+                    self.artifacts.delete(folder)
+        except Exception:  # noqa: BLE001 - best effort: the registration's own error is the one to raise
+            log.warning("could not remove the artifact %s of a failed registration", rel, exc_info=True)
 
     # -- reading -------------------------------------------------------------------------------
     def resolve(self, ref: str | ModelRef, conn: Connection | None = None) -> tuple[str, int]:
