@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loopstack.registry.errors import RegistryError
@@ -35,10 +36,17 @@ def list_models(project: Path = ProjectOpt,
         t = Table(title=f"model {name}")
         for c in ("version", "state", "aliases", "gate", "metrics", "run", "created"):
             t.add_column(c)
+        broken = []
         for v in reg.versions(name):
-            t.add_row(str(v.version), v.state, ", ".join(f"@{a}" for a in v.aliases), _gate(v.gate_passed),
-                      _metrics(v.metrics), v.run_id or "-", v.created_at.strftime("%Y-%m-%d %H:%M"))
+            t.add_row(str(v.version), escape(v.state), ", ".join(f"@{a}" for a in v.aliases),
+                      "[red]unreadable[/]" if "gate" in v.problems else _gate(v.gate_passed),
+                      escape(_metrics(v.metrics)), escape(v.run_id or "-"), v.created_at.strftime("%Y-%m-%d %H:%M"))
+            if v.problems:
+                broken.append(f"[red]{v.ref}: unreadable {', '.join(sorted(v.problems))}[/] (see `loopstack models "
+                              f"show {v.ref}`)")
         console.print(t)
+        for line in broken:
+            console.print(line)
         return
     t = Table(title="models")
     for c in ("name", "versions", "latest", "production", "aliases", "states"):
@@ -55,7 +63,7 @@ def show(ref: str = typer.Argument(..., help="models:/name/3, models:/name@alias
          project: Path = ProjectOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """A version's lineage, metrics, signature, gate decision, profile summary and audit trail."""
     reg = _registry(project)
-    v = reg.get(ref)
+    v = reg.get(ref, strict=False)   # show what can be read; unreadable fields are flagged below
     if as_json:
         print(json.dumps(v.to_dict(), indent=2, default=str))
         return
@@ -69,31 +77,53 @@ def show(ref: str = typer.Argument(..., help="models:/name/3, models:/name@alias
             ("inputs", ", ".join(f"{f.ref}@v{f.version} {f.dtype}" for f in v.signature.inputs)),
             ("outputs", ", ".join(f"{o['name']} {o['dtype']}" for o in v.signature.outputs)),
             ("created", f"{v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by}")]
+    fields = {"inputs": "signature", "outputs": "signature"}
     for k, val in rows:
-        t.add_row(k, val)
+        bad = fields.get(k, k) in v.problems
+        t.add_row(k, escape(val) if not bad else (f"{escape(val)} " if val not in ("-", "{}") else "") + UNREADABLE)
     console.print(t)
+    for field, problem in sorted(v.problems.items()):
+        console.print(f"[red]unreadable {field}:[/] {escape(problem)}")
     if v.gate:
         from loopstack.registry.gate import GateDecision
         console.print(GateDecision.from_dict(v.gate).table(v.ref))
-    else:
+    elif "gate" not in v.problems:
         console.print("[yellow]validation gate: never ran[/] (promotion past candidate needs --override)")
     if v.has_profile:
-        from loopstack.registry.profile import describe
-        p = Table(title="reference profile")
-        for c in ("feature", "kind", "null rate", "summary"):
-            p.add_column(c)
-        for row in describe(reg.profile(v.ref)):
-            p.add_row(*row)
-        console.print(p)
+        _print_profile(reg, v.ref)
     a = Table(title="audit log")
     for c in ("when", "who", "action", "change", "override", "why"):
         a.add_column(c)
     for e in reg.audit(v.name, v.version):
         change = f"{e['from_state'] or ''} -> {e['to_state']}" if e["to_state"] else (f"@{e['alias']}" if e["alias"]
                                                                                       else "")
-        a.add_row(f"{e['at']:%Y-%m-%d %H:%M:%S}", e["actor"], e["action"], change, "yes" if e["override"] else "",
-                  e["reason"])
+        a.add_row(f"{e['at']:%Y-%m-%d %H:%M:%S}", escape(e["actor"]), escape(e["action"]), escape(change),
+                  "yes" if e["override"] else "", escape(e["reason"]))
     console.print(a)
+
+
+UNREADABLE = "[red]unreadable[/] (see below)"
+
+
+def _print_profile(reg, ref: str) -> None:
+    """The reference profile's summary table, or a flagged line when the stored profile is unreadable."""
+    from loopstack.registry.profile import describe
+    try:
+        rows = describe(reg.profile(ref))
+    except RegistryError as exc:
+        console.print(f"[red]unreadable reference profile:[/] {escape(str(exc))}")
+        return
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        console.print(f"[red]unreadable reference profile:[/] a feature lacks a field ({type(exc).__name__}: "
+                      f"{escape(str(exc))}); it was written by an older loopstack. Register the model again with "
+                      "profile=<holdout features> to store a new one")
+        return
+    p = Table(title="reference profile")
+    for c in ("feature", "kind", "null rate", "summary"):
+        p.add_column(c)
+    for row in rows:
+        p.add_row(*map(escape, row))
+    console.print(p)
 
 
 @models_app.command()
@@ -155,8 +185,8 @@ def audit(name: str = typer.Argument(...), project: Path = ProjectOpt) -> None:
     for e in _registry(project).audit(name):
         change = f"{e['from_state'] or ''} -> {e['to_state']}" if e["to_state"] else (f"@{e['alias']}" if e["alias"]
                                                                                       else "")
-        t.add_row(f"{e['at']:%Y-%m-%d %H:%M:%S}", e["actor"], str(e["version"] or "-"), e["action"], change,
-                  "yes" if e["override"] else "", e["reason"])
+        t.add_row(f"{e['at']:%Y-%m-%d %H:%M:%S}", escape(e["actor"]), str(e["version"] or "-"), escape(e["action"]),
+                  escape(change), "yes" if e["override"] else "", escape(e["reason"]))
     console.print(t)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from loopstack.registry.errors import RegistryError
 from loopstack.signature import FeatureInput, Signature, SignatureError
@@ -49,6 +49,7 @@ class ModelVersion:
     description: str
     created_by: str
     created_at: datetime
+    problems: dict[str, str] = field(default_factory=dict)   # stored fields that could not be read, and why
 
     @property
     def ref(self) -> str:
@@ -119,16 +120,3 @@ def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
         out[str(k)] = f
     return out
 
-
-def version_from_row(row: Any, aliases: Iterable[str]) -> ModelVersion:
-    m = row._mapping
-    gate = loads(m["gate"])
-    return ModelVersion(
-        name=m["name"], version=m["version"], state=m["state"], run_id=m["run_id"], dataset_id=m["dataset_id"],
-        dataset_hash=m["dataset_hash"], code_version=m["code_version"],
-        feature_versions=loads(m["feature_versions"]), params=loads(m["params"]), metrics=loads(m["metrics"]),
-        signature=coerce_signature(loads(m["signature"])), artifact_uri=m["artifact_uri"],
-        artifact_path=m["artifact_path"], artifact_sha256=m["artifact_sha256"],
-        artifact_format=m["artifact_format"], gate=gate, gate_passed=m["gate_passed"],
-        has_profile=m["profile"] is not None, aliases=tuple(sorted(aliases)), description=m["description"] or "",
-        created_by=m["created_by"], created_at=utc(m["created_at"]))

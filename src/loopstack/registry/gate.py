@@ -56,6 +56,7 @@ class GateDecision:
 
     def table(self, title: str | None = None):
         """A rich Table of every check (printable with rich.print / console.print)."""
+        from rich.markup import escape
         from rich.table import Table
         verdict = "[green]PASSED[/]" if self.passed else "[red]FAILED[/]"
         t = Table(title=f"{title + ': ' if title else ''}validation gate {verdict}")
@@ -63,7 +64,7 @@ class GateDecision:
         t.add_column("result")
         t.add_column("detail")
         for r in self.reasons:
-            t.add_row(r.check, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
+            t.add_row(escape(r.check), "[green]pass[/]" if r.passed else "[red]FAIL[/]", escape(r.detail))
         return t
 
     def __rich__(self):

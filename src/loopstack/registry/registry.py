@@ -24,12 +24,13 @@ from loopstack.meta.tx import insert_ignore, run_transaction
 from loopstack.registry import stages
 from loopstack.registry.artifact_io import deserialize, serialize, verify
 from loopstack.registry.entities import (ModelSignature, ModelVersion, clean_metrics, coerce_signature, dumps,
-                                         json_mapping, loads, utc, version_from_row)
+                                         json_mapping, utc)
 from loopstack.registry.errors import (ArtifactIntegrityError, ConcurrentUpdateError, ModelReferenceError,
                                        RegistryError)
 from loopstack.registry.gate import decision_dict
 from loopstack.registry.lineage import actor_name, bounded, cached_code_version, dataset_lineage, reference_profile
 from loopstack.registry.refs import ModelRef, parse_ref, validate_alias, validate_name, validate_version
+from loopstack.registry.rows import alias_version, audit_entry, stored_profile, version_from_row
 from loopstack.registry.schema import model_aliases as A
 from loopstack.registry.schema import model_audit as L
 from loopstack.registry.schema import model_versions as V
@@ -129,7 +130,8 @@ class Registry:
                 aliases = [f"@{a}" for a in conn.execute(sa.select(A.c.alias).where(A.c.name == r.name)).scalars()]
                 raise ModelReferenceError(f"model {r.name!r} has no alias {r.alias!r} (aliases: "
                                           f"{', '.join(sorted(aliases)) or 'none'})")
-            return r.name, v
+            return r.name, alias_version(r.name, r.alias, v,
+                                         conn.execute(sa.select(V.c.version).where(V.c.name == r.name)).scalars())
         versions = list(conn.execute(sa.select(V.c.version).where(V.c.name == r.name)).scalars())
         if not versions:   # its first registration failed after the model's row was created
             raise ModelReferenceError(f"model {r.name!r} has no versions yet: register one first")
@@ -140,17 +142,23 @@ class Registry:
                                       f"{', '.join(map(str, sorted(versions)))})")
         return r.name, r.version  # type: ignore[return-value]
 
-    def get(self, ref: str | ModelRef) -> ModelVersion:
+    def get(self, ref: str | ModelRef, *, strict: bool = True) -> ModelVersion:
+        """The version `ref` points at. Stored fields that cannot be read (rows written by older loopstack
+        versions) are empty and named in `.problems`; an unreadable signature raises a RegistryError
+        unless `strict=False` (for display: the version then has an empty signature)."""
         with self.engine.connect() as conn:
             name, version = self.resolve(ref, conn)
             row = conn.execute(sa.select(V).where(V.c.name == name, V.c.version == version)).one()
             aliases = conn.execute(sa.select(A.c.alias).where(A.c.name == name, A.c.version == version)).scalars()
-            return version_from_row(row, aliases)
+            mv = version_from_row(row, aliases)
+        if strict and "signature" in mv.problems:
+            raise RegistryError(f"{mv.ref}: its stored signature is unreadable: {mv.problems['signature']}")
+        return mv
 
     def load(self, ref: str | ModelRef) -> Any:
         """The model object (pickle/joblib) or a local path (registered files/folders), after checking
         the artifact's sha256 against the one recorded at registration (ArtifactIntegrityError if not)."""
-        mv = self.get(ref)
+        mv = self.get(ref, strict=False)
         if not self.artifacts.exists(mv.artifact_path):
             raise ArtifactIntegrityError(f"the artifact of {mv.ref} is missing ({mv.artifact_uri}): it was deleted or "
                                          "moved after registration; restore it there or register the model again")
@@ -206,7 +214,7 @@ class Registry:
         if text is None:
             raise RegistryError(f"models:/{name}/{version} was registered without a reference profile; pass "
                                 "profile=<holdout features> (and holdout_scores=...) to register")
-        return loads(text)
+        return stored_profile(f"models:/{name}/{version}", text)
 
     def audit(self, name: str, version: int | None = None) -> list[dict]:
         """The audit log of a model (optionally one version), oldest first."""
@@ -217,7 +225,7 @@ class Registry:
             rows = conn.execute(q.order_by(L.c.id)).all()
             if not rows:
                 self.resolve(ModelRef(name, latest=True), conn)   # an unknown model: say so, not an empty log
-        return [{**r._mapping, "evidence": loads(r.evidence), "at": utc(r.at)} for r in rows]
+        return [audit_entry(r) for r in rows]
 
     # -- changing state ------------------------------------------------------------------------
     def _lock(self, conn: Connection, name: str, expected: int | None = None) -> int:
@@ -296,7 +304,7 @@ class Registry:
             self._apply(conn, name, plan, gen, actor, reason, evidence, "transition")
             return name, version
         name, version = run_transaction(self.engine, write)
-        return self.get(ModelRef(name, version=version))
+        return self.get(ModelRef(name, version=version), strict=False)   # it moved; unreadable fields don't undo that
 
     def rollback(self, name: str, reason: str, actor: str | None = None, *, current_to: str = stages.ARCHIVED,
                  expected_generation: int | None = None) -> ModelVersion:
@@ -325,7 +333,7 @@ class Registry:
                         "rollback")
             return plan
         plan = run_transaction(self.engine, write)
-        return self.get(ModelRef(name, version=plan.transitions[1].version))
+        return self.get(ModelRef(name, version=plan.transitions[1].version), strict=False)
 
     def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str | None = None, *,
                   expected_generation: int | None = None) -> None:
