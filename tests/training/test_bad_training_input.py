@@ -156,3 +156,41 @@ def test_a_time_column_of_numbers_is_refused(project, comment_events, column):
     with pytest.raises(DatasetError, match=rf"column '{column}' holds numbers \(int64\), not times"):
         project.build_dataset(labels, FEATURES_VIEW, cutoff=T0 + timedelta(days=30), name="nums")
     assert list_datasets(project) == []
+
+
+MARGINS = ([0, 1, 0, 1], [-2.0, 3.0, 0.5, 0.9])
+
+
+@pytest.mark.parametrize("metric", [E.log_loss, E.brier, E.calibration, E.core_metrics, E.evaluate_scores])
+def test_probability_metrics_refuse_scores_outside_0_1(metric):
+    """log_loss of margins was 0.17 (clipped to [eps, 1 - eps]: nonsense) and Brier 2.3: both logged as real."""
+    with pytest.raises(EvaluationError, match=r"scores must be probabilities in \[0, 1\].* 2 of 4 are outside it "
+                                              r"\(min -2, max 3\)"):
+        metric(*MARGINS)
+
+
+def test_probabilities_off_by_float_rounding_are_accepted():
+    y, s = [0, 1, 0, 1], [-1e-12, 1 + 2e-16, 0.2, 0.7]
+    assert E.log_loss(y, s) == pytest.approx(E.log_loss(y, [0.0, 1.0, 0.2, 0.7]))
+    assert E.evaluate_scores(y, s).metrics["brier"] == pytest.approx(E.brier(y, [0.0, 1.0, 0.2, 0.7]))
+
+
+def test_ranking_metrics_still_take_any_scores():
+    assert E.roc_auc(*MARGINS) == 1.0 and E.average_precision(*MARGINS) == 1.0
+
+
+class _LabelModel:
+    """A model whose predict gives class labels 0/2 (trained on other labels than 0/1), no predict_proba."""
+
+    def predict(self, X):
+        return np.where(np.arange(len(X)) % 2 == 0, 2.0, 0.0)
+
+
+def test_a_model_scoring_outside_0_1_is_named_in_evaluation(bare):
+    """Its log_loss, Brier score and calibration were computed on labels 2.0 and logged as if real."""
+    ds = _dataset(bare, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    with pytest.raises(EvaluationError, match=r"the scores of _LabelModel.predict on the eval part must be "
+                                              r"probabilities in \[0, 1\].*100 of 200 are outside it"):
+        E.evaluate(_LabelModel(), ds)
+    with pytest.raises(EvaluationError, match=r"the scores of _LabelModel.predict on the eval part"):
+        bare.train(None, ds, custom_loop=lambda *a: _LabelModel(), save_model=False)

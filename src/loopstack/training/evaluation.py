@@ -23,6 +23,7 @@ import pandas as pd
 from loopstack.errors import LoopstackError
 
 EPS = float(np.finfo(np.float64).eps)
+PROB_TOL = 1e-9   # how far outside [0, 1] a probability may stray by float rounding
 
 
 class EvaluationError(LoopstackError):
@@ -50,6 +51,19 @@ def _arrays(y: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
         raise EvaluationError(f"the model gave NaN scores for {nan} of {s.size} rows; metrics would count them as "
                               "negatives: fill or drop the missing feature values, or fix the model/custom loop")
     return y.astype(np.int8), s
+
+
+def check_probabilities(s: np.ndarray, what: str = "scores") -> np.ndarray:
+    """`s` clipped to [0, 1] if all are probabilities (up to float rounding); EvaluationError naming `what` if not
+    (log loss, Brier score and calibration of margins, logits or class labels would be meaningless)."""
+    bad = (s < -PROB_TOL) | (s > 1 + PROB_TOL)
+    if bad.any():
+        raise EvaluationError(
+            f"{what} must be probabilities in [0, 1] (of the positive class), but {int(bad.sum())} of {s.size} are "
+            f"outside it (min {s.min():.4g}, max {s.max():.4g}): margins, logits or class labels such as 2 are not "
+            "probabilities. Score with predict_proba (its positive-class column), or map the scores to [0, 1] "
+            "(e.g. a sigmoid of margins); labels must be 0/1")
+    return np.clip(s, 0.0, 1.0)
 
 
 def check_options(threshold: float, precision_target: float, n_bins: int = 10) -> None:
@@ -143,14 +157,16 @@ def threshold_for_precision(y: Any, s: Any, target: float) -> dict:
 
 
 def log_loss(y: Any, s: Any) -> float:
-    """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
+    """Mean binary cross-entropy of probabilities (EvaluationError outside [0, 1]), clipped to [eps, 1 - eps]."""
     y, s = _arrays(y, s)
-    p = np.clip(s, EPS, 1 - EPS)
+    p = np.clip(check_probabilities(s), EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def brier(y: Any, s: Any) -> float:
+    """Mean squared error of probabilities (EvaluationError for scores outside [0, 1])."""
     y, s = _arrays(y, s)
+    s = check_probabilities(s)
     return float(np.mean((s - y) ** 2))
 
 
@@ -161,8 +177,7 @@ def calibration(y: Any, s: Any, n_bins: int = 10) -> dict:
     (empty ones with count 0 and None means) so a plot shows where there is no data.
     """
     y, s = _arrays(y, s)
-    if y.size and (s.min() < 0 or s.max() > 1):
-        raise EvaluationError("calibration needs probabilities in [0, 1]; got scores outside it")
+    s = check_probabilities(s)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.floor(s * n_bins).astype(int), 0, n_bins - 1)
     curve, ece, mce = [], 0.0, 0.0
@@ -192,8 +207,9 @@ def histogram(y: Any, s: Any, n_bins: int = 20) -> dict:
 
 def core_metrics(y: Any, s: Any, threshold: float = 0.5, precision_target: float = 0.95,
                  n_bins: int = 10) -> dict:
-    """Every scalar metric of one set of (labels, scores)."""
+    """Every scalar metric of one set of (labels, probability scores: EvaluationError outside [0, 1])."""
     y, s = _arrays(y, s)
+    s = check_probabilities(s)
     at = precision_recall_at(y, s, threshold)
     tgt = threshold_for_precision(y, s, precision_target)
     out = {"count": int(y.size), "positives": int(y.sum()),
@@ -204,7 +220,7 @@ def core_metrics(y: Any, s: Any, threshold: float = 0.5, precision_target: float
            "log_loss": log_loss(y, s) if y.size else None, "brier": brier(y, s) if y.size else None,
            "threshold_at_target": tgt["threshold"], "precision_at_target": tgt["precision"],
            "recall_at_target": tgt["recall"]}
-    if y.size and s.min() >= 0 and s.max() <= 1:
+    if y.size:
         out["ece"] = calibration(y, s, n_bins)["ece"]
     return out
 
@@ -257,6 +273,13 @@ def positive_scores(model: Any, X: pd.DataFrame, positive_class: Any = 1) -> np.
         return np.asarray(model(X), dtype=np.float64).ravel()
     raise EvaluationError(f"cannot score with a {type(model).__name__}: it has neither predict_proba nor predict "
                           "(a custom loop must return an object with one of them)")
+
+
+def score_source(model: Any) -> str:
+    """Which call `positive_scores` takes a model's scores from, e.g. 'LGBMClassifier.predict_proba'."""
+    kind = type(model).__name__
+    method = next((m for m in ("predict_proba", "predict") if hasattr(model, m)), None)
+    return f"{kind}.{method}" if method else f"{getattr(model, '__name__', kind)}(X)"
 
 
 # -- the evaluation object -----------------------------------------------------------------------
@@ -334,17 +357,20 @@ def _json_default(o: Any) -> Any:
 
 def evaluate_scores(y: Any, s: Any, frame: pd.DataFrame | None = None, *, threshold: float = 0.5,
                     precision_target: float = 0.95, slices: Sequence[str] | None = None,
-                    n_bins: int = 10) -> Evaluation:
-    """The full evaluation of (labels, scores); `frame` holds the slice columns, row-aligned."""
+                    n_bins: int = 10, source: str = "scores") -> Evaluation:
+    """The full evaluation of (labels, probability scores); `frame` holds the slice columns, row-aligned.
+
+    Scores outside [0, 1] are an EvaluationError naming `source` (where the scores came from)."""
     check_options(threshold, precision_target, n_bins)
     y, s = _arrays(y, s)
     if y.size == 0:
         raise EvaluationError("nothing to evaluate: the evaluation part has no rows (move the split so the "
                               "holdout has data)")
+    s = check_probabilities(s, source)
     slices = [slices] if isinstance(slices, str) else list(slices or [])
     if slices and frame is None:
         raise EvaluationError("slices need the evaluation frame")
-    cal = calibration(y, np.clip(s, 0.0, 1.0), n_bins)
+    cal = calibration(y, s, n_bins)
     return Evaluation(
         metrics=core_metrics(y, s, threshold, precision_target, n_bins), threshold=float(threshold),
         precision_target=float(precision_target), roc=roc_curve(y, s), pr=pr_curve(y, s), calibration=cal,
@@ -371,7 +397,8 @@ def evaluate(model: Any, dataset: Any, threshold: float = 0.5, precision_target:
         raise EvaluationError(f"the {part} part lacks column(s) {missing}; it has {list(frame.columns)}")
     y = frame[label].to_numpy()
     ev = evaluate_scores(y, positive_scores(model, frame[features], positive_class), frame,
-                         threshold=threshold, precision_target=precision_target, slices=slices, n_bins=n_bins)
+                         threshold=threshold, precision_target=precision_target, slices=slices, n_bins=n_bins,
+                         source=f"the scores of {score_source(model)} on the {part} part")
     m = getattr(dataset, "manifest", {}) or {}
     ev.dataset = {k: m.get(k) for k in ("dataset_id", "name", "version", "content_hash")}
     ev.part = part
