@@ -86,3 +86,27 @@ def test_dataset_build_refuses_split_options_it_would_ignore(tmp_path):
         res = ls(*base, *extra, ok=False)
         assert res.returncode == 2 and words in res.stderr.replace("\n", " "), res.stderr
         assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_runs_with_brackets_in_names_params_and_errors_print_as_written(tmp_path):
+    """A run name, param or error holding '[/]' crashed `runs list|show|compare` with rich's MarkupError (a
+    traceback), and '[spam_7d]' was swallowed as a style tag."""
+    from loopstack import Project
+    p = Project.init(tmp_path / "proj", example=False)
+    with p.start_run("exp [/] one") as run:
+        run.log_params({"cols": "[spam_7d]"})
+        run.log_metric("auc", 0.9)
+    try:
+        with p.start_run("fails") as failed:
+            raise ValueError("no column [/] named [spam_7d]")
+    except ValueError:
+        pass
+    p.close()
+    root = str(tmp_path / "proj")
+    out = ls("runs", "list", "-p", root).stdout
+    assert "exp [/] one" in out and "[spam_7d]" in out
+    out = ls("runs", "show", run.run_id, "-p", root).stdout
+    assert "exp [/] one" in out and "cols=[spam_7d]" in out
+    assert "no column [/] named [spam_7d]" in ls("runs", "show", failed.run_id, "-p", root).stdout
+    out = ls("runs", "compare", run.run_id, failed.run_id, "-p", root).stdout
+    assert "exp [/] one" in out and "[spam_7d]" in out

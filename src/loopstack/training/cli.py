@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -60,7 +61,7 @@ def dataset_build(
                              time_column=time_column, label_column=label_column,
                              label_time_column=label_time_column, entity_columns=entity or None)
         for line in ds.report():
-            console.print(line, highlight=False)
+            console.print(escape(line), highlight=False)
     finally:
         p.close()
 
@@ -97,7 +98,7 @@ def dataset_list(name: Optional[str] = typer.Argument(None), project: Path = Pro
     p = _project(project)
     t = Table("id", "name", "version", "train", "eval", "hash", "created")
     for d in list_datasets(p, name):
-        t.add_row(d["dataset_id"], d["name"], str(d["version"]), str(d["rows_train"]), str(d["rows_eval"]),
+        t.add_row(d["dataset_id"], escape(d["name"]), str(d["version"]), str(d["rows_train"]), str(d["rows_eval"]),
                   d["content_hash"][:19], _when(d["created_at"]))
     console.print(t)
     p.close()
@@ -114,9 +115,9 @@ def dataset_show(ref: str = typer.Argument(..., help="Dataset id, name@version o
         typer.echo(json.dumps(ds.manifest, indent=2, sort_keys=True))
     else:
         for line in ds.report():
-            console.print(line, highlight=False)
+            console.print(escape(line), highlight=False)
         for f in ds.manifest["features"]:
-            console.print(f"  feature {f['ref']} (view version {f.get('view_version', f.get('version'))})",
+            console.print(escape(f"  feature {f['ref']} (view version {f.get('view_version', f.get('version'))})"),
                           highlight=False)
     p.close()
 
@@ -139,8 +140,8 @@ def runs_list(filter: Optional[str] = typer.Option(None, "--filter", help="e.g. 
     t = Table("run_id", "name", "status", "start", *[f"params.{k}" for k in pkeys], *[f"metrics.{k}" for k in mkeys])
     from loopstack.training.report_html import _fmt
     for r in found:
-        t.add_row(r.run_id[:12], r.name, r.status, _when(r.start_time), *[r.params.get(k, "") for k in pkeys],
-                  *[_fmt(r.metrics.get(k)) for k in mkeys])
+        t.add_row(r.run_id[:12], escape(r.name), r.status, _when(r.start_time),
+                  *[escape(str(r.params.get(k, ""))) for k in pkeys], *[_fmt(r.metrics.get(k)) for k in mkeys])
     console.print(t)
     console.print(f"{len(found)} run(s)", highlight=False)
     p.close()
@@ -156,21 +157,22 @@ def runs_show(run: str = typer.Argument(..., help="Run id (or unique prefix, or 
         typer.echo(json.dumps(info.to_dict(), indent=2, sort_keys=True, default=str))
         p.close()
         return
-    console.print(f"[bold]{info.name}[/] {info.run_id} [{'green' if info.status == 'FINISHED' else 'red'}]"
+    console.print(f"[bold]{escape(info.name)}[/] {info.run_id} [{'green' if info.status == 'FINISHED' else 'red'}]"
                   f"{info.status}[/]")
-    console.print(f"start {_when(info.start_time)}  duration {info.duration_s or 0:.3f}s  git "
-                  f"{info.git_commit or '-'}{' (dirty)' if info.git_dirty else ''}", highlight=False)
-    if info.error:
-        console.print(f"[red]error:[/] {info.error}", highlight=False)
+    console.print(escape(f"start {_when(info.start_time)}  duration {info.duration_s or 0:.3f}s  git "
+                         f"{info.git_commit or '-'}{' (dirty)' if info.git_dirty else ''}"), highlight=False)
+    if info.error:   # stored text is printed as written: '[/]' in it is not markup
+        console.print(f"[red]error:[/] {escape(info.error)}", highlight=False)
     for title, d in (("params", info.params), ("metrics", info.metrics), ("tags", info.tags),
                      ("packages", info.packages)):
         if d:
-            console.print(f"[bold]{title}[/]: " + ", ".join(f"{k}={v}" for k, v in sorted(d.items())), highlight=False)
+            console.print(f"[bold]{title}[/]: " + escape(", ".join(f"{k}={v}" for k, v in sorted(d.items()))),
+                          highlight=False)
     for ds in info.datasets:
-        console.print(f"dataset {ds['name']}@{ds['version']} {ds['dataset_id']} {ds['content_hash'][:19]}",
+        console.print(escape(f"dataset {ds['name']}@{ds['version']} {ds['dataset_id']} {ds['content_hash'][:19]}"),
                       highlight=False)
     for a in info.artifacts:
-        console.print(f"artifact {a['path']} ({a['size']} bytes, sha256 {a['sha256'][:12]})", highlight=False)
+        console.print(escape(f"artifact {a['path']} ({a['size']} bytes, sha256 {a['sha256'][:12]})"), highlight=False)
     p.close()
 
 
@@ -182,11 +184,11 @@ def runs_compare(run: List[str] = typer.Argument(..., help="Two or more run ids.
     p = _project(project)
     cmp = p.runs.compare(run)
     labels = cmp.labels()
-    t = Table("", *[labels[r.run_id] for r in cmp.runs])
+    t = Table("", *[escape(labels[r.run_id]) for r in cmp.runs])
     for label, vals, diff in cmp.rows():
-        t.add_row(label, *vals, style="yellow" if diff else None)
+        t.add_row(escape(label), *[escape(str(v)) for v in vals], style="yellow" if diff else None)
     console.print(t)
     if html:
         cmp.to_html(html)
-        console.print(f"wrote {html} ({len(cmp.histories)} metric chart(s))", highlight=False)
+        console.print(escape(f"wrote {html} ({len(cmp.histories)} metric chart(s))"), highlight=False)
     p.close()
