@@ -42,7 +42,7 @@ def list_models(project: Path = ProjectOpt,
                       "[red]unreadable[/]" if "gate" in v.problems else _gate(v.gate_passed),
                       escape(_metrics(v.metrics)), escape(v.run_id or "-"), v.created_at.strftime("%Y-%m-%d %H:%M"))
             if v.problems:
-                broken.append(f"[red]{v.ref}: unreadable {', '.join(sorted(v.problems))}[/] (see `loopstack models "
+                broken.append(f"[red]{v.ref}: bad stored {', '.join(sorted(v.problems))}[/] (see `loopstack models "
                               f"show {v.ref}`)")
         console.print(t)
         for line in broken:
@@ -77,13 +77,13 @@ def show(ref: str = typer.Argument(..., help="models:/name/3, models:/name@alias
             ("inputs", ", ".join(f"{f.ref}@v{f.version} {f.dtype}" for f in v.signature.inputs)),
             ("outputs", ", ".join(f"{o['name']} {o['dtype']}" for o in v.signature.outputs)),
             ("created", f"{v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by}")]
-    fields = {"inputs": "signature", "outputs": "signature"}
     for k, val in rows:
-        bad = fields.get(k, k) in v.problems
-        t.add_row(k, escape(val) if not bad else (f"{escape(val)} " if val not in ("-", "{}") else "") + UNREADABLE)
+        bad = any(f in v.problems for f in SHOWN_FROM.get(k, (k,)))
+        t.add_row(k, escape(val) if not bad else "[red]unreadable[/] (see below)" if val in ("-", "{}")
+                  else f"[red](bad: see below)[/] {escape(val)}")
     console.print(t)
     for field, problem in sorted(v.problems.items()):
-        console.print(f"[red]unreadable {field}:[/] {escape(problem)}")
+        console.print(f"[red]bad stored {field}:[/] {escape(problem)}")
     if v.gate:
         from loopstack.registry.gate import GateDecision
         console.print(GateDecision.from_dict(v.gate).table(v.ref))
@@ -102,7 +102,8 @@ def show(ref: str = typer.Argument(..., help="models:/name/3, models:/name@alias
     console.print(a)
 
 
-UNREADABLE = "[red]unreadable[/] (see below)"
+SHOWN_FROM = {"run": ("run_id",), "dataset": ("dataset_id", "dataset_hash"), "code": ("code_version",),
+              "inputs": ("signature",), "outputs": ("signature",), "created": ("created_by",)}
 
 
 def _print_profile(reg, ref: str) -> None:

@@ -89,10 +89,20 @@ def _signature(row: _Row, text: Any) -> Signature:
         return UNREADABLE_SIGNATURE
 
 
+ID_WIDTHS = {"run_id": 255, "dataset_id": 255, "dataset_hash": 128, "code_version": 255, "created_by": 255}
+
+
 def version_from_row(row: Any, aliases: Iterable[str]) -> ModelVersion:
-    """A ModelVersion from a stored row; fields that cannot be read are empty and named in `problems`."""
+    """A ModelVersion from a stored row; fields that cannot be read are empty and named in `problems`
+    (as are lineage ids longer than their column, which SQLite kept: they are returned as stored)."""
     m = row._mapping
     r = _Row(m["name"], m["version"])
+    for field, width in ID_WIDTHS.items():
+        if m[field] is not None and len(str(m[field])) > width:
+            r.note(field, f"{len(str(m[field]))} characters long, more than the {width} the registry keeps (an older "
+                          "loopstack stored it on SQLite; PostgreSQL refuses it); shown as stored", m[field],
+                   f"register the model again with a shorter {field}, or shorten column {field} of ls_model_versions "
+                   f"where name={r.name!r} and version={r.version}")
     fv = r.json("feature_versions", m["feature_versions"])
     params = r.json("params", m["params"])
     sig = _signature(r, m["signature"])
