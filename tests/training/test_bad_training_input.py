@@ -194,3 +194,34 @@ def test_a_model_scoring_outside_0_1_is_named_in_evaluation(bare):
         E.evaluate(_LabelModel(), ds)
     with pytest.raises(EvaluationError, match=r"the scores of _LabelModel.predict on the eval part"):
         bare.train(None, ds, custom_loop=lambda *a: _LabelModel(), save_model=False)
+
+
+def test_a_run_with_unreadable_packages_is_still_shown(bare):
+    """A malformed stored `packages` field made `runs list|show` (and every search) fail with JSONDecodeError."""
+    import sqlalchemy as sa
+
+    from loopstack.training.schema import runs
+    with bare.start_run("ok") as run:
+        run.log_metric("auc", 0.9)
+    with bare.meta.engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.run_id == run.run_id).values(packages="{oops"))
+    info = bare.runs.get(run.run_id)
+    assert info.packages == {} and info.metrics == {"auc": 0.9}
+    assert "not a JSON object of package versions" in info.problems["packages"]
+    assert [r.run_id for r in bare.runs.search()] == [run.run_id]
+    from typer.testing import CliRunner
+
+    from loopstack.training.cli import runs_app
+    shown = CliRunner().invoke(runs_app, ["show", run.run_id, "-p", str(bare.root)])
+    assert shown.exception is None and "bad stored packages" in shown.stdout
+
+
+def test_a_dataset_with_an_unreadable_manifest_is_a_dataset_error(bare):
+    import sqlalchemy as sa
+
+    from loopstack.training.schema import datasets
+    ds = _dataset(bare, frame(300, 0, "2026-11-01"), frame(200, 1, "2026-11-20"))
+    with bare.meta.engine.begin() as conn:
+        conn.execute(sa.update(datasets).where(datasets.c.dataset_id == ds.id).values(manifest="[1, 2]"))
+    with pytest.raises(DatasetError, match=r"stored manifest of dataset 'tiny' is unreadable .*rebuild the dataset"):
+        bare.dataset("tiny")

@@ -168,6 +168,8 @@ def runs_show(run: str = typer.Argument(..., help="Run id (or unique prefix, or 
         if d:
             console.print(f"[bold]{title}[/]: " + escape(", ".join(f"{k}={v}" for k, v in sorted(d.items()))),
                           highlight=False)
+    for key, problem in sorted(info.problems.items()):
+        console.print(f"[red]bad stored {key}:[/] {escape(problem)}", highlight=False)
     for ds in info.datasets:
         console.print(escape(f"dataset {ds['name']}@{ds['version']} {ds['dataset_id']} {ds['content_hash'][:19]}"),
                       highlight=False)

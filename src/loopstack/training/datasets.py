@@ -366,7 +366,14 @@ def load_dataset(project: Any, ref: str) -> Dataset:
         known = sorted({d["name"] for d in list_datasets(project)})
         raise DatasetError(f"no dataset {ref!r}; known datasets: {known or 'none'} "
                            "(refer to one by id, name or name@version)")
-    return Dataset(json.loads(row.manifest), project.artifacts)
+    try:
+        manifest = json.loads(row.manifest)
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except ValueError as exc:
+        raise DatasetError(f"the stored manifest of dataset {ref!r} is unreadable ({exc}; stored: "
+                           f"{str(row.manifest)[:60]!r}): rebuild the dataset with `loopstack dataset build`") from None
+    return Dataset(manifest, project.artifacts)
 
 
 def list_datasets(project: Any, name: str | None = None) -> list[dict]:

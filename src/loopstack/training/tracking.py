@@ -119,6 +119,7 @@ class RunInfo:
     tags: dict = field(default_factory=dict)
     datasets: list = field(default_factory=list)
     artifacts: list = field(default_factory=list)
+    problems: dict = field(default_factory=dict)   # stored fields that could not be read, and why
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -346,8 +347,8 @@ class RunStore:
                 for r in conn.execute(sa.select(runs).where(runs.c.run_id.in_(chunk))):
                     m = dict(r._mapping)
                     m.pop("git_root", None)
-                    m["packages"] = json.loads(m["packages"])
-                    infos[r.run_id] = RunInfo(**m)
+                    m["packages"], problems = _packages(m["packages"], r.run_id)
+                    infos[r.run_id] = RunInfo(**m, problems=problems)
                 for r in conn.execute(sa.select(params.c.run_id, params.c.key, params.c.value)
                                       .where(params.c.run_id.in_(chunk))):
                     infos[r.run_id].params[r.key] = r.value
@@ -383,6 +384,18 @@ class RunStore:
         histories = {k: {i.run_id: [(s, v) for s, v, _ in self.metric_history(i.run_id, k)] for i in infos
                          if k in i.metrics} for k in keys}
         return Comparison(infos, histories)
+
+
+def _packages(text: Any, run_id: str) -> tuple[dict, dict]:
+    """(packages, problems) of a stored run: an unreadable packages field is {} and named in problems."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        value = exc
+    if isinstance(value, dict):
+        return value, {}
+    return {}, {"packages": f"not a JSON object of package versions ({value}; stored: {str(text)[:60]!r}); the "
+                            f"rest of run {run_id} is unaffected"}
 
 
 def start_run(project: Any, name: str | None = None, tags: dict | None = None, **kwargs: Any) -> Run:
