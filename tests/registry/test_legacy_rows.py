@@ -25,9 +25,9 @@ from tests.registry.conftest import register
 runner = CliRunner()
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch, meta_url):
-    """A project with two registered versions (version 1 with a profile), on SQLite and on PostgreSQL."""
+def _project(tmp_path, monkeypatch, meta_url):
+    """A project with two registered versions (version 1 with a profile) on the metadata store `meta_url`
+    (None: the default SQLite file)."""
     from rich.console import Console
 
     import loopstack.registry.cli as cli
@@ -36,6 +36,22 @@ def project(tmp_path, monkeypatch, meta_url):
     p = Project.init(tmp_path / "proj", example=False)
     register(p.models, "spam", 1, profile=pd.DataFrame({"url_count": [0, 1, 2, 3]}))
     register(p.models, "spam", 1)
+    return p
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, meta_url):
+    """`_project` on SQLite and on PostgreSQL."""
+    p = _project(tmp_path, monkeypatch, meta_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def sqlite_project(tmp_path, monkeypatch):
+    """`_project` on SQLite only: for values only SQLite's loose column types could have stored."""
+    p = _project(tmp_path, monkeypatch, None)
+    assert p.models.engine.dialect.name == "sqlite"
     yield p
     p.close()
 
@@ -81,10 +97,10 @@ def test_show_flags_an_unreadable_field_and_shows_the_rest(project, column, stor
 
 
 @pytest.mark.parametrize("column,width", [("run_id", 255), ("dataset_id", 255), ("code_version", 255)])
-def test_an_overlong_lineage_id_is_shown_and_flagged(project, column, width):
-    """register() refuses ids longer than their column now; an older loopstack on SQLite stored them."""
-    if project.models.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL never stored a value longer than its column")
+def test_an_overlong_lineage_id_is_shown_and_flagged(sqlite_project, column, width):
+    """register() refuses ids longer than their column now; an older loopstack on SQLite stored them
+    (PostgreSQL never stored a value longer than its column)."""
+    project = sqlite_project
     corrupt(project, **{column: "x" * (width + 45)})
     mv = project.models.get("models:/spam/1")
     assert getattr(mv, column) == "x" * (width + 45)
@@ -144,11 +160,17 @@ def _alias_to(project, version) -> None:
         conn.execute(A.insert().values(name="spam", alias="champion", version=version, updated_at=sa.func.now()))
 
 
-@pytest.mark.parametrize("stored", [1.7, 9])
-def test_an_alias_pointing_at_no_version_names_the_row_and_the_repair(project, stored):
-    """@champion -> 1.7 (possible on SQLite only) or -> a version that does not exist: was NoResultFound."""
-    if stored == 1.7 and project.models.engine.dialect.name != "sqlite":
-        pytest.skip("an INTEGER column of PostgreSQL cannot hold 1.7")
+def test_an_alias_pointing_at_a_missing_version_names_the_row_and_the_repair(project):
+    """@champion -> a version that does not exist: was NoResultFound."""
+    _check_alias_repair(project, 9)
+
+
+def test_an_alias_pointing_at_a_fraction_names_the_row_and_the_repair(sqlite_project):
+    """@champion -> 1.7: possible on SQLite only (an INTEGER column of PostgreSQL cannot hold it)."""
+    _check_alias_repair(sqlite_project, 1.7)
+
+
+def _check_alias_repair(project, stored) -> None:
     _alias_to(project, stored)
     for ref in ("models:/spam@champion",):
         with pytest.raises(ModelReferenceError, match=rf"alias @champion of model 'spam' points at {stored}, .*"
@@ -161,8 +183,8 @@ def test_an_alias_pointing_at_no_version_names_the_row_and_the_repair(project, s
     assert project.models.get("models:/spam@champion").version == 2
 
 
-def test_an_alias_stored_as_a_whole_float_still_resolves(project):
-    if project.models.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL stores an INTEGER")
+def test_an_alias_stored_as_a_whole_float_still_resolves(sqlite_project):
+    """SQLite only: PostgreSQL stores an INTEGER."""
+    project = sqlite_project
     _alias_to(project, 2.0)
     assert project.models.get("models:/spam@champion").version == 2
