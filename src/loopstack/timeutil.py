@@ -75,7 +75,11 @@ def to_us(value: Any) -> int:
     if isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     if isinstance(value, datetime):
-        return to_micros(ensure_utc(value) - _EPOCH)
+        try:
+            return to_micros(ensure_utc(value) - _EPOCH)
+        except OverflowError:   # e.g. 0001-01-01T00:00:00+05:00: before year 1 in UTC
+            raise RetrievalError(f"time {value.isoformat()} is out of range: in UTC it must fall between "
+                                 "0001-01-01 and 9999-12-31") from None
     raise RetrievalError(f"time {value!r} ({type(value).__name__}) is not a datetime, ISO string or µs integer")
 
 

@@ -140,6 +140,10 @@ def test_unknown_features_are_404_naming_each(client):
     ({"features": ["wins:cnt_1h"], "entities": {}}, "no join key"),
     ({"features": ["wins:cnt_1h"], "entities": {"author_id": 1}}, "entities.author_id"),
     ({"features": ["wins:cnt_1h"], "entities": {"author_id": [1]}, "as_of": "yesterday"}, "ISO 8601"),
+    ({"features": ["wins:cnt_1h"], "entities": {"author_id": [1]}, "as_of": "9999-12-31T23:00:00-05:00"},
+     "out of range"),
+    ({"features": ["wins:cnt_1h"], "entities": {"author_id": [1]}, "as_of": "0001-01-01T00:00:00+05:00"},
+     "out of range"),
     ({"features": ["wins:cnt_1h"], "entities": {"author_id": [1]}, "entity": {"x": 1}}, "entity"),
 ])
 def test_malformed_bodies_are_422_saying_what_is_wrong(client, body, where):

@@ -43,7 +43,10 @@ def iso_to_us(text: str) -> int:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 time: write e.g. 2024-05-01T12:00:00Z") from None
-    dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    try:
+        dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    except OverflowError:   # e.g. 9999-12-31T23:00:00-05:00: past year 9999 in UTC
+        raise ValueError(f"{text!r} is out of range: in UTC it must fall between 0001-01-01 and 9999-12-31") from None
     return (dt - _EPOCH) // timedelta(microseconds=1)
 
 

@@ -13,6 +13,7 @@ from loopstack import Entity, EventSource, FeatureView, Field, Last, Sum
 from loopstack.features.materialize import (chunk_by_time, covered_through, materialize, materialize_incremental,
                                             materialized_intervals, merge_intervals, subtract_intervals)
 from loopstack.features.parity import check_parity
+from loopstack.errors import RetrievalError
 from loopstack.timeutil import to_us
 from loopstack.project import Project
 from tests.features.stream._defs import assert_same_served, gen_events, make_project, served
@@ -84,6 +85,12 @@ def test_times_parse_iso_naive_as_utc():
     assert to_us("1970-01-01T00:00:01") == 1_000_000
     assert to_us("1970-01-01T01:00:00+01:00") == 0
     assert to_us(datetime(1970, 1, 2)) == 86_400_000_000
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"])
+def test_a_time_outside_the_utc_range_is_a_clear_error(text):
+    with pytest.raises(RetrievalError, match="out of range"):
+        to_us(text)
 
 
 # -- against the offline engine ---------------------------------------------------------------------
