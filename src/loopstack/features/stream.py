@@ -307,6 +307,10 @@ class StreamProcessor:
         keeping up, larger ones (fewer commits and fsyncs per event) when behind. The cap of 2,500 bounds
         how long one batch holds back the events behind it: at 5,000 events/s it took p99 visibility from
         1.2 s (cap 10,000) to 0.56 s on SQLite (docs/benchmarks.md, B3 streaming)."""
+        for name, secs in (("stop_after", stop_after), ("idle_timeout", idle_timeout)):
+            if secs is not None and not secs >= 0:   # NaN never compares true: it would run forever
+                raise DefinitionError(f"{name} must be a number of seconds >= 0, got {secs}; leave it out to run "
+                                      "until stopped")
         started = last_data = time.monotonic()
         try:
             while not self._stop:

@@ -151,3 +151,22 @@ def test_a_bad_consumer_group_is_named_as_a_group_not_a_topic(tmp_path, group):
     assert "topic" not in str(info.value)
     assert p.online_store.progress("stream:") == {}   # refused before anything was applied
     p.close()
+
+
+@pytest.mark.parametrize("kw", [{"stop_after": float("nan")}, {"stop_after": -1.0}, {"idle_timeout": float("nan")},
+                                {"idle_timeout": -0.5}])
+def test_a_stop_time_that_can_never_be_reached_is_refused(tmp_path, kw):
+    """`stream --stop-after nan` ran forever (NaN never compares >=) and a negative one stopped at once."""
+    p = make_project(tmp_path / "proj")
+    p.log.append("events", in_time_order(gen_events(20, seed=43)))
+    sp = StreamProcessor(p)
+
+    def stop_soon(n: int, stats) -> None:   # without the check: end the run instead of looping forever
+        if stats.batches or not n:
+            sp.stop()
+
+    with pytest.raises(DefinitionError, match=f"{next(iter(kw))} must be a number of seconds >= 0"):
+        sp.run(on_step=stop_soon, **kw)
+    assert p.online_store.progress("stream:") == {}   # refused before anything was applied
+    sp.close()
+    p.close()
