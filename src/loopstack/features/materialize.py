@@ -258,6 +258,7 @@ def _select_views(project: "Project", views: Sequence[str] | None) -> list[Featu
         raise DefinitionError("no feature views are applied: run `loopstack apply` first")
     if not views:
         return [known[n] for n in sorted(known)]
+    views = list(dict.fromkeys(views))   # `-v a -v a`: once (a second pass would report the first one's work as done)
     unknown = [v for v in views if v not in known]
     if unknown:
         raise DefinitionError(f"unknown feature view(s) {unknown}; applied views are {sorted(known)}")

@@ -140,6 +140,7 @@ class StreamProcessor:
             raise DefinitionError(f"start={start!r}: use 'earliest' or 'latest'")
         known = project.registry.views()
         if views:
+            views = list(dict.fromkeys(views))   # `-v a -v a`: consumed once, not counted as duplicates
             unknown = [v for v in views if v not in known]
             if unknown:
                 raise DefinitionError(f"unknown feature view(s) {unknown}; applied views are {sorted(known)}")

@@ -170,3 +170,14 @@ def test_a_stop_time_that_can_never_be_reached_is_refused(tmp_path, kw):
     assert p.online_store.progress("stream:") == {}   # refused before anything was applied
     sp.close()
     p.close()
+
+
+def test_a_view_named_twice_is_consumed_once(tmp_path):
+    """`stream -v wins -v wins` applied the records for the first entry and counted them duplicates for the second."""
+    p = make_project(tmp_path / "proj")
+    p.log.append("events", in_time_order(gen_events(60, seed=44)))
+    sp = drain(p, views=["wins", "wins"])
+    assert list(sp.views) == ["wins"] and len(sp.by_topic["events"]) == 1
+    assert sp.stats.applied == {"wins": 60} and sp.stats.duplicates == {}
+    sp.close()
+    p.close()
