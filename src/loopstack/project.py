@@ -150,9 +150,13 @@ class Project:
     def load_definitions(self, file: str | Path | None = None) -> list[Definition]:
         """Import the definitions file and collect every Entity/EventSource/FeatureView/OnDemandFeature in it."""
         path = Path(file) if file else self.path(self.config.definitions)
+        fix = "check the --file path" if file else f"set `definitions:` in {CONFIG_FILE}"
         if not path.exists():
-            raise DefinitionError(f"definitions file {path} not found (set `definitions:` in {CONFIG_FILE})")
+            raise DefinitionError(f"definitions file {path} not found ({fix})")
         spec = importlib.util.spec_from_file_location(f"loopstack_defs_{abs(hash(str(path)))}", path)
+        if path.is_dir() or spec is None or spec.loader is None:
+            raise DefinitionError(f"definitions file {path} is {'a folder' if path.is_dir() else 'not a .py file'}: "
+                                  f"name the Python file that defines the entities, sources and views ({fix})")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:

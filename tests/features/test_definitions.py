@@ -72,3 +72,17 @@ def test_durations():
     assert parse_duration("10m").total_seconds() == 600
     assert parse_duration("7d").days == 7 and parse_duration("500ms").total_seconds() == 0.5
     assert Aggregation.from_spec(Count(window="1h").to_spec()) == Count(window="1h")
+
+
+@pytest.mark.parametrize("name, words", [("defs", "is a folder"), ("defs.yaml", "is not a .py file"),
+                                         ("nope.py", r"not found \(check the --file path\)")])
+def test_a_definitions_file_that_is_not_a_python_file_is_a_clear_error(tmp_path, name, words):
+    """`loopstack apply -f <folder or .yaml>` crashed: AttributeError: 'NoneType' object has no attribute 'loader'."""
+    from loopstack.project import Project
+    p = Project.init(tmp_path / "proj", example=False)
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs.yaml").write_text("entities: []\n")
+    with pytest.raises(DefinitionError, match=words) as info:
+        p.load_definitions(tmp_path / name)
+    assert str(tmp_path / name) in str(info.value)
+    p.close()
