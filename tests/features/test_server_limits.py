@@ -41,9 +41,16 @@ def test_a_body_over_the_limit_gets_413_and_the_server_goes_on(small):
             assert closed(s)
 
 
-def test_features_serve_refuses_a_body_limit_that_is_not_positive(tmp_path):
-    out = CliRunner().invoke(cli, ["features", "serve", "-p", str(tmp_path), "--max-body-mb", "0"])
-    assert out.exit_code == 2 and "--max-body-mb must be a positive number of MiB" in out.output
+@pytest.mark.parametrize("args, message", [
+    (["--max-body-mb", "0"], "--max-body-mb must be a positive number of MiB"),
+    (["--max-body-mb", "inf"], "--max-body-mb must be a positive number of MiB"),      # was OverflowError
+    (["--reload-interval", "-1"], "--reload-interval must be a finite number of seconds >= 0"),  # was: never
+    (["--reload-interval", "nan"], "--reload-interval must be a finite number of seconds >= 0"),
+    (["--log-level", "loud"], "--log-level 'loud' is not a log level"),                # was KeyError from uvicorn
+])
+def test_features_serve_refuses_options_it_cannot_honour(tmp_path, args, message):
+    out = CliRunner().invoke(cli, ["features", "serve", "-p", str(tmp_path), *args])
+    assert out.exit_code == 2 and message in out.output, out.output
 
 
 @pytest.mark.parametrize("port", ["99999", "65536", "-1", "0"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,13 +17,23 @@ from rich.console import Console
 err_console = Console(stderr=True)
 app = typer.Typer(no_args_is_help=True)   # its `serve` command is mounted on `loopstack features`
 ProjectOpt = typer.Option(".", "--project", "-p", help="Project folder (holds loopstack.yaml).")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")   # uvicorn's
 
 
 def mib_bytes(mb: float) -> int:
     """A --max-body-mb value in bytes; a clear error for a size that is not positive."""
-    if not mb > 0:
+    if not (mb > 0 and math.isfinite(mb)):
         raise typer.BadParameter(f"--max-body-mb must be a positive number of MiB, got {mb}")
     return max(1, int(mb * 2**20))
+
+
+def check_serve_options(reload_interval: float, log_level: str) -> None:
+    """A usage error for a reload interval or log level uvicorn/the poller would mishandle (not a traceback)."""
+    if not (reload_interval >= 0 and math.isfinite(reload_interval)):   # NaN and -1 silently meant "never"
+        raise typer.BadParameter(f"--reload-interval must be a finite number of seconds >= 0 (0: only on "
+                                 f"POST /reload), got {reload_interval}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"--log-level {log_level!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -59,7 +70,7 @@ def serve(project: Path = ProjectOpt,
                                                           "(0: only on POST /reload)."),
           access_log: bool = typer.Option(True, help="JSON-lines access log on stdout."),
           max_body_mb: float = typer.Option(16.0, help="Largest request body in MiB (a larger one gets 413)."),
-          log_level: str = typer.Option("info", help="uvicorn log level (critical|error|warning|info|debug).")
+          log_level: str = typer.Option("info", help=f"uvicorn log level ({'|'.join(LOG_LEVELS)}).")
           ) -> None:
     """Serve online features over HTTP: POST /get-online-features, /health, /freshness, /metrics, /docs."""
     import uvicorn
@@ -71,6 +82,7 @@ def serve(project: Path = ProjectOpt,
         err_console.print(f"[yellow]warning:[/] binding {host}: the feature server has no authentication; "
                           "put it behind a proxy or firewall")
     max_body = mib_bytes(max_body_mb)
+    check_serve_options(reload_interval, log_level)
     configure_access_log(access_log)
     common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "http": FastLaneProtocol}
     if workers == 1:
