@@ -22,6 +22,7 @@ __all__ = ["AGGREGATIONS", "DTYPES", "Aggregation", "Count", "CountDistinct", "D
 
 
 _NUMERIC_ONLY = ("sum", "mean")  # aggregations that only make sense over numbers (and bools)
+KEY_DTYPES = ("int8", "int16", "int32", "int64", "string")  # what the stores and engines key entities by
 
 
 def _spec_hash(spec: dict) -> str:
@@ -56,6 +57,9 @@ class Entity(Definition):
     def __post_init__(self) -> None:
         _check_name("Entity", self.name)
         _check_name("Entity join_key", self.join_key)
+        if self.dtype not in KEY_DTYPES:   # "str"/"int" were kept and keyed entities inconsistently online
+            raise DefinitionError(f"Entity {self.name!r}: dtype {self.dtype!r} is not a join-key type; use one of "
+                                  f"{', '.join(KEY_DTYPES)}")
 
     def to_spec(self) -> dict:
         return {"name": self.name, "join_key": self.join_key, "dtype": self.dtype,

@@ -113,7 +113,7 @@ def _check_key_type(t: pa.DataType, view: FeatureView) -> None:
         t = t.value_type
     if want.startswith(("int", "uint", "float")):
         fits, fix = pa.types.is_integer(t) or pa.types.is_floating(t), f"df[{key!r}].astype('int64')"
-    elif want in ("string", "str"):
+    elif want == "string":
         fits, fix = _is_text(t), f"df[{key!r}].astype(str)"
     else:
         return   # another key type (e.g. bytes): the engine compares it as it is
