@@ -33,6 +33,7 @@ from loopstack.errors import DefinitionError, RetrievalError
 from loopstack.features.offline.base import check_source_columns
 from loopstack.features.offline.duckdb_sql import record_batches
 from loopstack.features.definitions import FeatureView
+from loopstack.features.retrieval import check_batch_files
 from loopstack.timeutil import to_us, us_to_iso
 
 if TYPE_CHECKING:
@@ -357,6 +358,9 @@ def materialize(project: "Project", start: Any, end: Any, views: Sequence[str] |
     if e < s:
         raise RetrievalError(f"end {us_to_iso(e)} is before start {us_to_iso(s)}: swap them")
     selected = _select_views(project, views)
+    for view in selected:   # before any view is touched: a missing file would be marked "done" for good
+        if view.source.is_batch:
+            check_batch_files(view, project.source_data(view.source), str(project.path(view.source.path)))
     t0 = time.perf_counter()
     out = MaterializeResult()
     with _progress_bar(progress) or nullcontext() as bar:

@@ -165,6 +165,14 @@ def _no_history(view: FeatureView, data: SourceData) -> RetrievalError:
     )
 
 
+def check_batch_files(view: FeatureView, data: SourceData, where: str) -> None:
+    """Refuse a batch-file source whose path (`where`, resolved) matches no file: materializing it would mark
+    the interval done, and the events of files created later in that interval would never reach the online store."""
+    if view.source.is_batch and not expand_paths(data.paths, (data.format or "parquet").lower()):
+        raise RetrievalError(f"source {view.source.name!r} of feature view {view.name!r}: path {view.source.path!r} "
+                             f"matches no file (looked for {where}); check the path, nothing was materialized")
+
+
 def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[str],
                             views: dict[str, FeatureView], source_data: Callable[[EventSource], SourceData],
                             engine: OfflineEngine, full_feature_names: bool = False,

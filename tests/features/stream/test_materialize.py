@@ -207,3 +207,22 @@ def test_a_view_named_twice_is_materialized_and_reported_once(tmp_path):
     twice = check_parity(p, sample=50, views=["wins", "wins"])
     assert twice.checked == once.checked > 0     # each value compared once, not twice
     p.close()
+
+
+def test_a_file_source_whose_file_is_missing_is_refused_not_marked_done(tmp_path):
+    """A missing file read as "no events": the interval was marked materialized, so once the file appeared its
+    events were skipped for good ("(already materialized)")."""
+    p = make_project(tmp_path / "proj")
+    t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+    author = Entity("author", "author_id")
+    src = EventSource("files", "ts", [Field("author_id", "int64"), Field("v", "int64")], path="data/ev.parquet")
+    p.apply([author, src, FeatureView("fv", entity=author, source=src, features=[Last("v", name="last_v")])])
+    with pytest.raises(RetrievalError, match=r"path 'data/ev.parquet' matches no file \(looked for .*ev.parquet\)"):
+        materialize(p, "2024-01-01", "2025-01-01", progress=False)
+    assert materialized_intervals(p, "fv") == [] and materialized_intervals(p, "wins") == []   # nothing touched
+    pq.write_table(pa.table({"author_id": [9], "v": [4], "ts": pa.array([t], pa.timestamp("us", tz="UTC"))}),
+                   p.root / "data" / "ev.parquet")
+    res = materialize(p, "2024-01-01", "2025-01-01", views=["fv"], progress=False)
+    assert res.views["fv"].rows == 1
+    assert p.online.get_online_features(["fv:last_v"], [{"author_id": 9}]).rows[0]["last_v"] == 4
+    p.close()
