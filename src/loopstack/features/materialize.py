@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from loopstack.errors import DefinitionError, RetrievalError
 from loopstack.features.offline.base import check_source_columns
-from loopstack.features.offline.duckdb_sql import record_batches
+from loopstack.features.offline.duckdb_sql import check_text_columns, record_batches
 from loopstack.features.definitions import FeatureView
 from loopstack.features.retrieval import check_batch_files
 from loopstack.timeutil import to_us, us_to_iso
@@ -166,6 +166,7 @@ class _Reader:
         from loopstack.features.offline.duckdb import _ts_expr, q
         key, ts = self.view.entity.join_key, self.data.timestamp
         check_source_columns(self.data.name, self.view.name, [key, ts, *self.value_cols], types)
+        check_text_columns(self.engine.con, src_sql, types, self.view, [key, ts, *self.value_cols])
         order = []
         for c in self.data.order_by:
             if c not in types:

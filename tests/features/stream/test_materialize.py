@@ -226,3 +226,24 @@ def test_a_file_source_whose_file_is_missing_is_refused_not_marked_done(tmp_path
     assert res.views["fv"].rows == 1
     assert p.online.get_online_features(["fv:last_v"], [{"author_id": 9}]).rows[0]["last_v"] == 4
     p.close()
+
+
+@pytest.mark.parametrize("column, cell, shown", [("v", "x", "'x', which does not read as int64"),
+                                                 ("ts", "soon", "'soon', which does not read as timestamp"),
+                                                 ("author_id", "abc", "'abc', which does not read as int64")])
+def test_a_csv_cell_that_is_not_its_declared_type_is_named(tmp_path, column, cell, shown):
+    """'x' in an int64 CSV column crashed with TypeError inside Sum (and Last stored the text); a bad time or key
+    crashed with a DuckDB conversion error."""
+    p = make_project(tmp_path / "proj")
+    author = Entity("author", "author_id")
+    src = EventSource("files", "ts", [Field("author_id", "int64"), Field("v", "int64")], path="data/ev.csv")
+    p.apply([author, src, FeatureView("fv", entity=author, source=src, features=[
+        Last("v", name="last_v"), Sum("v", window="1d", name="sum_v")])])
+    rows = [{"author_id": "1", "v": "5", "ts": "2024-05-01T10:00:00"},
+            {"author_id": "1", "v": "6", "ts": "2024-05-01T11:00:00"}]
+    rows[1][column] = cell
+    (p.root / "data" / "ev.csv").write_text("author_id,v,ts\n" + "".join(",".join(r.values()) + "\n" for r in rows))
+    with pytest.raises(RetrievalError, match=f"column {column!r} holds {shown}"):
+        materialize(p, "2024-01-01", "2025-01-01", views=["fv"], progress=False)
+    assert materialized_intervals(p, "fv") == []
+    p.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loopstack.errors import RetrievalError
-from loopstack.features.definitions import Aggregation, Filter
+from loopstack.features.definitions import Aggregation, FeatureView, Filter
 from loopstack.features.offline.base import SourceData, ViewRequest
 
 _TS_SHIFT = 18446744073709551616  # 2**64
@@ -190,3 +191,26 @@ def record_batches(rel, batch_rows: int):  # noqa: ANN001, ANN201 - a DuckDB rel
     """Stream a DuckDB relation's result as Arrow record batches of up to `batch_rows` rows (the newer
     `to_arrow_reader`, or `fetch_record_batch` of older DuckDB releases)."""
     return rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_rows)
+
+
+_TEXT_CASTS = {"int8": "BIGINT", "int16": "BIGINT", "int32": "BIGINT", "int64": "BIGINT", "float32": "DOUBLE",
+               "float64": "DOUBLE", "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ"}
+
+
+def check_text_columns(con, src_sql: str, types: dict[str, str], view: FeatureView,  # noqa: ANN001 - DuckDB
+                       columns: Sequence[str]) -> None:
+    """RetrievalError naming the first value of a text column (e.g. a CSV cell) that does not read as the type
+    declared for it (schema Field, entity dtype, event time): it would be stored as text or fail in an aggregate."""
+    declared = {f.name: f.dtype for f in view.source.schema}
+    declared.update({view.entity.join_key: view.entity.dtype, view.source.timestamp: "timestamp"})
+    for c in dict.fromkeys(columns):
+        cast = _TEXT_CASTS.get(declared.get(c, "string"))
+        if cast is None or types.get(c, "").upper() != "VARCHAR":
+            continue
+        bad = con.sql(f"SELECT {q(c)} FROM ({src_sql}) WHERE {q(c)} IS NOT NULL AND TRY_CAST({q(c)} AS {cast}) "
+                      "IS NULL LIMIT 1").fetchall()
+        if bad:
+            raise RetrievalError(
+                f"source {view.source.name!r} of feature view {view.name!r}: column {c!r} holds {bad[0][0]!r}, "
+                f"which does not read as {declared[c]} (the type declared for it); fix or remove that row in the "
+                "source files, then run again")
