@@ -80,6 +80,26 @@ def test_a_model_the_registry_does_not_know_is_an_error(monitor, tmp_path, args)
     assert r.exit_code == (1 if args[0] == "diagnose" else 0), r.output   # known, no windows yet: a warning
 
 
+@pytest.mark.parametrize("version", ["7", "-4"])
+def test_report_of_a_version_the_registry_does_not_know_is_an_error(monitor, tmp_path, version):
+    # --version 7 of a model with one version wrote an empty report and exited 0
+    from typer.testing import CliRunner
+
+    from loopstack.cli import app
+    from tests.integration.serving_env import SIGNATURE, ConstantModel
+    monitor.project.models.register("spam", ConstantModel(0.5), signature=SIGNATURE)
+    out, root = tmp_path / "r.html", str(monitor.project.root)
+    r = CliRunner().invoke(app, ["monitor", "report", "spam", "--version", version, "--out", str(out), "-p", root],
+                           terminal_width=300)
+    assert r.exit_code == 2, r.output
+    assert f"model 'spam' has no version {version}" in r.stderr and "registered versions: 1" in r.stderr
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["monitor", "report", "spam", "--version", "1", "--out", str(out), "-p", root],
+                           terminal_width=300)
+    assert r.exit_code == 0 and out.exists(), r.output     # known, no windows yet: a warning
+    assert "no monitoring windows for version 1" in r.stderr
+
+
 @pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
 def test_follow_interval_must_be_a_positive_finite_number(monitor, interval):
     # --interval -1 / nan ran the monitor once, then died in time.sleep with a ValueError traceback;

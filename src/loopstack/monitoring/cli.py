@@ -48,6 +48,27 @@ def _check_model(m, model: str) -> None:
                       "predictions to the 'predictions' topic")
 
 
+def _check_version(m, model: str, version: int | None) -> None:
+    """`--version` of a model: stop with exit 2 if the registry has no such version (a typo would otherwise
+    give an empty report and exit 0); warn if it exists but has no monitoring windows yet."""
+    if version is None:
+        return
+    seen = sorted({v for v, _ in m.windows(model)})
+    if version in seen:
+        return
+    try:
+        registered = sorted(mv.version for mv in m.project.models.versions(model))
+    except Exception:  # noqa: BLE001 - no registry to ask: the warning below still applies
+        registered = [version]
+    if version not in registered:
+        err_console.print(f"[red]error:[/] model {model!r} has no version {version} (registered versions: "
+                          f"{', '.join(map(str, registered)) or 'none'}; with windows: "
+                          f"{', '.join(map(str, seen)) or 'none'})")
+        raise typer.Exit(2)
+    err_console.print(f"[yellow]no monitoring windows for version {version} of model {model!r}[/] (versions with "
+                      f"windows: {', '.join(map(str, seen)) or 'none'})")
+
+
 @monitor_app.command()
 def run(project: Path = ProjectOpt,
         follow: bool = typer.Option(False, "--follow", help="Keep consuming every --interval seconds."),
@@ -119,6 +140,7 @@ def report(project: Path = ProjectOpt, model: str = typer.Argument(..., help="Mo
     from loopstack.monitoring.report import terminal_summary, write_report
     m = _monitor(project)
     _check_model(m, model)
+    _check_version(m, model, version)
     path = write_report(m, model, out or Path(f"monitor-{model}.html"), version=version, every=every)
     terminal_summary(console, model, m.summaries(model, version, every=every))
     console.print(f"report written to [bold]{path}[/]")
