@@ -146,6 +146,12 @@ def test_entity_keys_of_the_wrong_kind_are_a_clear_error(setup, engine):
     floats = entity_df().astype({"author_id": float})   # e.g. an int column that once held NaN
     lens = call(setup, engine, ["author_stats:length"], df=floats)["length"]
     assert lens.isna().tolist() == [False, True, False] and lens[[7, 9]].tolist() == [20.0, 10.0]
+    floats.loc[floats.index[1], "author_id"] = float("nan")   # NaN: no key, as a null
+    assert call(setup, engine, ["author_stats:length"], df=floats)["length"].isna().tolist() == [False, True, False]
+    floats.loc[floats.index[1], "author_id"] = 7.5           # matched no author: empty features, without a word
+    with pytest.raises(RetrievalError, match=r"column 'author_id' holds 1 fractional value\(s\), e.g. 7.5, but "
+                                             r"entity 'author'.*keyed by int64"):
+        call(setup, engine, ["author_stats:length"], df=floats)
 
 
 def test_null_or_non_time_timestamps_rejected(setup, engine):

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopstack.errors import FeatureReferenceError, RetrievalError
@@ -105,10 +106,11 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _check_key_type(t: pa.DataType, view: FeatureView) -> None:
+def _check_key_type(col: pa.ChunkedArray, view: FeatureView) -> None:
     """entity_df's key column must hold the entity's kind of value: strings against int64 keys failed deep
-    in the offline engine with a cast error that named neither the column nor the fix."""
-    want, key = view.entity.dtype.lower(), view.entity.join_key
+    in the offline engine with a cast error that named neither the column nor the fix, and a fractional
+    float (1.5) against int64 keys matched no entity and quietly gave empty features."""
+    t, want, key = col.type, view.entity.dtype.lower(), view.entity.join_key
     if pa.types.is_dictionary(t):   # a pandas categorical
         t = t.value_type
     if want.startswith(("int", "uint", "float")):
@@ -117,6 +119,14 @@ def _check_key_type(t: pa.DataType, view: FeatureView) -> None:
         fits, fix = _is_text(t), f"df[{key!r}].astype(str)"
     else:
         return   # another key type (e.g. bytes): the engine compares it as it is
+    if fits and pa.types.is_floating(t) and want.startswith(("int", "uint")):
+        frac = pc.filter(col, pc.not_equal(col, pc.floor(col)))   # (NaN and null: no key, as elsewhere)
+        frac = pc.filter(frac, pc.invert(pc.is_nan(frac)))
+        if len(frac):
+            raise RetrievalError(
+                f"entity_df column {key!r} holds {len(frac)} fractional value(s), e.g. {frac[0].as_py()!r}, but "
+                f"entity {view.entity.name!r} (feature view {view.name!r}) is keyed by {want}: no entity has "
+                f"such a key; fix the column (whole numbers, e.g. df[{key!r}].astype('int64'))")
     if fits or pa.types.is_null(t):
         return
     held = ("string" if _is_text(t) else "integer" if pa.types.is_integer(t)
@@ -264,7 +274,7 @@ def get_historical_features(entity_df: pd.DataFrame | pa.Table, features: list[s
                 f"feature view {view.name!r} is keyed by {key!r} (entity {view.entity.name!r}), but entity_df "
                 f"has no {key!r} column; its columns are {table.column_names}"
             )
-        _check_key_type(table.schema.field(key).type, view)
+        _check_key_type(table[key], view)
         grouped.setdefault(view.name, []).append((agg, out_names[ref]))
         view_of[view.name] = view
     requests = []
