@@ -132,7 +132,8 @@ class Project:
             return cached
         version = self.meta.definitions_version()
         if cached is None or self.__dict__.get("_online_version") != version:
-            cached = self.__dict__["_online"] = OnlineFeatures(self.online_store, self.registry.views())
+            cached = self.__dict__["_online"] = OnlineFeatures(self.online_store, self.registry.views(),
+                                                                        on_demand=self.on_demand_names())
             self.__dict__["_online_version"] = version
         self.__dict__["_online_checked"] = now
         return cached
@@ -223,6 +224,11 @@ class Project:
         if not self._on_demand and self.registry.meta.latest_definitions("on_demand"):
             self._on_demand = {d.name: d for d in self.load_definitions() if isinstance(d, OnDemandFeature)}
         return self._on_demand
+
+    def on_demand_names(self) -> set[str]:
+        """The names of the applied on-demand features, from the metadata store (the definitions file is not
+        imported: online reads only need to recognise them)."""
+        return {d["name"] for d in self.registry.meta.latest_definitions("on_demand")}
 
     def get_historical_features(self, entity_df: Any, features: Sequence[str], *,
                                 full_feature_names: bool = False, timestamp_column: str = "event_timestamp",

@@ -15,7 +15,8 @@ from datetime import timedelta, timezone
 
 import pytest
 
-from loopstack import Entity, EventSource, FeatureView, Last, Sum
+from loopstack import Entity, EventSource, FeatureView, Last, Project, Sum
+from loopstack.errors import FeatureReferenceError
 from loopstack.features.materialize import materialize, to_us
 from loopstack.features.server import create_app, us_to_iso
 from tests.features.stream._defs import SCHEMA, definitions, gen_events, make_project
@@ -352,3 +353,21 @@ def test_cli_serves_real_http(served_project):
     access = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(x["request_id"] == "cli-1" and x["status"] == 200 for x in access), out
     assert f"127.0.0.1:{port}" in err
+
+
+def test_an_on_demand_feature_asked_online_is_named_as_such(tmp_path):
+    # 'spam_share_7d' (the example project's on-demand feature) was "malformed: write 'view:feature'"
+    p = Project.init(tmp_path / "proj")              # the example definitions: views and on-demand features
+    p.apply(p.load_definitions())
+    try:
+        with pytest.raises(FeatureReferenceError, match=r"'spam_share_7d' is an on-demand feature: it is computed "
+                                                        r"from request data, not stored online"):
+            p.get_online_features(["spam_share_7d"], [{"author_id": 1}])
+        r = post(TestClient(create_app(p, reload_interval=0)),
+                 {"features": ["author_stats:spam_7d", "spam_share_7d"], "entities": {"author_id": [1]}})
+        assert r.status_code == 404 and r.json()["unknown_features"] == ["spam_share_7d"], r.text
+        assert "'spam_share_7d' is an on-demand feature" in r.json()["detail"]
+        with pytest.raises(FeatureReferenceError, match="malformed: write 'view:feature'"):   # a plain typo
+            p.get_online_features(["spam_share_7dd"], [{"author_id": 1}])
+    finally:
+        p.close()

@@ -120,7 +120,8 @@ class ServerState:
         if self.online is not None and version == self.version:
             return False
         views = self.project.registry.views()
-        self.online = OnlineFeatures(self.project.online_store, views)
+        self.online = OnlineFeatures(self.project.online_store, views,
+                                     on_demand=self.project.on_demand_names())
         self.version = version
         self.reloads += 1
         return True

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import difflib
 import time
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from loopstack.errors import FeatureReferenceError, RetrievalError
 from loopstack.features.definitions import FeatureView
@@ -135,9 +135,10 @@ class OnlineFeatures:
 
     def __init__(self, store: OnlineStore, views: Mapping[str, FeatureView],
                  allowed_lateness: Mapping[str, timedelta] | None = None, *,
-                 tile_us: Mapping[str, int] | None = None) -> None:
+                 tile_us: Mapping[str, int] | None = None, on_demand: Iterable[str] = ()) -> None:
         self.store = store
         self.views = dict(views)
+        self.on_demand = frozenset(on_demand)   # on-demand feature names: named in the error if one is asked for
         self.allowed_lateness = dict(allowed_lateness or {})
         self.tile_us = dict(tile_us or {})
         self._plans: dict[str, ViewPlan] = {}
@@ -242,6 +243,11 @@ class OnlineFeatures:
         by_name: dict[str, str] = {}
         per_view: dict[str, tuple[list[int], list[str]]] = {}
         for ref in dict.fromkeys(features):
+            if ref in self.on_demand:
+                raise FeatureReferenceError(
+                    f"{ref!r} is an on-demand feature: it is computed from request data, not stored online, so "
+                    "online reads cannot return it; read its inputs here ('view:feature') and let the model server "
+                    "compute it (offline, get_historical_features computes it)")
             view, agg = resolve(ref, self.views)
             name = f"{view.name}__{agg.name}" if full else agg.name
             if name in by_name:
