@@ -356,8 +356,10 @@ def materialize(project: "Project", start: Any, end: Any, views: Sequence[str] |
     if chunk_rows < 1:
         raise RetrievalError(f"chunk_rows must be >= 1, got {chunk_rows}")
     s, e = to_us(start), to_us(end)
-    if e < s:
-        raise RetrievalError(f"end {us_to_iso(e)} is before start {us_to_iso(s)}: swap them")
+    if e <= s:
+        raise RetrievalError(f"end {us_to_iso(e)} is before start {us_to_iso(s)}: swap them" if e < s else
+                             f"start and end are both {us_to_iso(s)}: the range [start, end) is empty; give an "
+                             "end after the start")
     selected = _select_views(project, views)
     for view in selected:   # before any view is touched: a missing file would be marked "done" for good
         if view.source.is_batch:

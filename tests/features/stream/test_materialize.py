@@ -164,6 +164,10 @@ def test_incremental_continues_where_the_last_run_ended(tmp_path):
     clean = with_online_path(p, "data/clean.db")
     materialize(clean, earliest, base, progress=False)
     assert_same_served(served(p, exact_times(base)), served(clean, exact_times(base)))
+    with pytest.raises(RetrievalError, match="is before start .*: swap them"):
+        materialize(clean, base, earliest, progress=False)
+    with pytest.raises(RetrievalError, match=r"start and end are both .*: the range \[start, end\) is empty"):
+        materialize(clean, base, base, progress=False)   # reported every view as "(already materialized)"
     clean.close()
     p.close()
 
