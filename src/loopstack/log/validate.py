@@ -327,10 +327,20 @@ def check_topic_name(name: str, kind: str = "topic") -> str:
 
 
 def check_new_topic(config: TopicConfig) -> None:
-    """Validate a topic config before creating it (name, partition count)."""
+    """Validate a topic config before creating it (name, partition count, retention, schema field names)."""
+    from .checks import check_count, check_retention
     check_topic_name(config.name)
-    if config.partitions < 1:
-        raise LogError(f"topic {config.name!r}: partitions must be >= 1, got {config.partitions}")
+    check_count(config.partitions, f"topic {config.name!r}: partitions", numpy_ok=False)
+    check_retention(config.retention_ms, f"topic {config.name!r}: retention_ms", "milliseconds")
+    check_retention(config.retention_bytes, f"topic {config.name!r}: retention_bytes", "bytes")
+    seen: set[str] = set()
+    for f in config.schema:
+        if not isinstance(f, Field):
+            raise LogError(f"topic {config.name!r}: schema entries must be Field(name, dtype), got {f!r}")
+        if f.name in seen:
+            raise LogError(f"topic {config.name!r}: field {f.name!r} appears twice in the schema; "
+                           "a record could never match both, so every record would go to the dead-letter topic")
+        seen.add(f.name)
 
 
 def check_recreate(existing: TopicConfig, config: TopicConfig, exist_ok: bool) -> bool:
