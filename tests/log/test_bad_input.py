@@ -48,3 +48,27 @@ def test_schema_with_a_field_twice_or_a_non_field_is_refused(local):
     with pytest.raises(LogError, match=r"schema entries must be Field\(name, dtype\)"):
         local.create_topic(TopicConfig("t", 1, ({"name": "x", "dtype": "int64"},)))  # type: ignore[arg-type]
     assert local.topics() == []
+
+
+def test_lone_surrogates_are_stored_and_read_back_on_every_backend(log):
+    """A broken JSON escape ("\\ud83d" without its pair) gives Python a str with no UTF-8 form: appending it
+    crashed with UnicodeEncodeError (in the key hash, the frame, the Redis/Kafka client)."""
+    log.create_topic(TopicConfig("s", 3, (Field("user", "string"), Field("n", "int64")), key_field="user"))
+    recs = [{"user": "\ud83d", "n": 1}, {"user": "a", "n": 2, "note": "x\udc00y"}, {"user": "b", "n": "\ud800"}]
+    res = log.append("s", recs)
+    assert (res.accepted, res.rejected) == (2, 1)
+    got = sorted((r.value for r in log.replay("s")), key=lambda v: v["n"])
+    assert got == [{"user": "\ud83d", "n": 1}, {"user": "a", "n": 2, "note": "x\udc00y"}]
+    assert [r.key for r in log.replay("s") if r.value["n"] == 1] == ["\ud83d"]
+    dead = [r.value for r in log.replay("s.dlq")]
+    assert [d["record"] for d in dead] == [{"user": "b", "n": "\ud800"}]
+
+
+def test_ingest_of_a_jsonl_line_with_a_broken_surrogate_escape(local, tmp_path):
+    from loopstack.log.ingest import ingest_file
+    local.create_topic(TopicConfig("s", 2, (Field("user", "string"),), key_field="user"))
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"user": "a"}\n{"user": "\\ud83d"}\n{"user": "c"}\n')
+    res = ingest_file(local, f, "s", progress=False)
+    assert (res.accepted, res.rejected) == (3, 0)
+    assert sorted(r.value["user"] for r in local.replay("s")) == sorted(["a", "\ud83d", "c"])

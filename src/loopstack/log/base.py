@@ -73,10 +73,11 @@ class TopicConfig:
 
 
 def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
-    """Stable key → partition routing (crc32, same in every process and backend)."""
+    """Stable key → partition routing (crc32, same in every process and backend). A key with a lone surrogate
+    (a broken JSON escape) hashes its surrogatepass bytes; every other key hashes its UTF-8 bytes."""
     if key is None:
         return fallback % partitions
-    return zlib.crc32(str(key).encode()) % partitions
+    return zlib.crc32(str(key).encode("utf-8", "surrogatepass")) % partitions
 
 
 class Consumer(ABC):

@@ -183,7 +183,8 @@ class KafkaLog(EventLog):
             ts = max(now_micros(), self._last_ts.get(topic, 0))
             self._last_ts[topic] = ts
             hdr = [(TS_HEADER, str(ts).encode())]
-            msgs = [(kt, p, None if k is None else k.encode(), encode_value(v).encode(), ts // 1000, hdr)
+            msgs = [(kt, p, None if k is None else k.encode("utf-8", "surrogatepass"), encode_value(v).encode(),
+                     ts // 1000, hdr)
                     for p, k, v in prep.accepted]
             msgs += [(dlq, 0, None, encode_value(d).encode(), ts // 1000, hdr) for d in prep.dead]
             handle = self._writer.enqueue(msgs)

@@ -190,5 +190,6 @@ def decode(topic: str, m: Any) -> Record:
         value = raw.decode("utf-8", errors="replace")
     if not isinstance(value, dict):
         value = {"_raw": value}
-    k = m.key()
-    return Record(topic, m.partition(), m.offset(), ts, None if k is None else k.decode(), value)
+    k = m.key()   # surrogatepass: KafkaLog writes a key with a lone surrogate that way
+    key = None if k is None else k.decode("utf-8", "surrogatepass")
+    return Record(topic, m.partition(), m.offset(), ts, key, value)

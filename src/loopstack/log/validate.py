@@ -305,7 +305,8 @@ def prepare_batch(cfg: TopicConfig, data: Any, key: str | Sequence[str | None] |
 def encode_value(value: dict) -> str:
     """The JSON text stored for a value (compact, stable). orjson (about 10x faster: the prediction log
     encodes every prediction) for what it can write exactly; the standard encoder for the rest (integers
-    beyond 64 bits), so both give the same values back."""
+    beyond 64 bits, lone surrogates from a broken ``\\ud83d`` JSON escape), so both give the same values back.
+    The fallback escapes non-ASCII: a lone surrogate has no UTF-8 form, so unescaped it could not be stored."""
     try:
         return _dumps(value).decode()
     except TypeError:      # orjson.JSONEncodeError: an integer out of its range, a lone surrogate, ...
@@ -313,7 +314,7 @@ def encode_value(value: dict) -> str:
 
 
 _dumps = orjson.dumps
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 def check_topic_name(name: str, kind: str = "topic") -> str:
