@@ -72,3 +72,17 @@ def test_ingest_of_a_jsonl_line_with_a_broken_surrogate_escape(local, tmp_path):
     res = ingest_file(local, f, "s", progress=False)
     assert (res.accepted, res.rejected) == (3, 0)
     assert sorted(r.value["user"] for r in local.replay("s")) == sorted(["a", "\ud83d", "c"])
+
+
+def test_aware_datetime_with_no_utc_form_is_a_dead_letter_not_a_crash(local):
+    """0001-01-01 00:00 at +05:00 is in year 0 in UTC: the timestamp field rejects it with a reason, and the
+    dead letter (and such a datetime in a field outside the schema) keeps it in its own offset."""
+    from datetime import datetime, timedelta, timezone
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    local.create_topic(TopicConfig("t", 1, (Field("at", "timestamp"),)))
+    res = local.append("t", [{"at": early}, {"at": 10 ** 30}, {"at": "2024-01-01", "seen": early}])
+    assert (res.accepted, res.rejected) == (1, 2)
+    assert res.reasons == {"field 'at': timestamp out of range: its UTC time must fall in the years 1..9999": 2}
+    assert local.read("t", 0)[0].value == {"at": "2024-01-01T00:00:00.000000+00:00",
+                                           "seen": "0001-01-01T00:00:00+05:00"}
+    assert [d.value["record"]["at"] for d in local.read("t.dlq", 0)] == ["0001-01-01T00:00:00+05:00", 10 ** 30]

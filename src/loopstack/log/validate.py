@@ -125,7 +125,9 @@ def _check(f: Field, v: Any) -> tuple[Any, str | None]:
             out = format_ts(_ts_from_number(v))
             _TS_LAST = (v, out)
             return out, None
-    except (ValueError, OverflowError, OSError):
+    except OverflowError:   # an aware datetime near year 1 / 9999 whose UTC time is not a datetime, 1e30 s
+        return None, "timestamp out of range: its UTC time must fall in the years 1..9999"
+    except (ValueError, OSError):
         pass
     return None, "expected timestamp (datetime, ISO-8601 string or epoch number)"
 
@@ -138,7 +140,10 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, float):
         return None if math.isnan(v) or math.isinf(v) else v
     if isinstance(v, datetime):
-        return format_ts(v)
+        try:
+            return format_ts(v)
+        except OverflowError:   # e.g. 0001-01-01 at +05:00 has no UTC form: kept with its own offset
+            return v.isoformat()
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, dict):
