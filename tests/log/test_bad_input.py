@@ -86,3 +86,28 @@ def test_aware_datetime_with_no_utc_form_is_a_dead_letter_not_a_crash(local):
     assert local.read("t", 0)[0].value == {"at": "2024-01-01T00:00:00.000000+00:00",
                                            "seen": "0001-01-01T00:00:00+05:00"}
     assert [d.value["record"]["at"] for d in local.read("t.dlq", 0)] == ["0001-01-01T00:00:00+05:00", 10 ** 30]
+
+
+def test_commits_and_seeks_past_the_end_or_not_whole_numbers_are_refused(log):
+    """Committing 1_000_000 on a 5-record partition was stored: the group then silently skipped the next
+    999_995 records appended. '5' / NaN raised TypeError/ValueError; 1.5 was stored as 1."""
+    log.create_topic(TopicConfig("o", 1))
+    log.append("o", [{"i": i} for i in range(5)])
+    c = log.consumer("o", "g")
+    for bad, match in [(1_000_000, "ends at offset 5.*commit( to)? at most 5"), (6, "ends at offset 5"),
+                       ("5", "whole numbers >= 0"), (float("nan"), "whole numbers >= 0"), (1.5, "whole numbers"),
+                       (-1, ">= 0")]:
+        with pytest.raises(LogError, match=match):
+            log.commit_offsets("o", "g", {0: bad})
+        with pytest.raises(LogError, match=match.replace("commit", "seek")):
+            c.seek(0, bad)
+        with pytest.raises(LogError, match=match):
+            c.commit({0: bad})
+    assert log.committed("o", "g") == {} and c.position() == {0: 0}
+    log.commit_offsets("o", "g", {0: 5})   # the end itself: 'read from the next record on'
+    c.seek(0, 5)
+    log.append("o", [{"i": 5}])
+    assert [r.value["i"] for r in c.poll(10)] == [5]
+    assert [r.value["i"] for r in log.consumer("o", "g").poll(10)] == [5]
+    with pytest.raises(LogError, match="partition True does not exist"):
+        log.read("o", True)  # type: ignore[arg-type]

@@ -133,7 +133,7 @@ class EventLog(ABC):
     def _check_partition(self, topic: str, partition: int) -> int:
         """`partition` if the topic has it, else LogError naming the valid range."""
         n = self.topic(topic).partitions
-        if not isinstance(partition, int) or not 0 <= partition < n:
+        if not isinstance(partition, int) or isinstance(partition, bool) or not 0 <= partition < n:
             raise LogError(f"topic {topic!r} has partitions 0..{n - 1}; partition {partition!r} does not exist")
         return partition
 
@@ -203,12 +203,25 @@ class EventLog(ABC):
         two fsyncs)."""
         from loopstack.log.validate import check_topic_name
         check_topic_name(group, "consumer group")
+        offsets = self._check_commit(topic, offsets)
+        if offsets:
+            self._store_commit(topic, group, offsets)
+
+    def _check_commit(self, topic: str, offsets: dict[int, int]) -> dict[int, int]:
+        """Next-offsets to commit, each a whole number in 0..end offset of its partition: one past the end
+        would make the group skip records appended later without ever reading them."""
+        from loopstack.log.checks import check_offset
+        out = {}
         for p, off in offsets.items():
             self._check_partition(topic, p)
-            if off < 0:
-                raise LogError(f"cannot commit offset {off} for partition {p} of {topic!r}: offsets are >= 0")
-        if offsets:
-            self._store_commit(topic, group, dict(offsets))
+            out[p] = check_offset(off, f"cannot commit offset {off!r} for partition {p} of {topic!r}")
+        ends = self.end_offsets(topic) if out else {}
+        for p, off in out.items():
+            if off > ends[p]:
+                raise LogError(f"cannot commit offset {off} for partition {p} of {topic!r}: it ends at offset "
+                               f"{ends[p]} (the next record to be written), so the group would skip the "
+                               f"{off - ends[p]} record(s) appended next; commit at most {ends[p]}")
+        return out
 
     @abstractmethod
     def _store_commit(self, topic: str, group: str, offsets: dict[int, int]) -> None:
@@ -268,9 +281,12 @@ class PollingConsumer(Consumer):
 
     def commit(self, offsets: dict[int, int] | None = None) -> None:
         """Store next-offsets for the group (default: the current positions)."""
-        offsets = dict(self._pos) if offsets is None else dict(offsets)
-        for p in offsets:
-            self._assigned(p)
+        if offsets is None:
+            offsets = dict(self._pos)   # positions come from reads (or a checked seek): never past the end
+        else:
+            for p in offsets:
+                self._assigned(p)
+            offsets = self.log._check_commit(self.topic, offsets)
         self._store(offsets)
 
     def position(self) -> dict[int, int]:
@@ -279,10 +295,14 @@ class PollingConsumer(Consumer):
 
     def seek(self, partition: int, offset: int) -> None:
         """Move the position of one assigned partition (not committed until `commit`)."""
+        from loopstack.log.checks import check_offset
         self._assigned(partition)
-        if offset < 0:
-            from loopstack.errors import LogError
-            raise LogError(f"cannot seek partition {partition} of {self.topic!r} to {offset}: offsets are >= 0")
+        offset = check_offset(offset, f"cannot seek partition {partition} of {self.topic!r} to {offset!r}")
+        end = self.log.end_offsets(self.topic)[partition]
+        if offset > end:
+            raise LogError(f"cannot seek partition {partition} of {self.topic!r} to {offset}: it ends at offset "
+                           f"{end} (the next record to be written); seek to at most {end}, or the consumer "
+                           "would skip the records appended next")
         self._pos[partition] = offset
 
     def _assigned(self, p: int) -> None:
