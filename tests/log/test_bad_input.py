@@ -111,3 +111,24 @@ def test_commits_and_seeks_past_the_end_or_not_whole_numbers_are_refused(log):
     assert [r.value["i"] for r in log.consumer("o", "g").poll(10)] == [5]
     with pytest.raises(LogError, match="partition True does not exist"):
         log.read("o", True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [None, 5, "hello", b'{"i": 1}'])
+def test_append_of_something_that_is_not_records_is_refused(local, data):
+    """None / 5 raised TypeError; a str was split into one dead letter per character."""
+    local.create_topic(TopicConfig("t", 1))
+    with pytest.raises(LogError, match="append takes records: a list of dicts, one dict or a DataFrame"):
+        local.append("t", data)
+    assert local.end_offsets("t") == {0: 0} and local.end_offsets("t.dlq") == {0: 0}
+
+
+def test_append_key_forms(local):
+    """An int key routes like its string (as a key_field int does); a float or bytes key is refused."""
+    from loopstack.log import partition_for
+    local.create_topic(TopicConfig("t", 4))
+    res = local.append("t", [{"i": 1}, {"i": 2}], key=7)
+    assert res.offsets == [(partition_for("7", 4), 0), (partition_for("7", 4), 1)]
+    assert [r.key for r in local.read("t", partition_for("7", 4))] == ["7", "7"]
+    for key in (1.5, b"k"):
+        with pytest.raises(LogError, match="key must be a string, an int, one key per record"):
+            local.append("t", [{"i": 3}], key=key)  # type: ignore[arg-type]

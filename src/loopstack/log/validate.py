@@ -248,6 +248,10 @@ def to_records(data: Any) -> list:
     if pd is not None and isinstance(data, pd.DataFrame):
         df = data.astype(object).where(data.notna(), None)
         return df.to_dict("records")
+    if isinstance(data, (str, bytes, bytearray)) or not hasattr(data, "__iter__"):
+        hint = " (parse JSON text first, e.g. json.loads)" if isinstance(data, (str, bytes, bytearray)) else ""
+        raise LogError(f"append takes records: a list of dicts, one dict or a DataFrame; got "
+                       f"{type(data).__name__} {_short(data)}{hint}")
     return list(data)
 
 
@@ -263,6 +267,11 @@ class Prepared:
 def _keys(records: list, key: str | Sequence[str | None] | None, cfg: TopicConfig) -> list[str | None]:
     if isinstance(key, str):
         return [key] * len(records)
+    if isinstance(key, int) and not isinstance(key, bool):   # one int key: keys like the string, as a key_field does
+        return [str(key)] * len(records)
+    if key is not None and (isinstance(key, (bytes, bytearray)) or not hasattr(key, "__iter__")):
+        raise LogError(f"append to {cfg.name!r}: key must be a string, an int, one key per record (a list) or "
+                       f"None; got {type(key).__name__} {_short(key)}")
     if key is not None:
         keys = list(key)
         if len(keys) != len(records):
