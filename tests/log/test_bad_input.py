@@ -132,3 +132,20 @@ def test_append_key_forms(local):
     for key in (1.5, b"k"):
         with pytest.raises(LogError, match="key must be a string, an int, one key per record"):
             local.append("t", [{"i": 3}], key=key)  # type: ignore[arg-type]
+
+
+def test_replay_and_archive_refuse_batch_sizes_below_one(local, tmp_path):
+    """replay(batch=0) ended at once with nothing; archive_topic(chunk_rows=0 or -5) never returned."""
+    from loopstack.log.archive import archive_topic
+    local.create_topic(TopicConfig("t", 1))
+    local.append("t", [{"i": i} for i in range(3)])
+    for batch in (0, -1, 2.5):
+        with pytest.raises(LogError, match="batch must be a whole number >= 1"):
+            list(local.replay("t", batch=batch))
+    with pytest.raises(LogError, match="from_offset must be an offset"):
+        list(local.replay("t", from_offset="1"))  # type: ignore[arg-type]
+    assert [r.value["i"] for r in local.replay("t", from_offset=1, batch=1)] == [1, 2]
+    for rows in (0, -5):
+        with pytest.raises(LogError, match="chunk_rows must be a whole number >= 1"):
+            archive_topic(local, "t", tmp_path / "lake", chunk_rows=rows)
+    assert archive_topic(local, "t", tmp_path / "lake", chunk_rows=2).rows == 3

@@ -130,6 +130,8 @@ def _write(table: pa.Table, path: Path) -> None:
 def archive_topic(log: EventLog, topic: str, lake_dir: Path | str, timestamp_field: str | None = None,
                   chunk_rows: int = 100_000) -> ArchiveResult:
     """Copy records not archived yet into ``<lake_dir>/<topic>/date=.../hour=.../part-<p>-<off>.parquet``."""
+    from .checks import check_count
+    check_count(chunk_rows, f"archive of {topic!r}: chunk_rows")   # 0 or less never advanced: an endless loop
     cfg = log.topic(topic)
     if timestamp_field and cfg.schema and not any(f.name == timestamp_field for f in cfg.schema):
         raise LogError(f"archive of {topic!r}: timestamp_field {timestamp_field!r} is not in the topic schema "

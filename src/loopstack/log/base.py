@@ -164,6 +164,11 @@ class EventLog(ABC):
     def replay(self, topic: str, from_offset: dict[int, int] | int | None = None,
                from_time: datetime | None = None, batch: int = 5000) -> Iterator[Record]:
         """Every retained record from an offset (per partition) or a time, partition by partition."""
+        from loopstack.log.checks import as_int, check_count
+        check_count(batch, f"replay of {topic!r}: batch")   # 0 used to end the replay at once, empty
+        if from_offset is not None and not isinstance(from_offset, dict) and as_int(from_offset) is None:
+            raise LogError(f"replay of {topic!r}: from_offset must be an offset (int), a dict partition -> offset "
+                           f"or None, got {from_offset!r}")
         starts = self.start_offsets(topic)
         ends = self.end_offsets(topic)
         for p in sorted(ends):
@@ -174,8 +179,8 @@ class EventLog(ABC):
                 off = self.offset_for_time(topic, p, t_us)
             elif isinstance(from_offset, dict):
                 off = from_offset.get(p, starts[p])
-            elif isinstance(from_offset, int):
-                off = from_offset
+            elif from_offset is not None:
+                off = int(from_offset)
             else:
                 off = starts[p]
             off = max(off, starts[p])
