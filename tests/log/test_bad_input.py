@@ -149,3 +149,17 @@ def test_replay_and_archive_refuse_batch_sizes_below_one(local, tmp_path):
         with pytest.raises(LogError, match="chunk_rows must be a whole number >= 1"):
             archive_topic(local, "t", tmp_path / "lake", chunk_rows=rows)
     assert archive_topic(local, "t", tmp_path / "lake", chunk_rows=2).rows == 3
+
+
+def test_a_user_topic_cannot_take_a_dead_letter_topic_name(local):
+    """TopicConfig('e.dlq', 1, schema) replaced e's dead-letter config (ingest's dead letters were then checked
+    against that schema), and creating 'e' afterwards silently erased the user's schema again."""
+    local.create_topic(TopicConfig("e", 2, (Field("x", "int64"),)))
+    with pytest.raises(LogError, match="'e.dlq' is reserved.*e.g. 'e-dlq'"):
+        local.create_topic(TopicConfig("e.dlq", 1, (Field("x", "int64"),)))
+    with pytest.raises(LogError, match="is reserved"):
+        local.create_topic(TopicConfig("other.dlq", 3))
+    assert local.topic("e.dlq") == TopicConfig("e.dlq", 1)
+    assert local.create_topic(TopicConfig("e.dlq", 1)) == TopicConfig("e.dlq", 1)  # its own config: a no-op
+    assert local.append("e", [{"x": "no"}]).rejected == 1
+    assert local.read("e.dlq", 0)[0].value["reason"].startswith("field 'x'")

@@ -345,6 +345,12 @@ def check_new_topic(config: TopicConfig) -> None:
     """Validate a topic config before creating it (name, partition count, retention, schema field names)."""
     from .checks import check_count, check_retention
     check_topic_name(config.name)
+    from .base import DLQ_SUFFIX
+    if config.name.endswith(DLQ_SUFFIX) and config != dlq_config(config.name[: -len(DLQ_SUFFIX)]):
+        raise LogError(f"topic name {config.name!r} is reserved: names ending in {DLQ_SUFFIX!r} are the dead-letter "
+                       f"topics loopstack creates itself (1 partition, no schema; {config.name!r} is the one of "
+                       f"{config.name[: -len(DLQ_SUFFIX)]!r}). Pick another name, e.g. "
+                       f"{config.name[: -len(DLQ_SUFFIX)] + '-dlq'!r}")
     check_count(config.partitions, f"topic {config.name!r}: partitions", numpy_ok=False)
     check_retention(config.retention_ms, f"topic {config.name!r}: retention_ms", "milliseconds")
     check_retention(config.retention_bytes, f"topic {config.name!r}: retention_bytes", "bytes")
