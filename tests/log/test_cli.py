@@ -72,3 +72,10 @@ def test_topics_table(project):
     cells = [c.strip() for c in row.strip("│┃ ").split("│")]
     assert cells[0] == "msgs" and cells[1] == "2" and cells[3] == "2" and cells[4] == "1"
     assert "msgs.dlq" not in res.output
+
+
+def test_tail_negative_n_is_a_usage_error(project):
+    """--n -3 printed nothing and exited 0 (the start position landed past the end)."""
+    project.log.append("msgs", [{"user": "alice", "n": i} for i in range(5)])
+    res = runner.invoke(app, ["tail", "msgs", "--n", "-3", "-p", str(project.root)])
+    assert res.exit_code == 2 and "--n -3" in res.stderr and ">= 0" in res.stderr and not res.stdout

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopstack.errors import LoopstackError
+from loopstack.errors import LogError, LoopstackError
 
 from .base import DLQ_SUFFIX, EventLog
 
@@ -68,6 +68,8 @@ def tail(topic: str = typer.Argument(..., help="Topic name (e.g. events or event
          project: str = ProjectOpt) -> None:
     """Print the last N records of a topic as JSON lines (partition, offset, ts, key, value)."""
     try:
+        if n < 0:
+            raise LogError(f"--n {n}: the number of last records to print per partition must be >= 0")
         log = _open_log(project)
         cfg = log.topic(topic)
         parts = [partition] if partition is not None else list(range(cfg.partitions))
