@@ -152,3 +152,18 @@ def test_lines_that_are_not_utf8_go_to_the_dlq_unaltered_elsewhere(log, topic, t
     h.write_bytes(b"us\xe9r,n\na,1\n")
     with pytest.raises(LogError, match="header line 1 is not valid UTF-8"):
         ingest_file(log, h, "msgs", progress=False)
+
+
+def test_jsonl_lines_that_are_not_objects_go_to_the_dlq_as_written(log, topic, tmp_path):
+    """An array / scalar line was dead-lettered without its line number, and NaN / Infinity lines were kept
+    as null: the DLQ lost what the line said."""
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"user": "a", "n": 1}\n[1, 2]\n5\nNaN\n"text"\nnull\ntrue\n-Infinity\n')
+    res = ingest_file(log, f, "msgs", progress=False)
+    assert (res.accepted, res.rejected) == (1, 7)
+    dead = [r.value for r in log.replay("msgs.dlq")]
+    assert [d["record"] for d in dead] == ["[1, 2]", "5", "NaN", '"text"', "null", "true", "-Infinity"]
+    assert [d["reason"].split(",")[0] for d in dead] == [
+        "line 2 is an array", "line 3 is a number", "line 4 is a number", "line 5 is a string", "line 6 is null",
+        "line 7 is a bool", "line 8 is a number"]
+    assert all("not a JSON object of field -> value" in d["reason"] for d in dead)

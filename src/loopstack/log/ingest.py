@@ -82,9 +82,17 @@ def _jsonl(path: Path, chunk: int, advance: Callable[[int], None]) -> Iterator[t
                 bad.append((line, why))
             elif line:
                 try:
-                    recs.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     bad.append((line, f"line {n} is not valid JSON ({exc.msg}): got {line[:80]!r}"))
+                else:
+                    if isinstance(rec, dict):
+                        recs.append(rec)
+                    else:   # the line as it is (NaN would be null in the DLQ), with its line number
+                        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(rec), "a number")
+                        kind = "a bool" if isinstance(rec, bool) else kind
+                        bad.append((line, f"line {n} is {kind}, not a JSON object of field -> value: "
+                                          f"got {line[:80]!r}"))
             if len(recs) + len(bad) >= chunk:
                 yield recs, bad
                 recs, bad = [], []
