@@ -252,3 +252,29 @@ def test_opening_a_long_segment_costs_a_few_file_checks_not_one_per_index_entry(
     assert len(calls) < 20, calls[:30]
     monkeypatch.setattr(os, "stat", real)
     assert [r.value["i"] for r in LocalLog(tmp_path).read("t", 0, 1995, 10)] == list(range(1995, 2001))
+
+
+def test_a_record_too_big_for_a_frame_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Readers stop at a frame over MAX_FRAME as at a torn one: such a record was acknowledged, then it and every
+    later record of the segment were unreadable (and cut off by the next process's recovery)."""
+    from loopstack.errors import LogError
+    from loopstack.features.definitions import Field
+    from loopstack.log import TopicConfig, open_log, partition_for, segments
+    monkeypatch.setattr(segments, "MAX_FRAME", 4096)
+    monkeypatch.setattr(segments, "MAX_RECORD_BYTES", 4096 - 1024, raising=False)
+    log = open_log("local", path=tmp_path / "log")
+    log.create_topic(TopicConfig("t", 2, (Field("i", "int64"),)))
+    near = "é" * 1500                                          # 3000 bytes: still fits
+    assert log.append("t", [{"i": 0, "blob": near}], key="a").accepted == 1
+    for batch in ([{"i": 1}, {"i": 2, "blob": "x" * 5000}, {"i": 3}],          # an accepted record
+                  [{"i": 4}, {"i": "not an int", "blob": "x" * 5000}]):        # a dead letter
+        with pytest.raises(LogError, match="bytes of JSON; the local log stores records of up to 3072 bytes. "
+                                           "Nothing was written"):
+            log.append("t", batch, key="a")
+    assert log.append("t", [{"i": 5}], key="a").accepted == 1
+    fresh = open_log("local", path=tmp_path / "log")           # a new process: recovery keeps everything
+    fresh.append("t", [{"i": 6}], key="a")
+    part = partition_for("a", 2)
+    assert [r.value["i"] for r in fresh.read("t", part)] == [0, 5, 6]
+    assert fresh.read("t", part)[0].value["blob"] == near
+    assert fresh.end_offsets("t.dlq") == {0: 0}

@@ -27,7 +27,8 @@ from loopstack.errors import LogError
 from loopstack.timeutil import now_micros
 
 from .base import DLQ_SUFFIX, AppendResult, EventLog, Record, TopicConfig
-from .segments import Partition, _fsync_dir
+from . import segments
+from .segments import Partition, _fsync_dir, check_frame_sizes
 from .validate import check_new_topic, check_recreate, dlq_config, encode_value, prepare_batch
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -145,29 +146,38 @@ class LocalLog(EventLog):
         for i, (p, _k, _v) in enumerate(prep.accepted):
             by_p.setdefault(p, []).append(i)
         offsets: list[tuple[int, int]] = [(0, 0)] * len(prep.accepted)
+        items_by_p = {p: [(prep.accepted[i][1], encode_value(prep.accepted[i][2])) for i in idxs]
+                      for p, idxs in by_p.items()}
+        dead = [(None, encode_value(d)) for d in prep.dead]
+        big, big_dead = check_frame_sizes(items_by_p), check_frame_sizes({0: dead})
+        if big or big_dead:   # before anything is written: all or nothing
+            size = (big or big_dead)[2]  # type: ignore[index]
+            which = "a record" if big else "the dead letter of a rejected record"
+            raise LogError(f"append to {topic!r}: {which} is {size} bytes of JSON; the local log stores records of "
+                           f"up to {segments.MAX_RECORD_BYTES} bytes. Nothing was written: keep the large part "
+                           "elsewhere (e.g. an artifact path) and log a reference to it")
         if by_p:
             with self._mutex, _flock(self.root / topic / ".lock"):
                 now = now_micros()
                 for p, idxs in sorted(by_p.items()):
                     part = self._part(topic, p)
                     part.refresh(repair=True)
-                    items = [(prep.accepted[i][1], encode_value(prep.accepted[i][2])) for i in idxs]
-                    first, _ts = part.append(items, now)
+                    first, _ts = part.append(items_by_p[p], now)
                     for n, i in enumerate(idxs):
                         offsets[i] = (p, first + n)
         res.offsets = offsets
-        if prep.dead:
-            self._dead_letters(topic, prep.dead)
+        if dead:
+            self._dead_letters(topic, dead)
         return res
 
-    def _dead_letters(self, topic: str, dead: list[dict]) -> None:
+    def _dead_letters(self, topic: str, dead: list[tuple[None, str]]) -> None:
         dlq = topic + DLQ_SUFFIX
         if self._load_config(dlq) is None:
             self.create_topic(dlq_config(topic))
         with self._mutex, _flock(self.root / dlq / ".lock"):
             part = self._part(dlq, 0)
             part.refresh(repair=True)
-            part.append([(None, encode_value(d)) for d in dead], now_micros())
+            part.append(dead, now_micros())
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int = 0, max_records: int = 1000) -> list[Record]:

@@ -29,6 +29,7 @@ import orjson
 HDR = struct.Struct("<II")
 IDX = struct.Struct("<qqq")
 MAX_FRAME = 256 * 1024 * 1024
+MAX_RECORD_BYTES = MAX_FRAME - 1024   # key + value JSON; the rest of a frame's payload is the ts and braces
 _BLOCK = 1 << 20
 _dumps = orjson.dumps
 
@@ -46,6 +47,22 @@ def encode_frame(ts: int, key: str | None, value_json: str) -> bytes:
         key_json = json.dumps(key)
     payload = ('{"ts":%d,"key":%s,"value":%s}' % (ts, key_json, value_json)).encode()
     return HDR.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def check_frame_sizes(items_by_p: dict[int, list[tuple[str | None, str]]]) -> tuple[int, int, int] | None:
+    """``(partition, index, bytes)`` of the first ``(key, value_json)`` over MAX_RECORD_BYTES, else None. Readers
+    stop at a frame over MAX_FRAME (as at a torn one): it and every later record of its segment would be
+    unreadable, and then cut off by the next append's recovery."""
+    for p, items in items_by_p.items():
+        values = [v for _k, v in items]
+        keys = [k for k, _v in items if k is not None]
+        if max(map(len, values), default=0) * 4 + max(map(len, keys), default=0) * 6 <= MAX_RECORD_BYTES:
+            continue                          # the usual case: no text near the limit even at 4 bytes a char
+        for n, (k, v) in enumerate(items):
+            size = len(v.encode("utf-8", "surrogatepass")) + (0 if k is None else 6 * len(k))
+            if size > MAX_RECORD_BYTES:
+                return p, n, size
+    return None
 
 
 def payload_ts(payload: bytes) -> int:
