@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from loopstack.asgi import MAX_BODY_BYTES
 from loopstack.registry.errors import ModelReferenceError
 from loopstack.registry.refs import validate_alias
 from loopstack.serving.batcher import BatchConfig
 from loopstack.serving.errors import ServingConfigError
+from loopstack.serving.ladder import CircuitBreaker
+
+BREAKER_KEYS = ("window_s", "min_requests", "max_error_rate", "max_latency_s", "latency_quantile", "open_s",
+                "half_open_probes")
 
 RUNTIMES = ("thread", "process")
 
@@ -44,6 +48,17 @@ def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
     if not ok:
         raise ServingConfigError(f"serving setting {key}={value!r} is not allowed: use a number "
                                  f"{'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_breaker(breaker: Any) -> None:
+    """ServingConfigError unless `breaker` makes a circuit breaker (checked here, not at every version's load)."""
+    if not isinstance(breaker, Mapping):
+        raise ServingConfigError(f"serving setting breaker={breaker!r} is not allowed: use a mapping of circuit "
+                                 f"breaker settings ({', '.join(BREAKER_KEYS)})")
+    unknown = sorted(set(map(str, breaker)) - set(BREAKER_KEYS))
+    if unknown:
+        raise ServingConfigError(f"unknown circuit breaker setting(s) {unknown}: use {', '.join(BREAKER_KEYS)}")
+    CircuitBreaker(**breaker)   # raises ServingConfigError naming the key and what is allowed
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,8 @@ class ServingConfig:
             _positive(key, getattr(self, key))
         for key in ("disagreement", "drain_timeout_s"):
             _positive(key, getattr(self, key), allow_zero=True)
-        if not 0 <= self.feature_sample <= 1:
+        fs = self.feature_sample
+        if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not 0 <= fs <= 1:
             raise ServingConfigError(f"serving setting feature_sample={self.feature_sample!r} is not allowed: "
                                      "use a fraction from 0 to 1")
         for key in ("cache_entries", "log_queue", "max_instances", "max_body_bytes"):
@@ -87,6 +103,7 @@ class ServingConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "cache_entries" else 1):
                 raise ServingConfigError(f"serving setting {key}={v!r} is not allowed: use an integer "
                                          f"{'>= 0' if key == 'cache_entries' else '>= 1'}")
+        _check_breaker(self.breaker)
         names = [m.name for m in self.models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -1,0 +1,29 @@
+"""ServingConfig (the settings of `loopstack serve`): bad settings fail on construction, naming the key."""
+from __future__ import annotations
+
+import pytest
+
+from loopstack.serving.config import ServingConfig
+from loopstack.serving.errors import ServingConfigError
+
+
+@pytest.mark.parametrize("breaker, fragment", [
+    ({"windows_s": 5}, r"unknown circuit breaker setting\(s\) \['windows_s'\]"),
+    ({"window_s": -1}, "window_s=-1"),
+    ({"max_error_rate": float("nan")}, "max_error_rate=nan"),
+    ({"min_requests": 0}, "min_requests=0"),
+    ([("window_s", 5)], "use a mapping of circuit breaker settings"),
+])
+def test_a_bad_breaker_setting_fails_the_config_not_every_version_load(breaker, fragment):
+    with pytest.raises(ServingConfigError, match=fragment):
+        ServingConfig(breaker=breaker)
+
+
+def test_a_partial_breaker_keeps_the_other_defaults():
+    assert ServingConfig(breaker={"window_s": 2.0}).breaker == {"window_s": 2.0}
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True])
+def test_feature_sample_must_be_a_number(value):
+    with pytest.raises(ServingConfigError, match="feature_sample"):
+        ServingConfig(feature_sample=value)
