@@ -50,3 +50,15 @@ def test_not_ready_reason_says_why_a_model_cannot_answer():
     assert h.not_ready_reason() == "version 3 (production) is not loaded: refused (sha256 mismatch)"
     h.snapshot = Snapshot(TrafficPolicy("spam", production=3), {3: object()}, 1, 1)
     assert h.not_ready_reason() is None and h.ready
+
+
+def test_not_ready_reason_names_refused_versions_not_promote_one():
+    """Production refused at the first load (e.g. a corrupted artifact): /readyz says so, not 'promote one'."""
+    from loopstack.serving.config import ModelSpec, ServingConfig
+    from loopstack.serving.models import ModelHandle
+    h = ModelHandle(ModelSpec("spam"), None, ServingConfig())
+    p = without(TrafficPolicy("spam", production=1), {1}, keep_production=None)
+    h.snapshot, h.refused = Snapshot(p, {}, 1, 1), {1: "ModelIntegrityError: sha256 mismatch"}
+    reason = h.not_ready_reason()
+    assert "refused: version 1: ModelIntegrityError: sha256 mismatch" in reason and "promote" not in reason
+    assert not h.ready

@@ -153,6 +153,10 @@ class ModelHandle:
         if p is None:
             return f"not loaded yet ({self.error})" if self.error else "not loaded yet"
         route = p.default_route()
+        if route is None and self.refused:   # there are versions to serve: they failed to load
+            why = "; ".join(f"version {v}: {e}" for v, e in sorted(self.refused.items()))
+            return (f"no version that could answer is loaded, refused: {why}; fix it or register a new version "
+                    "(the server tries refused versions again after the next registry change)")
         if route is None:
             return (f"no production, canary or experiment version; promote one, e.g. `loopstack models promote "
                     f"models:/{self.name}/<version> production --reason ...`")
