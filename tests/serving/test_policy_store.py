@@ -15,12 +15,24 @@ def test_weights_parse_from_the_cli_form():
         parse_weights("control:50")
 
 
+@pytest.mark.parametrize("text,words", [
+    ("control=50,control=20", "'control' is given twice"),
+    (",,", "at least one variant=weight pair"),
+    ("", "at least one variant=weight pair"),
+])
+def test_weights_given_twice_or_not_at_all_are_refused_not_stored(text, words):
+    with pytest.raises(ServingConfigError, match=words):
+        parse_weights(text)
+
+
 @pytest.mark.parametrize("settings,words", [
     ({"canary_percent": 120}, "canary_percent"),
     ({"shadow_sample": 2}, "shadow_sample"),
     ({"fallback": 0}, "fallback"),
     ({"colour": 1}, "unknown traffic setting"),
-    ({"experiment_weights": "a=0,b=0"}, "positive share"),
+    ({"experiment_weights": "control=0,v2=0"}, "positive share"),
+    ({"experiment_weights": "control=50,treatment=50"}, r"for \['treatment'\].*'v<version>'"),
+    ({"experiment_weights": {"v0": 1}}, r"for \['v0'\]"),
     ({"baseline": float("nan")}, "baseline"),
 ])
 def test_bad_settings_name_the_key(settings, words):

@@ -9,6 +9,7 @@ new policy without a restart.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -38,6 +39,7 @@ def migrate_v4(conn: Connection) -> None:
 
 
 KEYS = SETTINGS_KEYS
+_VARIANT = re.compile(r"control|v[1-9][0-9]*")
 
 
 def parse_weights(value: Any) -> Any:
@@ -50,11 +52,26 @@ def parse_weights(value: Any) -> Any:
         try:
             if not sep or not name.strip():
                 raise ValueError
-            out[name.strip()] = float(w)
+            weight = float(w)
         except ValueError:
             raise ServingConfigError(f"experiment weights {value!r}: write variant=weight pairs separated by "
                                      "commas, e.g. control=50,v3=50 (variants: control and v<version>)") from None
+        if name.strip() in out:
+            raise ServingConfigError(f"experiment weights {value!r}: variant {name.strip()!r} is given twice; "
+                                     "give each variant one weight")
+        out[name.strip()] = weight
+    if not out:
+        raise ServingConfigError(f"experiment weights {value!r}: give at least one variant=weight pair, e.g. "
+                                 "control=50,v3=50 (to remove the weights: --unset experiment_weights)")
     return out
+
+
+def _variant_names(weights: Mapping[str, Any]) -> None:
+    """ServingConfigError unless every weight is for a variant an experiment can have: control or v<version>."""
+    bad = sorted(str(k) for k in weights if not _VARIANT.fullmatch(str(k)))
+    if bad:
+        raise ServingConfigError(f"experiment weights for {bad}: a variant is 'control' (the production version) or "
+                                 "'v<version>' of a version in state experiment, e.g. control=50,v3=50")
 
 
 def validate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,6 +80,8 @@ def validate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     if "experiment_weights" in raw:
         raw["experiment_weights"] = parse_weights(raw["experiment_weights"])
     out = router_validate(raw)
+    if "experiment_weights" in out:
+        _variant_names(out["experiment_weights"])
     if "baseline" in out:
         try:
             json.dumps(out["baseline"], allow_nan=False)
