@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopstack.serving.config import ServingConfig
+from loopstack.serving.config import ModelSpec, ServingConfig
 from loopstack.serving.errors import ServingConfigError
 
 
@@ -27,3 +27,15 @@ def test_a_partial_breaker_keeps_the_other_defaults():
 def test_feature_sample_must_be_a_number(value):
     with pytest.raises(ServingConfigError, match="feature_sample"):
         ServingConfig(feature_sample=value)
+
+
+@pytest.mark.parametrize("text", ["spam@", "models:/spam@", "spam@ ", "@production", "spam/3"])
+def test_a_model_ref_without_its_alias_or_name_is_refused(text):
+    """`spam@` (e.g. spam@$ALIAS with ALIAS unset) must not quietly serve production."""
+    with pytest.raises(ServingConfigError, match="give a registered model name, optionally with an alias"):
+        ModelSpec.parse(text)
+
+
+def test_model_refs_parse():
+    assert ModelSpec.parse(" models:/spam@champion ") == ModelSpec("spam", "champion")
+    assert ModelSpec.parse("spam") == ModelSpec("spam", "production")

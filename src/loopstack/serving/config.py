@@ -30,8 +30,8 @@ class ModelSpec:
     def parse(cls, text: str) -> "ModelSpec":
         """`spam` or `spam@champion` (also accepts `models:/spam@champion`)."""
         t = text.strip().removeprefix("models:/")
-        name, _, alias = t.partition("@")
-        if not name or "/" in name:
+        name, at, alias = t.partition("@")
+        if not name or "/" in name or (at and not alias.strip()):
             raise ServingConfigError(f"--model {text!r}: give a registered model name, optionally with an alias, "
                                      "e.g. spam or spam@production")
         if alias:
