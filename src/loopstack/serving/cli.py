@@ -117,9 +117,13 @@ def _baseline(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
-        return text
+        value = text
+    if value is None or (isinstance(value, str) and not value.strip()):   # would be no change / an empty answer
+        raise ServingConfigError(f"--baseline {text!r} is no answer: give a JSON value or text, e.g. --baseline 0.0 "
+                                 "(to remove the baseline: --unset baseline)")
+    return value
 
 
 def traffic(name: str = typer.Argument(..., help="Registered model name."), project: Path = ProjectOpt,

@@ -1,0 +1,51 @@
+"""`loopstack models traffic` on a fresh project: values it cannot store are refused with exit 2, not dropped."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from loopstack.cli import app as cli_app
+from loopstack.project import Project
+from loopstack.serving.errors import ServingConfigError
+from loopstack.serving.policy_store import PolicyStore
+from tests.integration.serving_env import ConstantModel
+
+SIGNATURE = {"inputs": [{"ref": "x", "version": None, "column": "x", "dtype": "float64"}],
+             "outputs": [{"name": "score", "dtype": "float64", "positive_class": 1}]}
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = Project.init(tmp_path / "proj", example=False)
+    mv = p.models.register("spam", ConstantModel(0.2), signature=SIGNATURE)
+    p.models.promote(mv.ref, "production", reason="test", override=True)
+    p.close()
+    return tmp_path / "proj"
+
+
+def _traffic(project, *args):
+    return CliRunner().invoke(cli_app, ["models", "traffic", "spam", "-p", str(project), *args])
+
+
+def _stored(project):
+    p = Project(project)
+    try:
+        return PolicyStore(p.meta).get("spam")
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("value", ["null", "", "  "])
+def test_a_baseline_that_is_no_answer_is_refused_not_ignored(project, value):
+    assert _traffic(project, "--baseline", "0.5").exit_code == 0
+    res = _traffic(project, "--baseline", value)
+    assert isinstance(res.exception, ServingConfigError)   # a LoopstackError: `loopstack` prints it, exits 2
+    assert "is no answer" in str(res.exception) and "--unset baseline" in str(res.exception)
+    assert _stored(project) == {"baseline": 0.5}
+
+
+def test_a_baseline_of_json_or_text_is_stored(project):
+    assert _traffic(project, "--baseline", '{"score": 0}').exit_code == 0
+    assert _stored(project) == {"baseline": {"score": 0}}
+    assert _traffic(project, "--baseline", "unknown").exit_code == 0
+    assert _stored(project) == {"baseline": "unknown"}
