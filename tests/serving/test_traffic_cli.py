@@ -49,3 +49,12 @@ def test_a_baseline_of_json_or_text_is_stored(project):
     assert _stored(project) == {"baseline": {"score": 0}}
     assert _traffic(project, "--baseline", "unknown").exit_code == 0
     assert _stored(project) == {"baseline": "unknown"}
+
+
+def test_a_value_and_its_unset_in_one_call_are_refused(project):
+    assert _traffic(project, "--canary-percent", "10").exit_code == 0
+    res = _traffic(project, "--canary-percent", "20", "--unset", "canary-percent")
+    assert isinstance(res.exception, ServingConfigError) and "canary_percent: given a value and --unset" in str(
+        res.exception)
+    assert _stored(project) == {"canary_percent": 10.0}
+    assert _traffic(project, "--unset", "canary-percent").exit_code == 0 and _stored(project) == {}

@@ -154,7 +154,11 @@ def traffic(name: str = typer.Argument(..., help="Registered model name."), proj
             "experiment_percent": experiment_percent, "experiment_salt": experiment_salt,
             "holdback_percent": holdback_percent, "fallback": fallback, "baseline": _baseline(baseline)}.items()
             if v is not None}
-        changes.update({k.replace("-", "_"): None for k in unset})
+        unsets = {k.replace("-", "_"): None for k in unset}
+        both = sorted(set(unsets) & set(changes))
+        if both:   # the unset would win and the value given with it would be lost
+            raise ServingConfigError(f"{', '.join(both)}: given a value and --unset in one call; give one of them")
+        changes.update(unsets)
         states = {v.version: v.state for v in reg.versions(name)}
         if fallback is not None and fallback not in states:   # a typo would be stored and never used
             from loopstack.registry.errors import ModelReferenceError
