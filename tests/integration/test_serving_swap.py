@@ -81,6 +81,28 @@ def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(tmp_p
         p.close()
 
 
+def test_a_production_refused_at_start_is_not_replaced_by_the_canary(tmp_path):
+    """The only production version fails its sha256 check at startup: the 5 % canary must not answer every
+    user. The model is not ready, and /readyz and the 503 name the refused version."""
+    p = make_project(tmp_path / "proj", n_comments=40)
+    register(p, ConstantModel(0.1))
+    register(p, ConstantModel(0.9), state="canary")
+    mv = p.models.get("models:/spam/1")
+    p.artifacts.put_bytes(mv.artifact_path, p.artifacts.get_bytes(mv.artifact_path)[:-8] + b"tampered")
+    try:
+        with serving(p, config(cache_entries=0), ready=False) as srv:
+            handle = srv.app.state.fleet.handles["spam"]
+            _wait(lambda: 1 in handle.refused and handle.snapshot.policy is not None)
+            ready = srv.client.get("/readyz")
+            assert ready.status_code == 503
+            assert "refused: version 1" in ready.json()["models"]["spam"]["reason"]
+            answers = [srv.predict(body(user=f"u{i}")) for i in range(20)] + [srv.predict(body())]
+            assert {r.status_code for r in answers} == {503}
+            assert all("refused: version 1" in r.json()["detail"] for r in answers)
+    finally:
+        p.close()
+
+
 def test_a_serving_process_freezes_its_loaded_models_out_of_the_collector(tmp_path):
     """`loopstack serve` (server_gc): the collector is tuned before the first load, and each version loaded
     later (a hot swap) is frozen too, so no collection walks a model's objects."""

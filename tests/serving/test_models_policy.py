@@ -1,6 +1,8 @@
 """Pure parts of the model handles: production history from the audit log, refused versions left out."""
 from __future__ import annotations
 
+import pytest
+
 from loopstack.serving.models import Snapshot, production_history, without
 from loopstack.serving.router import TrafficPolicy
 
@@ -62,3 +64,20 @@ def test_not_ready_reason_names_refused_versions_not_promote_one():
     reason = h.not_ready_reason()
     assert "refused: version 1: ModelIntegrityError: sha256 mismatch" in reason and "promote" not in reason
     assert not h.ready
+
+
+def test_a_refused_production_does_not_hand_every_user_to_the_canary():
+    """Production refused at the first load (nothing earlier loaded): the 5 % canary must not answer 100 %."""
+    from loopstack.serving.errors import NoRoute
+    from loopstack.serving.router import route
+    p = TrafficPolicy("spam", production=1, canary=2, experiment={"v3": 3}, shadow=4)
+    q = without(p, {1}, keep_production=None)
+    assert (q.production, q.canary, dict(q.variants), q.shadow) == (None, None, {}, 4)
+    assert q.default_route() is None and "do not take its users" in q.notes[-1]
+    with pytest.raises(NoRoute):
+        route(q, "user-1", "r1")
+    # an earlier production still loaded keeps serving, with the canary at its share
+    r = without(p, {1}, keep_production=5)
+    assert (r.production, r.canary) == (5, 2)
+    # a first rollout (no production at all) still goes to the canary
+    assert without(TrafficPolicy("spam", production=None, canary=2), {4}, None).default_route() == ("canary", 2)

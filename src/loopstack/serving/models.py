@@ -123,6 +123,12 @@ def without(policy: TrafficPolicy, missing: set[int], keep_production: int | Non
         changes["experiment"] = exp
         changes["experiment_weights"] = {k: w for k, w in policy.experiment_weights.items() if k in exp}
     notes = tuple(policy.notes) + (f"version(s) {sorted(missing)} not loaded (refused): left out",)
+    if policy.production is not None and production is None:
+        # no production to answer: a canary or experiment version would get every user (the rule of a first
+        # rollout), far more than its share; nothing answers instead, and /readyz says which version was refused
+        changes.update(canary=None, experiment={}, experiment_weights={})
+        notes += (f"production version {policy.production} refused and no earlier one loaded: canary and "
+                  "experiment versions do not take its users",)
     return dataclasses.replace(policy, notes=notes, **changes)
 
 

@@ -115,8 +115,8 @@ class PredictService:
         for _ in range(5):    # a hot swap retiring a version between reading the snapshot and acquiring it
             snap = handle.snapshot
             if snap.policy is None or not snap.versions:
-                raise NotReady(f"model {handle.name!r} has no loaded version yet"
-                               + (f" ({handle.error})" if handle.error else "") + "; retry shortly (see /readyz)")
+                reason = handle.not_ready_reason() or "no loaded version yet"   # e.g. its versions were refused
+                raise NotReady(f"model {handle.name!r} cannot answer: {reason}; retry shortly (see /readyz)")
             assigned = route_many(snap.policy, [r.user_id for r in requests], [r.request_id for r in requests])
             pairs: dict[int, tuple[Assignment, LoadedVersion]] = {}   # one (assignment, version) per distinct one
             for a in {id(a): a for a in assigned}.values():   # in order: the first failing instance raises
