@@ -89,6 +89,16 @@ def test_coerce_checks_types_against_the_signature():
 
 
 
+def test_coerce_takes_only_true_false_1_or_0_for_a_bool_input():
+    """bool(0.5), bool(7) and bool(nan) are all True: the model would get an answer the client did not send."""
+    assert [coerce(v, "bool", "x") for v in (True, False, 1, 0, 1.0, 0.0, None)] == [True, False, True, False,
+                                                                                    True, False, None]
+    assert coerce(float("nan"), "bool", "x") is None   # a missing value, as for a float input
+    for value in (0.5, 2, -1, 7.0):
+        with pytest.raises(InputError, match=r"field 'x' must be true or false \(or 1 or 0"):
+            coerce(value, "bool", "field 'x'")
+
+
 def test_coerce_refuses_numbers_the_input_type_cannot_hold():
     """Overflow or infinity would fail the whole batch (or the request with a 500): a 422 names the input."""
     for value, dtype in ((10**400, "float64"), (float("inf"), "float64"), (float("-inf"), "int64"),

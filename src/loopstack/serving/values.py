@@ -69,6 +69,11 @@ def coerce(value: Any, dtype: str, what: str) -> Any:
             raise InputError(f"{what} must be a finite number that {dtype} can hold, got {got}")
         if kind == "int" and isinstance(value, float) and not value.is_integer():
             raise InputError(f"{what} must be a whole number (the model's input is {dtype}), got {value!r}")
+        if kind == "bool" and value not in (0, 1):   # bool(0.5) or bool(7) would silently be True
+            if isinstance(value, float) and math.isnan(value):
+                return None   # a missing value, as for a float input (bool(nan) is True)
+            raise InputError(f"{what} must be true or false (or 1 or 0; the model's input is {dtype}), "
+                             f"got {value!r}")
         return bool(value) if kind == "bool" else (int(value) if kind == "int" else float(value))
     if kind == "str" and not isinstance(value, str):
         raise InputError(f"{what} must be a string (the model's input is {dtype}), got {value!r}")
