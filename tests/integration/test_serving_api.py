@@ -134,6 +134,9 @@ def test_unknown_entities_still_get_an_answer(env):
     ({"entities": {"author_id": 1}, "deadline_ms": "100"}, 422, "invalid_request", ["deadline_ms", "number"]),
     ({"entities": {"author_id": 1}, "deadline_ms": True}, 422, "invalid_request", ["deadline_ms", "number"]),
     ([1, 2], 422, "invalid_request", ["body"]),
+    # a user id with a lone surrogate (Python's JSON reader takes the escape) made routing's hash a 500
+    (b'{"entities": {"author_id": 1}, "fields": {"text": "a", "n_urls": 0, "new_account": 0}, '
+     b'"user_id": "\\ud800"}', 422, "invalid_request", ["body.user_id", "lone surrogate", "UTF-8"]),
 ])
 def test_bad_input_is_a_4xx_that_names_the_problem(env, payload, status, code, words):
     _, srv = env

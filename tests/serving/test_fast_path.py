@@ -52,6 +52,18 @@ def test_fast_batch_validation():
         assert fast_predict_batch(bad) is None
 
 
+@pytest.mark.parametrize("body", [
+    {"user_id": "\ud800"}, {"instances": [{"user_id": "a\udc00"}]}, {"instances": [{}], "user_id": "\ud800"},
+    {"columns": ["a"], "rows": [[1]], "user_id": "\ud800"}])
+def test_a_user_id_that_is_not_valid_unicode_is_refused_by_the_models(body):
+    """Only Python's JSON reader makes such a string (orjson refuses the body): routing could not hash it."""
+    import pydantic
+    model = PredictBatchRequest if "instances" in body or "rows" in body else PredictRequest
+    with pytest.raises(pydantic.ValidationError, match="lone surrogate"):
+        model.model_validate(body)
+    assert PredictRequest.model_validate({"user_id": "\U0001f600"}).user_id == "\U0001f600"
+
+
 INSTANCES_GOOD = [{}, {"entities": {"author_id": 42, "k": "x"}, "fields": {"a": 1.5, "b": 2, "c": "s", "d": True,
                                                                          "e": None}}, {"user_id": 7}, {"user_id": "u"}]
 INSTANCES_BAD = [[1], "x", {"colour": "red"}, {"deadline_ms": 5}, {"entities": {"author_id": [1]}},

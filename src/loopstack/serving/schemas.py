@@ -6,14 +6,29 @@ from operator import itemgetter
 from typing import Annotated, Any, Literal
 
 from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr,
-                      model_validator)
+                      field_validator, model_validator)
 
 EntityValue = StrictInt | StrictStr
 # a finite float: JSON has no NaN or Infinity (orjson refuses them; Python's json reads them), and one such value
 # would make the model fail the whole batch it shares with other requests
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 Scalar = StrictStr | StrictInt | FiniteFloat | StrictBool | None
+
+
 UserId = StrictStr | StrictInt
+
+
+def _utf8_user(value: Any) -> Any:
+    """A user id that can be hashed and logged: a JSON escape such as \\ud800 gives a lone surrogate, which
+    UTF-8 cannot encode (only Python's JSON reader takes it; the fast path's orjson refuses the body)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the user id holds a lone surrogate (e.g. from the JSON escape \\ud800), which is "
+                             "not valid Unicode: send it as UTF-8 text") from None
+    return value
+
 
 _ENTITIES = "Entity keys: join key -> value (int or string), e.g. {\"author_id\": 42}."
 _FIELDS = ("Request-time fields: values the model or its on-demand features read from the request "
@@ -34,6 +49,7 @@ class PredictRequest(BaseModel):
     user_id: UserId | None = Field(None, description=_USER)
     deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, strict=True,
                                      description=_DEADLINE)   # strict: "100" and true are not numbers
+    check_user_id = field_validator("user_id")(_utf8_user)
 
 
 class Instance(BaseModel):
@@ -42,6 +58,7 @@ class Instance(BaseModel):
     entities: dict[str, EntityValue] = Field(default_factory=dict, description=_ENTITIES)
     fields: dict[str, Scalar] = Field(default_factory=dict, description=_FIELDS)
     user_id: UserId | None = Field(None, description=_USER)
+    check_user_id = field_validator("user_id")(_utf8_user)
 
 
 class PredictBatchRequest(BaseModel):
@@ -63,6 +80,7 @@ class PredictBatchRequest(BaseModel):
     user_id: UserId | None = Field(None, description=_USER)
     deadline_ms: float | None = Field(None, gt=0, le=600_000, allow_inf_nan=False, strict=True,
                                      description=_DEADLINE)   # strict: "100" and true are not numbers
+    check_user_id = field_validator("user_id")(_utf8_user)
 
     @model_validator(mode="after")
     def _one_form(self) -> "PredictBatchRequest":
