@@ -39,3 +39,17 @@ def test_a_model_ref_without_its_alias_or_name_is_refused(text):
 def test_model_refs_parse():
     assert ModelSpec.parse(" models:/spam@champion ") == ModelSpec("spam", "champion")
     assert ModelSpec.parse("spam") == ModelSpec("spam", "production")
+
+
+def test_served_models_may_be_given_as_text_and_bad_ones_are_named():
+    """Text was iterated as ModelSpecs (AttributeError: 'str' object has no attribute 'name'; "spam" alone as
+    its four letters); a ModelSpec with a bad alias was accepted."""
+    assert ServingConfig(models=("spam", "ham@champion")).models == (ModelSpec("spam"), ModelSpec("ham", "champion"))
+    assert ServingConfig(models="spam").models == ServingConfig(models=[ModelSpec("spam")]).models == (
+        ModelSpec("spam"),)
+    with pytest.raises(ServingConfigError, match="invalid alias 'Bad!'"):
+        ServingConfig(models=(ModelSpec("spam", "Bad!"),))
+    with pytest.raises(ServingConfigError, match="42 is not a model"):
+        ServingConfig(models=(42,))
+    with pytest.raises(ServingConfigError, match="given more than once"):
+        ServingConfig(models=("spam", ModelSpec("spam", "champion")))

@@ -42,6 +42,24 @@ class ModelSpec:
         return cls(name, alias or "production")
 
 
+def _specs(models: Any) -> tuple[ModelSpec, ...]:
+    """The served models as ModelSpecs: "spam" / "spam@champion" text is parsed as --model is (one string is
+    one model, not its letters); anything else is an error naming it."""
+    if isinstance(models, (str, ModelSpec)):
+        models = (models,)
+    out = []
+    for m in models:
+        if isinstance(m, str):
+            m = ModelSpec.parse(m)
+        elif not isinstance(m, ModelSpec) or not isinstance(m.name, str) or not isinstance(m.alias, str):
+            raise ServingConfigError(f"serving setting models: {m!r} is not a model: give ModelSpec('spam') or "
+                                     "text such as 'spam' or 'spam@champion'")
+        else:
+            ModelSpec.parse(f"{m.name}@{m.alias}")   # the same checks as --model NAME@ALIAS
+        out.append(m)
+    return tuple(out)
+
+
 def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and (value >= 0 if allow_zero else value > 0)
@@ -86,6 +104,7 @@ class ServingConfig:
     drain_timeout_s: float = 10.0            # hot swap / shutdown: wait this long for in-flight requests
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "models", _specs(self.models))
         if self.runtime not in RUNTIMES:
             raise ServingConfigError(f"serving setting runtime={self.runtime!r} is not allowed: use one of "
                                      f"{', '.join(RUNTIMES)}")
