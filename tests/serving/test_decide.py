@@ -35,6 +35,7 @@ def test_preferred_size_fires_after_half_the_budget():
 
 
 def test_zero_latency_turns_waiting_off():
+    assert BatchConfig(max_latency_ms=600_000).max_latency_ms == 600_000   # the longest request deadline
     cfg = BatchConfig(max_batch_size=4, max_latency_ms=0)
     assert decide(cfg, 1, 0.0) == (1, "waited_out")
 
@@ -42,6 +43,12 @@ def test_zero_latency_turns_waiting_off():
 @pytest.mark.parametrize("kwargs,key", [
     ({"max_batch_size": 0}, "max_batch_size"), ({"max_batch_size": 2.0}, "max_batch_size"),
     ({"max_latency_ms": -1}, "max_latency_ms"), ({"max_latency_ms": float("inf")}, "max_latency_ms"),
+    ({"max_latency_ms": float("nan")}, "max_latency_ms"),
+    # a wait past the platform's longest timed wait killed the batcher's worker (OverflowError): every
+    # request then waited out its deadline
+    ({"max_latency_ms": 1e300}, r"max_latency_ms=1e\+300 is not allowed: use a number of milliseconds from 0 "
+                                r"to 600_000"),
+    ({"max_latency_ms": 600_001}, "max_latency_ms"),
     ({"max_queue": 0}, "max_queue"), ({"preferred_batch_sizes": (0,)}, "preferred_batch_sizes"),
     ({"max_batch_size": 8, "preferred_batch_sizes": (16,)}, "preferred_batch_sizes"),
 ])

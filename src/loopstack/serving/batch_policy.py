@@ -2,13 +2,13 @@
 batch fires (``decide``). The edge that runs it, with the queue and the worker thread, is ``batcher.py``."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from loopstack.serving.errors import ServingConfigError
 
 REASONS: tuple[str, ...] = ("full", "waited_out", "preferred")
+MAX_LATENCY_MS = 600_000   # the longest deadline a request can have (deadline_ms)
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class BatchConfig:
                 or self.max_batch_size < 1:
             raise bad("max_batch_size", self.max_batch_size, "an integer >= 1")
         lat = self.max_latency_ms
-        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not math.isfinite(lat) or lat < 0:
-            raise bad("max_latency_ms", lat, "a finite number of milliseconds >= 0")
+        # at most the longest request deadline: a huge wait overflowed the worker's timed wait and killed it
+        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not 0 <= lat <= MAX_LATENCY_MS:
+            raise bad("max_latency_ms", lat, f"a number of milliseconds from 0 to {MAX_LATENCY_MS:_}")
         if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise bad("max_queue", self.max_queue, "an integer >= 1")
         sizes = tuple(self.preferred_batch_sizes)
