@@ -53,3 +53,22 @@ def test_served_models_may_be_given_as_text_and_bad_ones_are_named():
         ServingConfig(models=(42,))
     with pytest.raises(ServingConfigError, match="given more than once"):
         ServingConfig(models=("spam", ModelSpec("spam", "champion")))
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    # a wait past the platform's longest timed wait (OverflowError): the watcher thread died after its first pass,
+    # shutdown's drain raised
+    ("poll_interval_s", 1e300, "at most 86_400"), ("drain_timeout_s", 1e300, "at most 86_400"),
+    ("load_timeout_s", 1e12, "at most 86_400"), ("batch_timeout_s", 86_401, "at most 86_400"),
+    # a default deadline or budget longer than any request may ask for (deadline_ms <= 600000)
+    ("default_deadline_ms", 1e9, "at most 600_000"), ("model_budget_ms", 600_001, "at most 600_000"),
+    ("fallback_budget_ms", float("inf"), "at most 600_000"),
+])
+def test_time_settings_have_an_upper_bound(key, value, fragment):
+    with pytest.raises(ServingConfigError, match=f"{key}=.* is not allowed: use a number .*{fragment}"):
+        ServingConfig(**{key: value})
+
+
+def test_time_settings_at_their_bounds_are_accepted():
+    cfg = ServingConfig(poll_interval_s=86_400, drain_timeout_s=0, default_deadline_ms=600_000, cache_ttl_s=1e9)
+    assert (cfg.poll_interval_s, cfg.default_deadline_ms, cfg.cache_ttl_s) == (86_400, 600_000, 1e9)

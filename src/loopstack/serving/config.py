@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from loopstack.asgi import MAX_BODY_BYTES
 from loopstack.registry.errors import ModelReferenceError
 from loopstack.registry.refs import validate_alias
+from loopstack.serving.batch_policy import MAX_LATENCY_MS
 from loopstack.serving.batcher import BatchConfig
 from loopstack.serving.errors import ServingConfigError
 from loopstack.serving.ladder import CircuitBreaker
@@ -18,6 +19,7 @@ BREAKER_KEYS = ("window_s", "min_requests", "max_error_rate", "max_latency_s", "
                 "half_open_probes")
 
 RUNTIMES = ("thread", "process")
+MAX_WAIT_S = 86_400   # a day: the longest wait setting (poll interval, timeouts)
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,13 @@ def _specs(models: Any) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
-def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
+def _positive(key: str, value: Any, allow_zero: bool = False, most: float = math.inf) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (value >= 0 if allow_zero else value > 0)
+        and (value >= 0 if allow_zero else value > 0) and value <= most
     if not ok:
         raise ServingConfigError(f"serving setting {key}={value!r} is not allowed: use a number "
-                                 f"{'>= 0' if allow_zero else '> 0'}")
+                                 f"{'>= 0' if allow_zero else '> 0'}" + (f" and at most {most:_g}" if most < math.inf
+                                                                         else ""))
 
 
 def _check_breaker(breaker: Any) -> None:
@@ -108,11 +111,15 @@ class ServingConfig:
         if self.runtime not in RUNTIMES:
             raise ServingConfigError(f"serving setting runtime={self.runtime!r} is not allowed: use one of "
                                      f"{', '.join(RUNTIMES)}")
-        for key in ("poll_interval_s", "default_deadline_ms", "model_budget_ms", "fallback_budget_ms",
-                    "cache_ttl_s", "batch_timeout_s", "load_timeout_s"):
-            _positive(key, getattr(self, key))
-        for key in ("disagreement", "drain_timeout_s"):
-            _positive(key, getattr(self, key), allow_zero=True)
+        # waits past the platform's longest timed wait raised OverflowError in the watcher / at shutdown; a
+        # budget or default deadline is at most what a request may ask for (deadline_ms)
+        for key in ("default_deadline_ms", "model_budget_ms", "fallback_budget_ms"):
+            _positive(key, getattr(self, key), most=MAX_LATENCY_MS)
+        for key in ("poll_interval_s", "batch_timeout_s", "load_timeout_s"):
+            _positive(key, getattr(self, key), most=MAX_WAIT_S)
+        _positive("cache_ttl_s", self.cache_ttl_s)
+        _positive("disagreement", self.disagreement, allow_zero=True)
+        _positive("drain_timeout_s", self.drain_timeout_s, allow_zero=True, most=MAX_WAIT_S)
         fs = self.feature_sample
         if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not 0 <= fs <= 1:
             raise ServingConfigError(f"serving setting feature_sample={self.feature_sample!r} is not allowed: "
