@@ -163,3 +163,21 @@ def test_a_user_topic_cannot_take_a_dead_letter_topic_name(local):
     assert local.create_topic(TopicConfig("e.dlq", 1)) == TopicConfig("e.dlq", 1)  # its own config: a no-op
     assert local.append("e", [{"x": "no"}]).rejected == 1
     assert local.read("e.dlq", 0)[0].value["reason"].startswith("field 'x'")
+
+
+def test_lone_surrogates_are_archived_as_their_escape_text(local, tmp_path):
+    """The log keeps a lone surrogate as given; the lake's Parquet text is UTF-8, which has no form for it:
+    archiving such a record crashed the whole run (UnicodeEncodeError). It is archived as its escape text."""
+    import pyarrow.parquet as pq
+
+    from loopstack.log.archive import archive_topic
+    local.create_topic(TopicConfig("s", 1, (Field("user", "string"),)))
+    local.append("s", [{"user": "a"}, {"user": "x\ud83dy", "extra": {"k": "\udc00"}}])
+    local.create_topic(TopicConfig("free", 1))
+    local.append("free", [{"user": "b"}, {"user": "\ud800"}])
+    archive_topic(local, "s", tmp_path / "lake")
+    archive_topic(local, "free", tmp_path / "lake")
+    for topic, want in (("s", ["a", "x\\ud83dy"]), ("free", ["b", "\\ud800"])):
+        files = sorted((tmp_path / "lake" / topic).rglob("*.parquet"))
+        got = [u for f in files for u in pq.read_table(f).column("user").to_pylist()]
+        assert sorted(got) == sorted(want), topic

@@ -66,6 +66,27 @@ def _parse_ts(v: object) -> datetime | None:
     raise ValueError(v)
 
 
+def _text_safe(v: object) -> object:
+    """`v` with each lone surrogate (a broken JSON escape the log keeps as given) written as its escape text,
+    e.g. "\\ud83d": Parquet text is UTF-8, which has no form for it."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(v, dict):
+        return {_text_safe(k): _text_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_text_safe(x) for x in v]
+    return v
+
+
+def _array(vals: list, dtype: pa.DataType | None = None) -> pa.Array:
+    """`pa.array(vals, dtype)`; values holding lone surrogates are archived as their escape text (`_text_safe`)
+    instead of failing the whole archive run."""
+    try:
+        return pa.array(vals, dtype)
+    except UnicodeEncodeError:
+        return pa.array([_text_safe(v) for v in vals], dtype)
+
+
 def _table(recs: list[Record], schema: tuple[Field, ...], partition: int) -> pa.Table:
     meta = {"_partition": pa.array([partition] * len(recs), pa.int32()),
             "_offset": pa.array([r.offset for r in recs], pa.int64()),
@@ -76,7 +97,7 @@ def _table(recs: list[Record], schema: tuple[Field, ...], partition: int) -> pa.
             vals = [r.value.get(f.name) for r in recs]
             if f.dtype == "timestamp":
                 vals = [_parse_ts(v) for v in vals]
-            cols[f.name] = pa.array(vals, ARROW_TYPES[f.dtype])
+            cols[f.name] = _array(vals, ARROW_TYPES[f.dtype])
         return pa.table({**cols, **meta}, schema=arrow_schema(schema))
     names: dict[str, None] = {}
     for r in recs:
@@ -85,7 +106,7 @@ def _table(recs: list[Record], schema: tuple[Field, ...], partition: int) -> pa.
     for name in names:  # infer each column; a column of mixed types is kept as JSON text
         vals = [r.value.get(name) for r in recs]
         try:
-            cols[name] = pa.array(vals)
+            cols[name] = _array(vals)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             cols[name] = pa.array([None if v is None else json.dumps(v) for v in vals], pa.string())
     return pa.table({**cols, **meta})
