@@ -58,3 +58,34 @@ def test_a_value_and_its_unset_in_one_call_are_refused(project):
         res.exception)
     assert _stored(project) == {"canary_percent": 10.0}
     assert _traffic(project, "--unset", "canary-percent").exit_code == 0 and _stored(project) == {}
+
+
+@pytest.mark.parametrize("option, value, reach", [("--canary-percent", "0.001", "0.01"),
+                                                  ("--holdback-percent", "12.345", "12.35"),
+                                                  ("--shadow-sample", "0.00005", "0.0001")])
+def test_a_share_finer_than_one_user_bucket_is_refused_not_rounded_up(project, option, value, reach):
+    # --canary-percent 0.001 was stored and reached 0.01 % of users (10,000 buckets): ten times the ask
+    r = _traffic(project, option, value)
+    assert isinstance(r.exception, ServingConfigError) and f"would reach {reach}" in str(r.exception), r.output
+    assert _stored(project) == {}
+    assert _traffic(project, option, reach).exit_code == 0 and float(reach) in _stored(project).values()
+
+
+def test_a_finer_share_stored_before_still_loads(project):
+    """Only new values are checked: a policy stored by an older loopstack keeps serving (rounded up)."""
+    import json
+
+    import sqlalchemy as sa
+
+    from loopstack.serving.policy_store import traffic_settings as T
+    from loopstack.serving.router import policy_from_states
+    p = Project(project)
+    try:
+        PolicyStore(p.meta).update("spam", {"canary_percent": 1.0})
+        with p.meta.engine.begin() as conn:
+            conn.execute(sa.update(T).where(T.c.name == "spam").values(settings=json.dumps({"canary_percent": 0.001})))
+        stored = PolicyStore(p.meta).get("spam")
+        assert stored == {"canary_percent": 0.001}
+        assert policy_from_states("spam", {1: "production", 2: "canary"}, [1], stored).canary_percent == 0.001
+    finally:
+        p.close()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from loopstack.meta.tx import lock_key, run_transaction
 from loopstack.serving.errors import ServingConfigError
-from loopstack.serving.router import SETTINGS_KEYS
+from loopstack.serving.router import SETTINGS_KEYS, check_steps
 from loopstack.serving.router import validate_settings as router_validate
 
 serving_metadata = sa.MetaData()
@@ -123,6 +123,7 @@ class PolicyStore:
         t = traffic_settings
         removed = {k for k, v in changes.items() if v is None}
         checked = validate_settings({k: v for k, v in changes.items() if v is not None})
+        check_steps(checked)   # new values only: a finer value stored before still loads (rounded up)
         unknown = sorted(removed - set(KEYS))
         if unknown:
             raise ServingConfigError(f"unknown traffic setting(s) {unknown}: use {', '.join(KEYS)}")

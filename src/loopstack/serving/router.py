@@ -220,6 +220,18 @@ def _route_user(policy: TrafficPolicy, uid: str, default: tuple[str, int]) -> tu
     return default[0], default[1], b
 
 
+def check_steps(settings: Mapping[str, Any]) -> None:
+    """New traffic settings must be reachable with `BUCKETS` user buckets: percentages in steps of 0.01 and
+    `shadow_sample` in steps of 0.0001 (a finer value would be rounded up to the next bucket)."""
+    for key, value in settings.items():
+        scale = BUCKETS / 100 if key in _PERCENTS else BUCKETS if key == "shadow_sample" else None
+        if scale is not None and abs(value * scale - round(value * scale)) > 1e-6:
+            step = "0.01" if key in _PERCENTS else "0.0001"
+            raise _bad(key, value, f"a multiple of {step} (users are split into {BUCKETS:,} buckets, so "
+                                   f"{value} would reach {math.ceil(value * scale - 1e-6) / scale:g}): e.g. "
+                                   f"{round(value * scale) / scale or 1 / scale:g}")
+
+
 def validate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Check stored traffic settings (keys, types, ranges) and return a clean copy; raises ServingConfigError."""
     if settings is None:
