@@ -231,7 +231,11 @@ def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_context: int, v
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
                 for i, m in enumerate(req.messages)]
     _check_text_size("".join(m["content"] for m in messages), tokenizer, max_context, "messages")
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except Exception as exc:   # the template refused them (e.g. roles must alternate): the request's fault
+        raise ApiError(400, f"the model's chat template cannot render these messages: {exc}",
+                       param="messages") from None
     ids = _check_ids(tokenizer.encode(text), vocab_size, "messages")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:

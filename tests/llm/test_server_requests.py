@@ -1,0 +1,50 @@
+"""Requests at the edges of the OpenAI API: each answered with a clear status in the OpenAI error shape."""
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from loopstack.llm.server import create_app
+from tests.llm.server_helpers import CharTokenizer, FakeEngine
+
+MODEL = "fake-model"
+
+
+def app_client(tokenizer: object = None, **kw: object) -> tuple[TestClient, FakeEngine]:
+    """A TestClient over a fake engine (enter it with `with` to start the engine thread)."""
+    eng = FakeEngine()
+    app = create_app(eng, tokenizer or eng.tokenizer, MODEL, max_context=eng.max_model_len, **kw)
+    return TestClient(app, raise_server_exceptions=False), eng
+
+
+def assert_openai_error(r: object, status: int, param: str | None = None) -> dict:
+    """The response is `status` with the OpenAI error body; returns the error object."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+class StrictTemplate(CharTokenizer):
+    """A chat template that refuses conversations whose roles do not alternate (as Llama 2 / Mistral ones do)."""
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        roles = [m["role"] for m in messages if m["role"] != "system"]
+        if any(a == b for a, b in zip(roles, roles[1:])):
+            raise ValueError("chat template rejected the messages: Conversation roles must alternate "
+                             "user/assistant/user/assistant/...")
+        return super().apply_chat_template(messages, add_generation_prompt)
+
+
+def test_messages_the_chat_template_refuses_are_400_not_500():
+    c, eng = app_client(StrictTemplate())
+    with c:
+        msgs = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        for stream in (False, True):
+            r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs, "stream": stream})
+            err = assert_openai_error(r, 400, "messages")
+            assert "alternate" in err["message"] and err["type"] == "invalid_request_error"
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs[:1], "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "th"
+    assert len(eng.added) == 1
