@@ -48,3 +48,21 @@ def test_messages_the_chat_template_refuses_are_400_not_500():
         r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs[:1], "max_tokens": 2})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "th"
     assert len(eng.added) == 1
+
+
+def test_unknown_routes_wrong_methods_and_unexpected_failures_answer_in_the_openai_shape():
+    class Broken(CharTokenizer):
+        def encode(self, text: str, add_bos: bool = False) -> list[int]:
+            raise RuntimeError("tokenizer exploded")
+
+    c, _ = app_client(Broken())
+    with c:
+        err = assert_openai_error(c.get("/v1/completions"), 405)
+        assert err["code"] == "method_not_allowed"
+        assert c.get("/v1/completions").headers["allow"] == "POST"
+        assert assert_openai_error(c.post("/v1/embeddings", json={}), 404)["code"] == "not_found"
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi"}, headers={"x-request-id": "r-1"})
+        err = assert_openai_error(r, 500)
+        assert err["type"] == "server_error" and "tokenizer exploded" in err["message"]
+        assert r.headers["x-request-id"] == "r-1"
+        assert c.get("/healthz").status_code == 200

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopstack.asgi import AccessMiddleware
 from loopstack.llm.engine.params import QueueFullError, SamplingParams
@@ -79,6 +80,23 @@ class _RequestIdMiddleware(AccessMiddleware):
 
     def access_extra(self, scope: dict) -> dict:
         return scope["state"].get("llm", {})
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        """Serve the request; an unexpected failure before the answer started is a 500 in the OpenAI shape."""
+        send.status = 0   # set again when the response starts
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if send.status:   # part of the answer is out: all we can do is drop the connection
+                raise
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            body = ApiError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error",
+                            code="internal_error").body()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": orjson.dumps(body)})
+        if not send.status:   # nothing was sent (as TaggedSend counts it)
+            send.status = 500
 
 
 class _Stream:
@@ -180,6 +198,11 @@ def create_app(engine: Any, tokenizer: Any, model_name: str = "smollm2-135m", *,
     @app.exception_handler(EngineFailed)
     async def _failed(_request: Request, exc: EngineFailed) -> Response:
         return _json(ApiError(500, str(exc), type="server_error", code="engine_error").body(), 500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _json(ApiError(exc.status_code, str(exc.detail), code=code).body(), exc.status_code, exc.headers)
 
     async def read(request: Request, cls: type) -> Any:
         try:
