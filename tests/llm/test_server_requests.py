@@ -66,3 +66,24 @@ def test_unknown_routes_wrong_methods_and_unexpected_failures_answer_in_the_open
         assert err["type"] == "server_error" and "tokenizer exploded" in err["message"]
         assert r.headers["x-request-id"] == "r-1"
         assert c.get("/healthz").status_code == 200
+
+
+class BosTokenizer(CharTokenizer):
+    """A tokenizer whose model wants BOS before a raw text (GGUF tokenizer.ggml.add_bos_token, as Llama's)."""
+
+    add_bos_token = True
+
+
+def test_a_text_prompt_gets_bos_as_the_engine_gives_it_and_chat_text_does_not():
+    tok = BosTokenizer()
+    c, eng = app_client(tok)
+    with c:
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": [104, 105], "max_tokens": 1})
+        assert r.json()["usage"]["prompt_tokens"] == 2   # token ids are sent as given
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 1,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+        chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+        assert r.json()["usage"]["prompt_tokens"] == len(tok.encode(chat))   # the template places any BOS
+    assert tok.encode("hi", add_bos=True) == [1, 104, 105]

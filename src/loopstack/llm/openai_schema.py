@@ -176,6 +176,13 @@ def _check_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
     return ids
 
 
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """A raw text prompt's token ids as the engine encodes text: BOS first when the tokenizer asks for it."""
+    if getattr(tokenizer, "add_bos_token", False):
+        return tokenizer.encode(text, add_bos=True)
+    return tokenizer.encode(text)
+
+
 def prepare_completion(req: CompletionRequest, tokenizer: Any, max_context: int, vocab_size: int) -> Prepared:
     """Token ids and sampling arguments for a /v1/completions request."""
     prompt = req.prompt
@@ -192,7 +199,7 @@ def prepare_completion(req: CompletionRequest, tokenizer: Any, max_context: int,
         raise ApiError(400, "best_of > 1 is not supported", param="best_of")
     if isinstance(prompt, str):
         _check_text_size(prompt, tokenizer, max_context, "prompt")
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)   # as the engine encodes text
+    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
     _check_ids(ids, vocab_size, "prompt")
     max_tokens = 16 if req.max_tokens is None else req.max_tokens
     sampling = _sampling(req, max_tokens, len(ids), max_context, "prompt")
