@@ -112,6 +112,14 @@ def test_generate_raw_prompt_and_bad_sampling_values(fake_llm):
     assert len(fake_llm) == 1   # the model was not loaded for the bad call
 
 
+def test_generate_raw_prompt_gets_bos_when_the_tokenizer_asks_for_it(fake_llm, monkeypatch):
+    monkeypatch.setattr(CharTokenizer, "add_bos_token", True, raising=False)
+    r = runner.invoke(app, ["llm", "generate", "abc", "--raw", "--no-stats"])
+    assert r.exit_code == 0, r.output
+    (prompt, _), = fake_llm[0].streamed
+    assert prompt == [1, 97, 98, 99]   # what LLM.generate("abc") hands the model
+
+
 @pytest.mark.llm_real
 def test_generate_with_smollm2_streams_greedy_text(real_model, monkeypatch):
     from loopstack.llm.api import LLM

@@ -149,7 +149,8 @@ def generate(prompt: str = typer.Argument(..., help="The prompt ('-' reads it fr
                                                                                    "content": prompt}]
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
     else:
-        ids = tok.encode(prompt)   # as LLM.generate tokenizes a text prompt
+        from loopstack.llm.openai_schema import encode_prompt
+        ids = encode_prompt(tok, prompt)   # as LLM.generate tokenizes a text prompt (BOS if the model wants it)
     t0 = time.perf_counter()
     t_first, sent, out = None, 0, None
     try:
