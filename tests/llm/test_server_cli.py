@@ -70,8 +70,20 @@ def test_serve_maps_options_to_engine_config_and_binds_loopback(fake_llm, monkey
     (served, kw), = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
     assert served.state.engine is fake_llm[0].engine
+    assert served.state.max_body_bytes == 16 * 2**20
     assert [r.path for r in served.routes if r.path.startswith("/v1")] == [
         "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{model_id:path}"]
+
+
+def test_serve_max_body_mb_reaches_the_app_and_a_bad_one_is_refused_before_loading(fake_llm, monkeypatch):
+    calls = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(app))
+    r = runner.invoke(app, ["llm", "serve", "--max-body-mb", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert calls[0].state.max_body_bytes == 2**19
+    r = runner.invoke(app, ["llm", "serve", "--max-body-mb", "0"])
+    assert r.exit_code == 2 and "--max-body-mb must be a positive number" in r.output
+    assert len(fake_llm) == 1 and len(calls) == 1
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -87,3 +87,18 @@ def test_a_text_prompt_gets_bos_as_the_engine_gives_it_and_chat_text_does_not():
         chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
         assert r.json()["usage"]["prompt_tokens"] == len(tok.encode(chat))   # the template places any BOS
     assert tok.encode("hi", add_bos=True) == [1, 104, 105]
+
+
+def test_a_body_over_the_limit_is_413_without_reaching_the_engine():
+    c, eng = app_client(max_body_bytes=1000)
+    with c:
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            r = c.post(path, json={"model": MODEL, "prompt": list(range(3, 100)) * 10, "max_tokens": 1})
+            err = assert_openai_error(r, 413)
+            assert err["code"] == "payload_too_large" and "1000 bytes" in err["message"]
+            assert r.headers["connection"] == "close"
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "x" * 900, "max_tokens": 1})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"   # read: under
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+        assert r.status_code == 200
+    assert len(eng.added) == 1

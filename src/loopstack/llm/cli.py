@@ -88,11 +88,14 @@ def serve(model: str = ModelOpt,
                                                                "ones get 429 (default 1024)."),
           kv_cache_dtype: Optional[str] = KvDtypeOpt,
           access_log: bool = typer.Option(True, help="One JSON line per request on stdout (loopstack.access)."),
+          max_body_mb: float = typer.Option(16.0, help="Largest request body in MiB (a larger one gets 413)."),
           log_level: str = typer.Option("info", help="uvicorn log level.")) -> None:
     """Serve the model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /metrics."""
     import uvicorn
 
+    from loopstack.features.cli_serve import mib_bytes
     from loopstack.llm.server import create_app
+    max_body = mib_bytes(max_body_mb)
     kw = engine_kwargs(kv_cache_mb, num_kv_blocks, block_size, max_num_seqs, max_num_batched_tokens, max_model_len,
                        enable_prefix_caching, enable_chunked_prefill, speculative, num_speculative_tokens,
                        max_waiting, kv_cache_dtype)
@@ -105,8 +108,8 @@ def serve(model: str = ModelOpt,
     from loopstack.heap import tune_gc
     configure_access_log(access_log)
     tune_gc()   # the process only serves: the loaded model and libraries leave the collector's view
-    uvicorn.run(create_app(llm.engine, llm.tokenizer, name), host=host, port=port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=10)
+    uvicorn.run(create_app(llm.engine, llm.tokenizer, name, max_body_bytes=max_body), host=host, port=port,
+                log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
 
 
 def _default_name(model: str) -> str:

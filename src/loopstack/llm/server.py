@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loopstack.asgi import AccessMiddleware
+from loopstack.asgi import MAX_BODY_BYTES, AccessMiddleware, BodyTooLarge, read_body, too_large_detail
 from loopstack.llm.engine.params import QueueFullError, SamplingParams
 from loopstack.llm.openai_schema import (ApiError, ChatCompletionRequest, CompletionRequest, Prepared, chat_body,
                                          chat_chunk, check_model, completion_body, format_logprobs, parse,
@@ -167,8 +167,10 @@ class _Stream:
 
 
 def create_app(engine: Any, tokenizer: Any, model_name: str = "smollm2-135m", *, max_context: int | None = None,
-               worker: EngineWorker | None = None) -> FastAPI:
-    """The OpenAI-compatible app over `engine` (an LLMEngine); the engine thread starts with the app."""
+               worker: EngineWorker | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The OpenAI-compatible app over `engine` (an LLMEngine); the engine thread starts with the app.
+
+    A request body over `max_body_bytes` is refused (413) without being read further."""
     worker = worker or EngineWorker(engine)
     metrics = LLMServerMetrics()
     ctx = max_context or _context_len(engine)
@@ -188,12 +190,14 @@ def create_app(engine: Any, tokenizer: Any, model_name: str = "smollm2-135m", *,
     app = FastAPI(title="loopstack LLM server", version="1", lifespan=lifespan,
                   description="OpenAI-compatible completions and chat completions from the loopstack LLM engine.")
     app.state.worker, app.state.metrics, app.state.engine = worker, metrics, engine
+    app.state.max_body_bytes = max_body_bytes
 
     app.add_middleware(_RequestIdMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> Response:
-        return _json(exc.body(), exc.status, {"Retry-After": "1"} if exc.status == 429 else None)
+        extra = {429: {"Retry-After": "1"}, 413: {"Connection": "close"}}.get(exc.status)
+        return _json(exc.body(), exc.status, extra)
 
     @app.exception_handler(EngineFailed)
     async def _failed(_request: Request, exc: EngineFailed) -> Response:
@@ -206,7 +210,14 @@ def create_app(engine: Any, tokenizer: Any, model_name: str = "smollm2-135m", *,
 
     async def read(request: Request, cls: type) -> Any:
         try:
-            body = orjson.loads(await request.body())
+            raw = await read_body(request.receive, max_body_bytes)
+        except BodyTooLarge:
+            raise ApiError(413, too_large_detail(max_body_bytes, "prompt tokens"), code="payload_too_large") \
+                from None
+        if raw is None:
+            raise ApiError(499, "the client closed the connection before sending the whole body")
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"the body is not valid JSON ({exc}); send a JSON object", code="invalid_json") \
                 from None
