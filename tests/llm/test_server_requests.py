@@ -102,3 +102,24 @@ def test_a_body_over_the_limit_is_413_without_reaching_the_engine():
         r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
         assert r.status_code == 200
     assert len(eng.added) == 1
+
+
+def test_options_the_engine_would_ignore_are_400_not_silently_dropped():
+    c, eng = app_client()
+    msgs = [{"role": "user", "content": "hi"}]
+    with c:
+        for path, body, param in (
+                ("/v1/completions", {"prompt": "hi", "logit_bias": {"50256": -100}}, "logit_bias"),
+                ("/v1/chat/completions", {"messages": msgs, "logit_bias": {"104": 100}}, "logit_bias"),
+                ("/v1/chat/completions", {"messages": msgs, "tool_choice": "required"}, "tool_choice"),
+                ("/v1/chat/completions", {"messages": msgs, "tool_choice": {"type": "function",
+                                                                            "function": {"name": "f"}}},
+                 "tool_choice"),
+                ("/v1/chat/completions", {"messages": msgs, "functions": [{"name": "f"}]}, "functions"),
+                ("/v1/chat/completions", {"messages": msgs, "function_call": {"name": "f"}}, "function_call")):
+            assert_openai_error(c.post(path, json={"model": MODEL, **body}), 400, param)
+        for ok in ({"logit_bias": {}}, {"tool_choice": "none"}, {"tool_choice": "auto", "tools": []},
+                   {"function_call": "none"}):
+            r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 1, **ok})
+            assert r.status_code == 200, (ok, r.text)
+    assert len(eng.added) == 4

@@ -45,6 +45,7 @@ class _Req(BaseModel):
     stop_token_ids: list[int] | None = None   # extension (vLLM)
     priority: int | None = 0          # extension (vLLM): lower is scheduled first
     user: str | None = None
+    logit_bias: dict | None = None    # refused when set: the engine cannot bias logits
 
 
 class CompletionRequest(_Req):
@@ -70,6 +71,9 @@ class ChatCompletionRequest(_Req):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     tools: list | None = None
+    tool_choice: Union[str, dict, None] = None
+    functions: list | None = None     # the deprecated forms of tools / tool_choice
+    function_call: Union[str, dict, None] = None
     response_format: dict | None = None
 
 
@@ -137,6 +141,8 @@ def _sampling(req: _Req, max_tokens: int, n_prompt: int, max_context: int, promp
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(req, name) not in (None, 0, 0.0):
             raise ApiError(400, f"{name} is not supported by this engine; leave it at 0", param=name)
+    if req.logit_bias:
+        raise ApiError(400, "logit_bias is not supported by this engine; leave it out", param="logit_bias")
     if max_tokens < 1:
         raise ApiError(400, f"max_tokens={max_tokens} is invalid: ask for at least 1 token", param="max_tokens")
     if n_prompt + max_tokens > max_context:
@@ -231,8 +237,10 @@ def prepare_chat(req: ChatCompletionRequest, tokenizer: Any, max_context: int, v
     the KV cache (`kv_tokens`), so a small cache does not turn every default request into a 400."""
     if not req.messages:
         raise ApiError(400, "messages is empty: send at least one message", param="messages")
-    if req.tools:
-        raise ApiError(400, "tools / function calling is not supported by this server", param="tools")
+    for name in ("tools", "functions", "tool_choice", "function_call"):
+        value = getattr(req, name)
+        if value and value not in ("none", "auto"):   # "none" / "auto" without tools: plain text, as asked
+            raise ApiError(400, "tools / function calling is not supported by this server", param=name)
     if req.response_format and req.response_format.get("type", "text") != "text":
         raise ApiError(400, "only response_format type 'text' is supported", param="response_format")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
