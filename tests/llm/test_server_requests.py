@@ -1,6 +1,8 @@
 """Requests at the edges of the OpenAI API: each answered with a clear status in the OpenAI error shape."""
 from __future__ import annotations
 
+import asyncio
+
 from fastapi.testclient import TestClient
 
 from loopstack.llm.server import create_app
@@ -123,3 +125,37 @@ def test_options_the_engine_would_ignore_are_400_not_silently_dropped():
             r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 1, **ok})
             assert r.status_code == 200, (ok, r.text)
     assert len(eng.added) == 4
+
+
+def test_a_stream_that_is_not_read_holds_only_the_newest_output():
+    """Outputs are cumulative: a stalled reader must not queue one copy of the whole text per engine step."""
+    from loopstack.llm.engine.params import CompletionOutput, RequestOutput
+    from loopstack.llm.openai_schema import Prepared
+    from loopstack.llm.server import _Stream
+    from loopstack.llm.server_metrics import LLMServerMetrics
+    from loopstack.llm.streaming import ACCEPTED
+
+    class Worker:
+        def submit(self, rid, ids, params, deliver, priority):
+            self.deliver = deliver
+            deliver(ACCEPTED)
+
+        def abort(self, rid):
+            raise AssertionError("nothing to abort: the request finished")
+
+    def out(n: int, done: bool = False) -> RequestOutput:
+        return RequestOutput("r", [5], [CompletionOutput("x" * n, [120] * n, "length" if done else None)], done)
+
+    async def run() -> list[RequestOutput]:
+        w = Worker()
+        s = _Stream(w, LLMServerMetrics(), "completions", "r", 0.0)
+        await s.start(Prepared([5], {"max_tokens": 500}, True, False, None), None)
+        for n in range(1, 500):   # the engine runs on while the client reads nothing
+            w.deliver(out(n))
+        await asyncio.sleep(0)
+        assert s.q.qsize() == 1
+        w.deliver(out(500, True))
+        return [o async for o in s.outputs()]
+
+    got = asyncio.run(run())
+    assert [(len(o.outputs[0].text), o.finished) for o in got] == [(499, False), (500, True)]

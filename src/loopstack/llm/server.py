@@ -26,7 +26,7 @@ from loopstack.llm.openai_schema import (ApiError, ChatCompletionRequest, Comple
                                          chat_chunk, check_model, completion_body, format_logprobs, parse,
                                          prepare_chat, prepare_completion, usage)
 from loopstack.llm.server_metrics import LLMServerMetrics
-from loopstack.llm.streaming import ACCEPTED, EngineFailed, EngineWorker, SSEResponse
+from loopstack.llm.streaming import ACCEPTED, EngineFailed, EngineWorker, OutputQueue, SSEResponse
 
 log = logging.getLogger("loopstack.llm.server")
 
@@ -104,7 +104,7 @@ class _Stream:
 
     def __init__(self, worker: EngineWorker, metrics: LLMServerMetrics, endpoint: str, rid: str, t0: float) -> None:
         self.worker, self.metrics, self.endpoint, self.rid, self.t0 = worker, metrics, endpoint, rid, t0
-        self.q: asyncio.Queue = asyncio.Queue()
+        self.q = OutputQueue()
         self.finished = False
         self.t_first: float | None = None
         self.n_prompt = 0
@@ -112,7 +112,7 @@ class _Stream:
 
     async def start(self, prep: Prepared, params: Any) -> None:
         loop = asyncio.get_running_loop()
-        put = self.q.put_nowait
+        put = self.q.put
         self.n_prompt = len(prep.prompt_ids)
         self.worker.submit(self.rid, prep.prompt_ids, params, lambda item: loop.call_soon_threadsafe(put, item),
                            prep.priority)

@@ -8,6 +8,7 @@ so the engine thread never waits for the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -158,6 +159,37 @@ def _safe(deliver: Callable[[Any], None], item: Any) -> None:
         deliver(item)
     except RuntimeError:   # the request's event loop is closed: nobody is listening any more
         pass
+
+
+class OutputQueue:
+    """A request's items on the event loop: ACCEPTED or an error, then its RequestOutputs.
+
+    Outputs are cumulative, so a new one replaces an unread one: a client that stops reading holds one
+    output, not one per step (each a copy of all the text and token ids so far)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._ready = asyncio.Event()
+
+    def qsize(self) -> int:
+        """Items not read yet (as asyncio.Queue.qsize)."""
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        """Add an item (on the event loop); a running output replaces the unread one before it."""
+        items = self._items
+        if items and hasattr(item, "outputs") and hasattr(items[-1], "outputs") and not items[-1].finished:
+            items[-1] = item
+        else:
+            items.append(item)
+        self._ready.set()
+
+    async def get(self) -> Any:
+        """The next item, waiting for one."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
 
 
 class SSEResponse(Response):
