@@ -159,3 +159,20 @@ def test_a_stream_that_is_not_read_holds_only_the_newest_output():
 
     got = asyncio.run(run())
     assert [(len(o.outputs[0].text), o.finished) for o in got] == [(499, False), (500, True)]
+
+
+def test_too_many_or_too_long_stop_strings_are_400_before_the_engine_checks_them_every_step():
+    c, eng = app_client()
+    with c:
+        for stop in (["s%d" % i for i in range(17)], ["x" * 257], "y" * 1000):
+            for path, body in (("/v1/completions", {"prompt": "hi"}),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+                err = assert_openai_error(c.post(path, json={"model": MODEL, "stop": stop, **body}), 400, "stop")
+                assert "at most 16 strings of at most 256 characters" in err["message"]
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 20,
+                                            "stop": ["s%d" % i for i in range(15)] + ["brown"]})
+        assert r.status_code == 200 and r.json()["choices"][0] == {
+            "index": 0, "text": "the quick ", "logprobs": None, "finish_reason": "stop"}
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3, "stop": "z" * 256})
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+    assert len(eng.added) == 2

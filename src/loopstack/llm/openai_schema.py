@@ -13,6 +13,10 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
+MAX_STOP = 16          # stop strings per request
+MAX_STOP_CHARS = 256   # characters per stop string
+
+
 class ApiError(Exception):
     """An error a client caused (or a full queue): HTTP status plus the OpenAI error fields."""
 
@@ -153,6 +157,11 @@ def _sampling(req: _Req, max_tokens: int, n_prompt: int, max_context: int, promp
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if any(not s for s in stop):
         raise ApiError(400, "stop strings must not be empty", param="stop")
+    # the engine checks every stop string against the text of every running sequence at each step:
+    # thousands of long ones would slow every request in the batch
+    if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(400, f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters "
+                            f"(got {len(stop)}, the longest {max(map(len, stop))} characters)", param="stop")
     out: dict[str, Any] = {"max_tokens": max_tokens, "temperature": t, "top_p": p, "top_k": k, "seed": req.seed,
                            "stop": stop, "ignore_eos": bool(req.ignore_eos)}
     if req.stop_token_ids:
