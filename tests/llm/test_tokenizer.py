@@ -130,3 +130,20 @@ def test_chatml_fallback_when_the_file_has_no_template():
         "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tok.apply_chat_template(msgs[1:], add_generation_prompt=False) == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+@pytest.mark.parametrize("how", ["length", "eos"])
+def test_a_character_cut_off_by_the_end_of_the_output_is_not_dropped(how):
+    # a sequence ending on the first bytes of a character (max_tokens, or the end-of-sequence token) lost them
+    # without a trace, while decoding all its tokens gives U+FFFD and usage counted them
+    from loopstack.llm.engine.output import append_tokens
+    from loopstack.llm.engine.params import SamplingParams
+    from loopstack.llm.engine.sequence import Sequence, SequenceStatus
+    tok = _byte_tokenizer()
+    raw = list("é😀".encode())                       # 2 + 4 bytes, one token each
+    out = raw[:4] + ([] if how == "length" else [258])  # 'é' and half of '😀', then (maybe) the eos token
+    seq = Sequence(0, "r", [ord("a")], SamplingParams(max_tokens=4 if how == "length" else 16))
+    seq.detokenizer = tok.incremental_decoder()
+    status = append_tokens(seq, out, None, eos_token_id=258, max_model_len=100)
+    assert status == (SequenceStatus.FINISHED_LENGTH if how == "length" else SequenceStatus.FINISHED_STOPPED)
+    assert seq.output_text == "é\ufffd" == tok.decode(out)

@@ -64,10 +64,19 @@ def append_tokens(seq: Sequence, tokens: list[int], logprobs: list[dict[int, flo
                         seq.output_text = text[:min(hits)]
                         return SequenceStatus.FINISHED_STOPPED
         if tok in p.stop_token_ids or (not p.ignore_eos and tok == eos_token_id):
-            return SequenceStatus.FINISHED_STOPPED
+            return _flushed(seq, SequenceStatus.FINISHED_STOPPED)
         if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= max_model_len:
-            return SequenceStatus.FINISHED_LENGTH
+            return _flushed(seq, SequenceStatus.FINISHED_LENGTH)
     return None
+
+
+def _flushed(seq: Sequence, status: SequenceStatus) -> SequenceStatus:
+    """`status`, after adding the bytes the detokenizer still holds: a character cut off by the end of the
+    sequence shows as U+FFFD (as a decode of all its tokens gives), not silently dropped."""
+    flush = getattr(seq.detokenizer, "flush", None)
+    if flush is not None:
+        seq.output_text += flush()
+    return status
 
 
 def request_output(seq: Sequence) -> RequestOutput:
