@@ -64,3 +64,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "loopstack.yaml").write_text("log: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path, env={})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({1: "x", "log": {}, None: 2}, r"unknown section\(s\) 1, None in loopstack.yaml"),
+    ({"log": {3: "x", True: "y"}}, r"unknown key\(s\) log.3, log.True"),
+])
+def test_keys_that_are_not_words_are_named_not_a_type_error(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, env={})

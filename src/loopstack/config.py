@@ -227,7 +227,7 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
 
 def _build(section: str, cls: type, raw: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(map(str, set(raw) - set(fields)))  # YAML keys may be numbers, null, true
     if unknown:
         raise ConfigError(
             f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)} in {CONFIG_FILE}; "
@@ -273,7 +273,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
         else:
             raw[key] = value
     top = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(raw) - top)
+    unknown = sorted(map(str, set(raw) - top))  # YAML keys may be numbers, null, true
     if unknown:
         raise ConfigError(
             f"unknown section(s) {', '.join(unknown)} in {CONFIG_FILE}; allowed: {', '.join(sorted(top))}"
