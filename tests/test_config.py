@@ -73,3 +73,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_keys_that_are_not_words_are_named_not_a_type_error(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, env={})
+
+
+@pytest.mark.parametrize("value", [float("inf"), 2.7, "2.7", True, "1e400", float("nan")])
+def test_integer_keys_refuse_fractions_booleans_and_infinity(value):
+    with pytest.raises(ConfigError, match=r"online.cache_mb = .* is not an integer"):
+        parse_config({"online": {"cache_mb": value}}, env={})
+
+
+@pytest.mark.parametrize("value, want", [(4, 4), (4.0, 4), ("4", 4), (" 4 ", 4), ("4.0", 4), ("1e6", 1_000_000)])
+def test_integer_keys_take_whole_numbers_however_written(value, want):
+    assert parse_config({"online": {"cache_mb": value}}, env={}).online.cache_mb == want
+
+
+def test_a_boolean_is_not_a_number():
+    with pytest.raises(ConfigError, match=r"monitoring.threshold = True is not a number"):
+        parse_config({"monitoring": {"threshold": True}}, env={})

@@ -191,6 +191,24 @@ def resolve(root: Path, p: str) -> Path:
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+def _to_int(where: str, value: Any) -> int:
+    """A whole number (4, "4", 4.0, "4.0"); true, 2.7, inf and "two" are not integers."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise ConfigError(f"{where} = {value!r} is not an integer")
+    return number
+
+
 def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
     where = f"{section}.{key}" if section else key
     t = str(ftype)  # annotations are strings here: "str", "int | None", ...
@@ -213,11 +231,10 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
             return word in _TRUE
         raise ConfigError(f"{where} = {value!r} is not true or false (use true/false, yes/no, on/off or 1/0)")
     if t.startswith("int"):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} = {value!r} is not an integer") from None
+        return _to_int(where, value)
     if t.startswith("float"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r} is not a number")
         try:
             return float(value)
         except (TypeError, ValueError):
