@@ -89,3 +89,8 @@ def test_integer_keys_take_whole_numbers_however_written(value, want):
 def test_a_boolean_is_not_a_number():
     with pytest.raises(ConfigError, match=r"monitoring.threshold = True is not a number"):
         parse_config({"monitoring": {"threshold": True}}, env={})
+
+
+def test_env_override_of_a_section_that_is_not_a_mapping_names_the_section():
+    with pytest.raises(ConfigError, match=r"section 'log' must be a mapping of keys, got \['a'\]"):
+        parse_config({"log": ["a"]}, env={"LOOPSTACK_LOG__BACKEND": "redis"})

@@ -284,6 +284,8 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     raw = dict(raw or {})
     for key, value in _env_overrides(os.environ if env is None else env).items():
         if isinstance(value, dict):
+            if not isinstance(raw.get(key) or {}, Mapping):
+                raise ConfigError(f"section {key!r} must be a mapping of keys, got {raw[key]!r}")
             section = dict(raw.get(key) or {})
             section.update(value)
             raw[key] = section
