@@ -94,3 +94,13 @@ def test_a_boolean_is_not_a_number():
 def test_env_override_of_a_section_that_is_not_a_mapping_names_the_section():
     with pytest.raises(ConfigError, match=r"section 'log' must be a mapping of keys, got \['a'\]"):
         parse_config({"log": ["a"]}, env={"LOOPSTACK_LOG__BACKEND": "redis"})
+
+
+def test_config_file_that_is_a_folder_or_not_utf8_is_a_config_error(tmp_path):
+    (tmp_path / "loopstack.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"cannot read .*loopstack.yaml: Is a directory"):
+        load_config(tmp_path, env={})
+    (tmp_path / "loopstack.yaml").rmdir()
+    (tmp_path / "loopstack.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"loopstack.yaml is not UTF-8 text .*at byte 9"):
+        load_config(tmp_path, env={})

@@ -315,7 +315,14 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
     if not path.exists():
         raise ConfigError(f"no {CONFIG_FILE} in {root}: create a project with `loopstack init {root}`")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; {CONFIG_FILE} must be a readable "
+                          "file") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     return parse_config(raw, env)
