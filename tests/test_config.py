@@ -104,3 +104,21 @@ def test_config_file_that_is_a_folder_or_not_utf8_is_a_config_error(tmp_path):
     (tmp_path / "loopstack.yaml").write_bytes(b"name: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"loopstack.yaml is not UTF-8 text .*at byte 9"):
         load_config(tmp_path, env={})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"offline": {"threads": -3}}, r"offline.threads = -3 must be >= 0"),
+    ({"offline": {"index_min_rows": -1}}, r"offline.index_min_rows = -1 must be >= 0"),
+    ({"offline": {"memory_limit": "lots"}}, r"offline.memory_limit = 'lots' is not an amount of memory"),
+    ({"offline": {"memory_limit": "-1GB"}}, r"offline.memory_limit = '-1GB' is not an amount"),
+    ({"offline": {"memory_limit": 4096}}, r"offline.memory_limit = '4096' is not an amount"),
+    ({"online": {"spin_us": -5}}, r"online.spin_us = -5 must be >= 0"),
+])
+def test_out_of_range_sizes_are_refused_when_read(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, env={})
+
+
+@pytest.mark.parametrize("limit", ["8GB", "512 MiB", "80%", "1.5gb", "4g"])
+def test_memory_limits_duckdb_understands_are_kept(limit):
+    assert parse_config({"offline": {"memory_limit": limit}}, env={}).offline.memory_limit == limit

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,7 @@ import yaml
 from loopstack.errors import ConfigError
 
 CONFIG_FILE = "loopstack.yaml"
+_MEMORY = re.compile(r"\s*(\d+(\.\d*)?|\.\d+)\s*(%|(bytes?|b|[kmgt](i?b)?))\s*$", re.IGNORECASE)  # DuckDB
 ENV_PREFIX = "LOOPSTACK_"
 
 
@@ -56,6 +58,15 @@ class OfflineConfig:
     ALLOWED = {"engine": ("duckdb", "spark"), "index": ("auto", "always", "never")}
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError(f"offline.threads = {self.threads} must be >= 0 (DuckDB worker threads; 0 or "
+                              "unset: all cores)")
+        if self.index_min_rows < 0:
+            raise ConfigError(f"offline.index_min_rows = {self.index_min_rows} must be >= 0 (events a source needs "
+                              "before `index: auto` builds a sorted index)")
+        if self.memory_limit is not None and not _MEMORY.match(self.memory_limit):
+            raise ConfigError(f"offline.memory_limit = {self.memory_limit!r} is not an amount of memory; write e.g. "
+                              "\"8GB\", \"512MiB\" or \"80%\" (leave it unset for DuckDB's default)")
         conf = self.spark_conf
         if isinstance(conf, str):  # from an environment variable: YAML or JSON text
             try:
@@ -83,6 +94,9 @@ class OnlineConfig:
     ALLOWED = {"backend": ("sqlite", "redis")}
 
     def __post_init__(self) -> None:
+        if self.spin_us < 0:
+            raise ConfigError(f"online.spin_us = {self.spin_us} must be >= 0 (microseconds a redis read polls for "
+                              "its reply; 0: never)")
         if self.cache_mb < 0:
             raise ConfigError(f"online.cache_mb = {self.cache_mb} must be >= 0 (MiB of SQLite page cache per "
                               "connection; 0 keeps SQLite's default of 2 MiB)")
