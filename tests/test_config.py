@@ -122,3 +122,17 @@ def test_out_of_range_sizes_are_refused_when_read(raw, message):
 @pytest.mark.parametrize("limit", ["8GB", "512 MiB", "80%", "1.5gb", "4g"])
 def test_memory_limits_duckdb_understands_are_kept(limit):
     assert parse_config({"offline": {"memory_limit": limit}}, env={}).offline.memory_limit == limit
+
+
+@pytest.mark.parametrize("raw, env, where", [
+    ({"name": ""}, {}, "name"), ({"artifacts": {"path": "  "}}, {}, "artifacts.path"),
+    ({}, {"LOOPSTACK_LOG__PATH": ""}, "log.path"), ({"metadata": {"path": ""}}, {}, "metadata.path"),
+    ({}, {"LOOPSTACK_DEFINITIONS": ""}, "definitions"),
+])
+def test_empty_text_values_are_refused_not_resolved_to_the_project_folder(raw, env, where):
+    with pytest.raises(ConfigError, match=rf"^{where} must not be empty"):
+        parse_config(raw, env=env)
+
+
+def test_an_empty_prefix_is_kept_it_means_no_namespace():
+    assert parse_config({"log": {"prefix": ""}}, env={}).log.prefix == ""

@@ -253,7 +253,10 @@ def _coerce(section: str, key: str, ftype: Any, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} = {value!r} is not a number") from None
-    return str(value)
+    text = str(value)
+    if not text.strip() and key != "prefix":  # an empty path would be the project folder itself
+        raise ConfigError(f"{where} must not be empty; remove the key to use the default")
+    return text
 
 
 def _build(section: str, cls: type, raw: Mapping[str, Any]) -> Any:
