@@ -136,3 +136,17 @@ def test_empty_text_values_are_refused_not_resolved_to_the_project_folder(raw, e
 
 def test_an_empty_prefix_is_kept_it_means_no_namespace():
     assert parse_config({"log": {"prefix": ""}}, env={}).log.prefix == ""
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"url": "not a url"}, r"metadata.url = 'not a url' is not a database URL"),
+    ({"url": "mysql://u:secret@h/db"}, r"metadata.url = 'mysql://u:\*\*\*@h/db' is a 'mysql' URL; .* sqlite or "
+                                       r"postgresql"),
+    ({"url": "postgres://u@h/db", "backend": "postgresql"}, r"is a 'postgres' URL; .*postgresql\+psycopg://"),
+    ({"url": "postgresql+psycopg://u@h/db"}, r"is a postgresql URL but metadata.backend is sqlite; set "
+                                             r"metadata.backend: postgresql"),
+    ({"url": "sqlite:////tmp/x.db", "backend": "postgresql"}, r"is a sqlite URL but metadata.backend is postgresql"),
+])
+def test_metadata_url_of_the_wrong_kind_names_the_key(meta, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"metadata": meta}, env={})

@@ -112,6 +112,11 @@ class MetadataConfig:
 
     ALLOWED = {"backend": ("sqlite", "postgresql")}
 
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            from loopstack.meta.url import check_metadata_url
+            check_metadata_url(self.url, self.backend)
+
 
 @dataclass(frozen=True)
 class ArtifactsConfig:
