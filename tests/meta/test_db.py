@@ -64,6 +64,38 @@ def test_unreachable_postgres_names_the_fix():
         MetadataStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
 
 
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never says a word (a hung or firewalled server)."""
+    import socket
+    srv = socket.create_server(("127.0.0.1", 0))
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def test_postgres_that_never_answers_fails_instead_of_hanging(silent_server, monkeypatch):
+    import threading
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 2, raising=False)
+    outcome: list = []
+
+    def open_store():
+        try:
+            MetadataStore(f"postgresql+psycopg://u@127.0.0.1:{silent_server}/db")
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome.append(exc)
+
+    t = threading.Thread(target=open_store, daemon=True)
+    t.start()
+    t.join(120)  # only a guard, so the test fails (does not hang the run) without a timeout
+    assert outcome and isinstance(outcome[0], MetadataError), "opening the store did not give up"
+    assert "metadata.url" in str(outcome[0]) and "connect_timeout" in str(outcome[0])
+
+
+def test_postgres_driver_that_is_not_installed_is_a_metadata_error():
+    with pytest.raises(MetadataError, match=r"u:\*\*\*@h/db.*asyncpg.*metadata.url.*postgresql\+psycopg://"):
+        MetadataStore("postgresql+asyncpg://u:pw@h/db")
+
+
 def test_concurrent_definition_changes_get_gap_free_versions(meta_url):
     """Four threads apply changes to the same definition at once: versions 1..40, none rejected."""
     import threading

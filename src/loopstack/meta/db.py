@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from loopstack.errors import MetadataError
 from loopstack.meta.tx import lock_key, run_transaction
+from loopstack.meta.url import redact
 
 metadata = sa.MetaData()
 
@@ -73,6 +74,7 @@ def _monitoring_tables(conn: Connection) -> None:
 # this list only orders them.
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _loop_tables, _monitoring_tables]
 SCHEMA_VERSION = len(MIGRATIONS)
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: seconds a server gets to answer before opening the store fails
 
 
 def _now() -> datetime:
@@ -85,22 +87,30 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-        elif url.startswith("postgresql"):
-            # loopstack's writers serialize on explicit locks (model generation rows, advisory locks) and
-            # re-read after taking them, which is correct under read committed. Pinned, so a server
-            # default of serializable does not turn every wait for a hot model into an abort and retry.
-            kwargs["isolation_level"] = "READ COMMITTED"
         try:
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30}
+            elif url.startswith("postgresql"):
+                if "connect_timeout" not in sa.engine.make_url(url).query:  # libpq's default waits forever
+                    kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+                # loopstack's writers serialize on explicit locks (model generation rows, advisory locks) and
+                # re-read after taking them, which is correct under read committed. Pinned, so a server
+                # default of serializable does not turn every wait for a hot model into an abort and retry.
+                kwargs["isolation_level"] = "READ COMMITTED"
             self.engine: Engine = sa.create_engine(url, **kwargs)
             if url.startswith("sqlite"):
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             self.migrate()
+        except (ImportError, sa.exc.ArgumentError) as exc:  # a driver that is not installed, e.g. +asyncpg
+            raise MetadataError(
+                f"cannot open the metadata store at {redact(url)}: {exc}. Check metadata.url in loopstack.yaml: "
+                "loopstack talks to PostgreSQL through psycopg (postgresql+psycopg://user@host:5432/db)"
+            ) from None
         except sa.exc.OperationalError as exc:
             raise MetadataError(
-                f"cannot open the metadata store at {_redact(url)}: {' '.join(str(exc.orig).split())}. "
-                "Check metadata.url / metadata.path in loopstack.yaml and that the server is running"
+                f"cannot open the metadata store at {redact(url)}: {' '.join(str(exc.orig).split())}. "
+                "Check metadata.url / metadata.path in loopstack.yaml and that the server is running "
+                f"(a server gets {CONNECT_TIMEOUT_S} s to answer unless the URL sets ?connect_timeout=N)"
             ) from exc
 
     def migrate(self) -> int:
@@ -116,7 +126,7 @@ class MetadataStore:
         current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
         if current > SCHEMA_VERSION:
             raise MetadataError(
-                f"the metadata store {_redact(self.url)} has schema version {current}, newer than this "
+                f"the metadata store {redact(self.url)} has schema version {current}, newer than this "
                 f"loopstack understands ({SCHEMA_VERSION}); upgrade loopstack"
             )
         for v in range(current + 1, SCHEMA_VERSION + 1):
@@ -201,9 +211,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
 
-
-def _redact(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for messages
-        return url
