@@ -113,3 +113,24 @@ def test_a_metadata_path_whose_folder_cannot_be_made_is_a_config_error(tmp_path,
             _ = p.meta
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("folder", ["null", "a: b", "#1", "[x", "017", "yes", "café", "it's \"q\""])
+def test_init_keeps_any_folder_name_as_the_project_name(tmp_path, folder):
+    p = Project.init(tmp_path / folder, example=False)
+    assert p.config.name == folder
+    p.close()
+
+
+def test_init_name_cannot_inject_config_keys(tmp_path):
+    p = Project.init(tmp_path / "p", name="x\nlog: {backend: redis}", example=False)
+    assert p.config.name == "x\nlog: {backend: redis}" and p.config.log.backend == "local"
+    p.close()
+
+
+def test_init_where_data_is_a_file_is_a_config_error(tmp_path):
+    from loopstack.errors import ConfigError
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "data").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot create the project in .*p: File exists \(.*data\)"):
+        Project.init(tmp_path / "p", example=False)

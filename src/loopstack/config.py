@@ -7,10 +7,12 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -350,52 +352,15 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(raw, env)
 
 
-DEFAULT_YAML = """\
-# loopstack project configuration. Every key can be overridden by an environment variable
-# LOOPSTACK_<SECTION>__<KEY>, e.g. LOOPSTACK_LOG__BACKEND=redis.
-name: {name}
-definitions: definitions.py
+# the loopstack.yaml `init` writes; `{name}` is replaced by a quoted YAML string (see default_yaml)
+DEFAULT_YAML = resources.files("loopstack.templates").joinpath("loopstack.yaml.txt").read_text(encoding="utf-8")
 
-log:
-  backend: local            # local | redis | kafka
-  path: data/log            # local: segment files live here
-  url: redis://127.0.0.1:6379/0   # redis: Redis Streams server; kafka: kafka://host:9092[,host2:9092]
 
-offline:
-  engine: duckdb            # duckdb | spark: both query the same Parquet lake
-  lake_path: data/lake
-  # spark_master: local[2]  # spark: any master URL (spark://host:7077, yarn, k8s://...)
-  # spark_conf:             # spark: extra settings
-  #   spark.executor.memory: 8g
-  index: auto               # sorted copies of big sources speed up repeated joins: auto | always | never
-  index_path: data/index
-
-online:
-  backend: sqlite           # sqlite | redis
-  path: data/online.db      # sqlite file
-  url: redis://127.0.0.1:6379/0   # redis server
-
-metadata:
-  backend: sqlite           # sqlite | postgresql
-  path: data/metadata.db    # sqlite file
-  # url: postgresql+psycopg://user@127.0.0.1:5432/loopstack
-
-artifacts:
-  path: data/artifacts
-
-monitoring:
-  window: 1h                # base window width; reports roll windows up
-  label_delay: 24h          # labels of a window are final this long after it ends
-  threshold: 0.5            # score >= threshold = flagged
-  # webhook_url: http://127.0.0.1:9000/alerts
-  # rules (default: PSI > 0.2, score PSI > 0.2, recall < 0.85, precision < 0.95, p99 > 200 ms, ...):
-  # rules:
-  #   - metric: psi
-  #     feature: "*"
-  #     op: ">"
-  #     value: 0.2
-  #     severity: act          # info | watch | act
-  #   - metric: recall
-  #     op: "<"
-  #     value: 0.85
-"""
+def default_yaml(name: str) -> str:
+    """The loopstack.yaml `init` writes, `name` quoted so any folder name ("null", "a: b", "#1") stays its name."""
+    try:
+        name.encode("utf-8")
+        readable = True
+    except UnicodeEncodeError:  # a folder name that is not UTF-8 (surrogate escapes): write \u escapes
+        readable = False
+    return DEFAULT_YAML.format(name=json.dumps(name, ensure_ascii=not readable))

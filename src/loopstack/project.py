@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from loopstack.config import CONFIG_FILE, DEFAULT_YAML, Config, load_config, resolve
+from loopstack.config import CONFIG_FILE, Config, default_yaml, load_config, resolve
 from loopstack.errors import ConfigError, DefinitionError, LogError
 from loopstack.features.definitions import Definition, EventSource, FeatureView, Field, OnDemandFeature
 from loopstack.features.registry import ApplyDiff, FeatureRegistry
@@ -56,12 +56,16 @@ class Project:
         except OSError as exc:
             raise ConfigError(f"cannot create project folder {root}: {exc.strerror or exc}") from exc
         cfg = root / CONFIG_FILE
-        if not cfg.exists():
-            cfg.write_text(DEFAULT_YAML.format(name=name or root.name))
         defs = root / "definitions.py"
-        if example and not defs.exists():
-            defs.write_text(resources.files("loopstack.templates").joinpath("definitions.py.txt").read_text())
-        (root / "data").mkdir(exist_ok=True)
+        try:
+            if not cfg.exists():
+                cfg.write_text(default_yaml(name or root.name), encoding="utf-8")
+            if example and not defs.exists():
+                defs.write_text(resources.files("loopstack.templates").joinpath("definitions.py.txt").read_text())
+            (root / "data").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the project in {root}: {exc.strerror or exc}"
+                              f"{f' ({exc.filename})' if exc.filename else ''}") from None
         return cls(root)
 
     # -- stores (opened on first use) ----------------------------------------------------------
