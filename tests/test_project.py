@@ -134,3 +134,13 @@ def test_init_where_data_is_a_file_is_a_config_error(tmp_path):
     (tmp_path / "p" / "data").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"cannot create the project in .*p: File exists \(.*data\)"):
         Project.init(tmp_path / "p", example=False)
+
+
+def test_opening_a_subfolder_or_a_file_of_a_project_points_at_the_project(tmp_path):
+    from loopstack.errors import ConfigError
+    Project.init(tmp_path / "p", example=False).close()
+    (tmp_path / "p" / "notebooks").mkdir()
+    with pytest.raises(ConfigError, match=rf"inside the project {tmp_path / 'p'}: run from there or pass -p"):
+        Project(tmp_path / "p" / "notebooks")
+    with pytest.raises(ConfigError, match=r"loopstack.yaml is a file, not a project folder"):
+        Project(tmp_path / "p" / "loopstack.yaml")

@@ -337,6 +337,10 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read `<root>/loopstack.yaml` (missing file → ConfigError saying how to create one)."""
     path = root / CONFIG_FILE
     if not path.exists():
+        above = next((d for d in Path(root).resolve().parents if (d / CONFIG_FILE).is_file()), None)
+        if above is not None:  # opened from a subfolder of a project: point at it, do not suggest a nested one
+            raise ConfigError(f"no {CONFIG_FILE} in {root}; it is inside the project {above}: run from there "
+                              f"or pass -p {above}")
         raise ConfigError(f"no {CONFIG_FILE} in {root}: create a project with `loopstack init {root}`")
     try:
         text = path.read_text(encoding="utf-8")

@@ -39,6 +39,8 @@ class Project:
 
     def __init__(self, path: str | Path = ".", config: Config | None = None) -> None:
         self.root = Path(path).expanduser().resolve()
+        if self.root.is_file():
+            raise ConfigError(f"{self.root} is a file, not a project folder: pass the folder that holds {CONFIG_FILE}")
         if not self.root.is_dir():
             raise ConfigError(f"project folder {self.root} does not exist: create it with `loopstack init {path}`")
         self.config = config or load_config(self.root)
