@@ -144,3 +144,19 @@ def test_opening_a_subfolder_or_a_file_of_a_project_points_at_the_project(tmp_pa
         Project(tmp_path / "p" / "notebooks")
     with pytest.raises(ConfigError, match=r"loopstack.yaml is a file, not a project folder"):
         Project(tmp_path / "p" / "loopstack.yaml")
+
+
+@pytest.mark.parametrize("key, attr", [("ARTIFACTS__PATH", "artifacts"), ("LOG__PATH", "log")])
+def test_a_store_folder_that_cannot_be_made_is_a_config_error_naming_the_key(tmp_path, monkeypatch, key, attr):
+    from loopstack.errors import ConfigError
+    root = tmp_path / "p"
+    Project.init(root, example=False).close()
+    (tmp_path / "plain-file").write_text("x")
+    monkeypatch.setenv(f"LOOPSTACK_{key}", str(tmp_path / "plain-file" / "sub"))
+    p = Project(root)
+    try:
+        setting = key.lower().replace("__", ".")
+        with pytest.raises(ConfigError, match=rf"plain-file/sub \(Not a directory\); set `{setting}`"):
+            getattr(p, attr)
+    finally:
+        p.close()

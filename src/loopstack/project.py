@@ -90,7 +90,12 @@ class Project:
     @cached_property
     def artifacts(self) -> ArtifactStore:
         p = self.config.artifacts.path
-        return ArtifactStore(p if "://" in p else self.path(p))
+        where = p if "://" in p else self.path(p)
+        try:
+            return ArtifactStore(where)
+        except OSError as exc:
+            raise ConfigError(f"artifact store: cannot create the folder {where} ({exc.strerror or exc}); set "
+                              "`artifacts.path` in loopstack.yaml to a folder you can write to") from None
 
     @cached_property
     def registry(self) -> FeatureRegistry:
@@ -107,7 +112,11 @@ class Project:
         from loopstack.log import open_log
         c = self.config.log
         if c.backend == "local":
-            return open_log("local", path=self.path(c.path))
+            try:
+                return open_log("local", path=self.path(c.path))
+            except OSError as exc:
+                raise ConfigError(f"event log: cannot open the folder {self.path(c.path)} ({exc.strerror or exc}); "
+                                  "set `log.path` in loopstack.yaml to a folder you can write to") from None
         return open_log(c.backend, url=c.url, prefix=c.prefix)
 
     @cached_property
