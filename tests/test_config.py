@@ -150,3 +150,12 @@ def test_an_empty_prefix_is_kept_it_means_no_namespace():
 def test_metadata_url_of_the_wrong_kind_names_the_key(meta, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"metadata": meta}, env={})
+
+
+def test_an_override_with_one_underscore_is_not_silently_ignored():
+    with pytest.raises(ConfigError, match=r"LOOPSTACK_LOG_BACKEND is not read: write LOOPSTACK_LOG__BACKEND"):
+        parse_config({}, env={"LOOPSTACK_LOG_BACKEND": "redis"})
+    with pytest.raises(ConfigError, match=r"LOOPSTACK_OFFLINE_SPARK_CONF is not read: .* offline.spark_conf"):
+        parse_config({}, env={"LOOPSTACK_OFFLINE_SPARK_CONF": "{}"})
+    # loopstack's other variables are not config overrides
+    parse_config({}, env={"LOOPSTACK_LLM_CACHE_DIR": "/tmp", "LOOPSTACK_SERVE_PROJECT": ".", "LOOPSTACK_NAME_X": "y"})

@@ -298,6 +298,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str] | str]:
             out.setdefault(section, {})[key] = value
         elif rest in ("name", "definitions"):
             out[rest] = value
+        else:  # LOOPSTACK_LOG_BACKEND: one underscore short of an override, which would be silently ignored
+            section, _, key = rest.partition("_")
+            if key in {f.name for f in dataclasses.fields(Config.SECTIONS.get(section, Config))}:
+                raise ConfigError(f"environment variable {name} is not read: write {ENV_PREFIX}{section.upper()}__"
+                                  f"{key.upper()} (two underscores between section and key) to set {section}.{key}")
     return out
 
 
