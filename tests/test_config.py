@@ -159,3 +159,14 @@ def test_an_override_with_one_underscore_is_not_silently_ignored():
         parse_config({}, env={"LOOPSTACK_OFFLINE_SPARK_CONF": "{}"})
     # loopstack's other variables are not config overrides
     parse_config({}, env={"LOOPSTACK_LLM_CACHE_DIR": "/tmp", "LOOPSTACK_SERVE_PROJECT": ".", "LOOPSTACK_NAME_X": "y"})
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9000/alerts", "file:///tmp/alerts", "ftp://h/x", "http://", "hooks"])
+def test_webhook_url_must_be_http(url):
+    with pytest.raises(ConfigError, match=r"monitoring.webhook_url = .* is not an http\(s\) URL"):
+        parse_config({"monitoring": {"webhook_url": url}}, env={})
+
+
+def test_webhook_url_over_https_is_kept():
+    url = "https://hooks.example.com/T0/B1?x=1"
+    assert parse_config({"monitoring": {"webhook_url": url}}, env={}).monitoring.webhook_url == url

@@ -166,6 +166,12 @@ class MonitoringConfig:
         if self.min_samples < 1:
             raise ConfigError(f"monitoring.min_samples = {self.min_samples!r} must be at least 1: the feature "
                               "samples/scores a window needs before drift numbers are computed (default 100)")
+        if self.webhook_url is not None:
+            from urllib.parse import urlsplit
+            parts = urlsplit(self.webhook_url.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"monitoring.webhook_url = {self.webhook_url!r} is not an http(s) URL; alerts are "
+                                  "POSTed to it as JSON: write e.g. http://127.0.0.1:9000/alerts")
         object.__setattr__(self, "rules", parse_rules(list(self.rules) if isinstance(self.rules, tuple)
                                                       else self.rules))
 
