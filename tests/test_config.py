@@ -170,3 +170,14 @@ def test_webhook_url_must_be_http(url):
 def test_webhook_url_over_https_is_kept():
     url = "https://hooks.example.com/T0/B1?x=1"
     assert parse_config({"monitoring": {"webhook_url": url}}, env={}).monitoring.webhook_url == url
+
+
+def test_a_relative_sqlite_metadata_url_is_under_the_project_not_the_working_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = parse_config({"metadata": {"url": "sqlite:///data/m.db"}}, env={})
+    assert cfg.metadata_url(tmp_path / "proj") == f"sqlite:///{tmp_path / 'proj' / 'data' / 'm.db'}"
+    cfg = parse_config({"metadata": {"url": "sqlite:///~/m.db"}}, env={})
+    assert cfg.metadata_url(tmp_path / "proj") == f"sqlite:///{tmp_path / 'home' / 'm.db'}"
+    for url in ("sqlite:////abs/m.db", "sqlite://"):  # absolute and in-memory stay as written
+        assert parse_config({"metadata": {"url": url}}, env={}).metadata_url(Path("/elsewhere")) == url

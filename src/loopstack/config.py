@@ -206,7 +206,10 @@ class Config:
                     "(e.g. postgresql+psycopg://user@127.0.0.1:5432/loopstack)"
                 )
             return self.metadata.url
-        return self.metadata.url or f"sqlite:///{resolve(root, self.metadata.path)}"
+        if self.metadata.url:
+            from loopstack.meta.url import resolve_sqlite_url
+            return resolve_sqlite_url(self.metadata.url, root)
+        return f"sqlite:///{resolve(root, self.metadata.path)}"
 
 
 def resolve(root: Path, p: str) -> Path:

@@ -1,6 +1,8 @@
 """Metadata store URLs: checked when loopstack.yaml is read, redacted in every message."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from loopstack.errors import ConfigError
@@ -30,3 +32,16 @@ def check_metadata_url(url: str, backend: str) -> None:
     if dialect != backend:
         raise ConfigError(f"metadata.url = {redact(url)!r} is a {dialect} URL but metadata.backend is {backend}; "
                           f"set metadata.backend: {dialect} (or remove metadata.url)")
+
+
+def resolve_sqlite_url(url: str, root: Path) -> str:
+    """A sqlite URL whose file is relative (sqlite:///data/m.db) or starts with ~, made absolute against the
+    project folder `root` like every other path in loopstack.yaml; any other URL is returned as given."""
+    parsed = sa.engine.make_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return url
+    path = Path(db).expanduser()
+    if not path.is_absolute():
+        path = root / path
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
