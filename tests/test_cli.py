@@ -56,6 +56,18 @@ def test_config_shows_env_overrides(tmp_path):
     assert r.returncode == 0 and "threads: 2" in r.stdout and "backend: local" in r.stdout
 
 
+def test_config_hides_passwords_and_shows_values_literally(tmp_path):
+    run("init", str(tmp_path), "--name", "[bold]spam")
+    r = run("config", "-p", str(tmp_path), env={
+        "LOOPSTACK_METADATA__BACKEND": "postgresql",
+        "LOOPSTACK_METADATA__URL": "postgresql+psycopg://me:s3cret@db:5432/ls",
+        "LOOPSTACK_LOG__URL": "redis://:hunter2@cache:6379/0"})
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stdout and "hunter2" not in r.stdout
+    assert "postgresql+psycopg://me:***@db:5432/ls" in r.stdout and "redis://:***@cache:6379/0" in r.stdout
+    assert "name: '[bold]spam'" in r.stdout  # rich markup in a value is printed, not applied
+
+
 def test_usage_errors_print_usage_not_a_traceback(tmp_path):
     r = run("materialize", "-p", str(tmp_path))          # missing START and END
     assert r.returncode == 2 and "Missing argument 'start'" in r.stderr and "Traceback" not in r.stderr

@@ -56,7 +56,14 @@ def show_config(project: Path = ProjectOpt) -> None:
     import yaml
 
     from loopstack.config import load_config
-    console.print(yaml.safe_dump(dataclasses.asdict(load_config(project.resolve())), sort_keys=False))
+    from loopstack.meta.url import hide_password
+    shown = dataclasses.asdict(load_config(project.resolve()))
+    for section in shown.values():  # passwords set by environment stay out of terminals and CI logs
+        if isinstance(section, dict):
+            for key in ("url", "webhook_url"):
+                if isinstance(section.get(key), str):
+                    section[key] = hide_password(section[key])
+    console.print(yaml.safe_dump(shown, sort_keys=False), markup=False)
 
 
 @app.command()

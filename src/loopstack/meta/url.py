@@ -45,3 +45,14 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
     if not path.is_absolute():
         path = root / path
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def hide_password(url: str) -> str:
+    """Any URL (postgresql, redis, kafka, http) with the password of its user:password@ part shown as ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, _, host = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{tail}"
