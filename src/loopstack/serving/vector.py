@@ -293,7 +293,7 @@ def _plan(model: Any, signature: Signature, rows: Sequence[Sequence[Any]], out: 
     if id(signature) not in _CHECKED and [str(t) for t in df.dtypes] == [i.dtype for i in signature.inputs]:
         signature.check(df)
         _CHECKED.add(id(signature))
-    from loopstack.training.evaluation import positive_scores
+    from loopstack.training.scoring import positive_scores
     scores = positive_scores(model, df, out.get("positive_class", 1))
     use_array = False
     if _array_candidate(model, signature):
@@ -323,7 +323,7 @@ def score_rows(model: Any, signature: Signature, rows: Sequence[Sequence[Any]]) 
     Fast path: a model fitted on exactly the signature's (numeric) columns is scored on a float64 array
     of the same vectors, which skips pandas and scikit-learn's frame validation (most of the time of a
     small batch). It is taken only after the first batch gave identical scores both ways."""
-    from loopstack.training.evaluation import positive_scores
+    from loopstack.training.scoring import positive_scores
     out = signature.outputs[0] if signature.outputs else {}
     plan = _PLANS.get((id(model), id(signature)))
     if plan is None or (plan[0] is not None and plan[0]() is not model):

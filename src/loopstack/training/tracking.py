@@ -10,17 +10,14 @@ the latest value per metric kept in a small table so search is a handful of inde
 """
 from __future__ import annotations
 
-import functools
 
 import json
 import math
-import subprocess
 import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -28,6 +25,7 @@ import sqlalchemy as sa
 
 from loopstack.errors import LoopstackError
 from loopstack.meta.tx import run_transaction, upsert
+from loopstack.training.provenance import git_info, package_versions
 from loopstack.training.schema import latest_metrics, metrics, params, run_artifacts, run_datasets, runs, tags
 from loopstack.training.search import order_clause, parse_filter, where_clause
 
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from loopstack.training.report_html import Comparison
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-PACKAGES = ("loopstack", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "xgboost", "torch")
 _CHUNK = 900  # ids per IN (...) list: under SQLite's bound-parameter limit
 
 
@@ -45,42 +42,6 @@ class TrackingError(LoopstackError):
 
 def _ms() -> int:
     return int(time.time() * 1000)
-
-
-def git_info(path: str | Path | None = None) -> dict:
-    """{'commit', 'dirty', 'root'} of the git repository holding `path` (default: cwd); Nones outside one."""
-    cwd = str(path or Path.cwd())
-
-    def git(*args: str) -> str | None:
-        try:
-            res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return res.stdout.strip() if res.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None, "root": None}
-    status = git("status", "--porcelain")
-    dirty = bool(status) if status is not None else None
-    return {"commit": commit, "dirty": dirty, "root": git("rev-parse", "--show-toplevel")}
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of loopstack and the ML packages that are installed (never imports them)."""
-    return dict(_package_versions())
-
-
-@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs; reading is slow
-def _package_versions() -> dict[str, str]:
-    import platform
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _check_keys(what: str, keys: Iterable[str], limit: int = 255) -> None:

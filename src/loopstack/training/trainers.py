@@ -192,6 +192,6 @@ def load_model(project: Any, run_id: str) -> tuple[Any, Signature]:
 
 def predict_scores(model: Any, signature: Signature, frame: pd.DataFrame) -> np.ndarray:
     """Scores for a serving frame, after checking it against the signature."""
-    from loopstack.training.evaluation import positive_scores
+    from loopstack.training.scoring import positive_scores
     out = signature.outputs[0] if signature.outputs else {}
     return positive_scores(model, signature.prepare(frame), out.get("positive_class", 1))
