@@ -6,7 +6,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -28,45 +28,47 @@ def _models(m, model: str | None) -> list[str]:
     return [model] if model else m.models()
 
 
-def _check_model(m, model: str) -> None:
-    """A model with no monitoring windows: warn if the registry knows it (nothing logged yet), and stop
-    with exit 2 if it does not (a typo would otherwise give an empty report and exit 0)."""
-    known = m.models()
-    if model in known:
+def _check_known(thing: Any, seen: list, registered: Callable[[], list], unknown: Callable[[list], str],
+                 no_windows: str) -> None:
+    """`thing` (a model, a version) has monitoring windows (`seen`), or the registry knows it (a warning: nothing
+    logged yet), or it is a typo: exit 2 naming what exists, instead of an empty report and exit 0."""
+    if thing in seen:
         return
     try:
-        registered = sorted(d["name"] for d in m.project.models.list())
+        known = registered()
     except Exception:  # noqa: BLE001 - no registry to ask: the warning below still applies
-        registered = [model]
-    if model not in registered:
-        err_console.print(f"[red]error:[/] unknown model {model!r}: it is not in the registry and has no "
-                          f"monitoring windows (registered: {', '.join(registered) or 'none'}; with windows: "
-                          f"{', '.join(known) or 'none'})")
+        known = [thing]
+    if thing not in known:
+        err_console.print(f"[red]error:[/] {unknown(known)}")
         raise typer.Exit(2)
-    err_console.print(f"[yellow]no monitoring windows for model {model!r}[/] (models seen: "
-                      f"{', '.join(known) or 'none'}); run `loopstack monitor run` after the server logged "
-                      "predictions to the 'predictions' topic")
+    err_console.print(no_windows)
+
+
+def _names(items: list) -> str:
+    return ", ".join(map(str, items)) or "none"
+
+
+def _check_model(m, model: str) -> None:
+    """A model the registry does not know and that has no windows is an error; a known one without windows a
+    warning."""
+    seen = m.models()
+    _check_known(model, seen, lambda: sorted(d["name"] for d in m.project.models.list()),
+                 lambda reg: f"unknown model {model!r}: it is not in the registry and has no monitoring windows "
+                             f"(registered: {_names(reg)}; with windows: {_names(seen)})",
+                 f"[yellow]no monitoring windows for model {model!r}[/] (models seen: {_names(seen)}); run "
+                 "`loopstack monitor run` after the server logged predictions to the 'predictions' topic")
 
 
 def _check_version(m, model: str, version: int | None) -> None:
-    """`--version` of a model: stop with exit 2 if the registry has no such version (a typo would otherwise
-    give an empty report and exit 0); warn if it exists but has no monitoring windows yet."""
+    """`--version` of a model: as `_check_model`, for a version of it."""
     if version is None:
         return
     seen = sorted({v for v, _ in m.windows(model)})
-    if version in seen:
-        return
-    try:
-        registered = sorted(mv.version for mv in m.project.models.versions(model))
-    except Exception:  # noqa: BLE001 - no registry to ask: the warning below still applies
-        registered = [version]
-    if version not in registered:
-        err_console.print(f"[red]error:[/] model {model!r} has no version {version} (registered versions: "
-                          f"{', '.join(map(str, registered)) or 'none'}; with windows: "
-                          f"{', '.join(map(str, seen)) or 'none'})")
-        raise typer.Exit(2)
-    err_console.print(f"[yellow]no monitoring windows for version {version} of model {model!r}[/] (versions with "
-                      f"windows: {', '.join(map(str, seen)) or 'none'})")
+    _check_known(version, seen, lambda: sorted(mv.version for mv in m.project.models.versions(model)),
+                 lambda reg: f"model {model!r} has no version {version} (registered versions: {_names(reg)}; "
+                             f"with windows: {_names(seen)})",
+                 f"[yellow]no monitoring windows for version {version} of model {model!r}[/] (versions with "
+                 f"windows: {_names(seen)})")
 
 
 @monitor_app.command()
