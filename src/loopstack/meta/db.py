@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from loopstack.errors import MetadataError
 from loopstack.meta.tx import lock_key, run_transaction
-from loopstack.meta.url import redact
+from loopstack.meta.url import hide_password
 
 metadata = sa.MetaData()
 
@@ -103,12 +103,12 @@ class MetadataStore:
             self.migrate()
         except (ImportError, sa.exc.ArgumentError) as exc:  # a driver that is not installed, e.g. +asyncpg
             raise MetadataError(
-                f"cannot open the metadata store at {redact(url)}: {exc}. Check metadata.url in loopstack.yaml: "
+                f"cannot open the metadata store at {hide_password(url)}: {exc}. Check metadata.url in loopstack.yaml: "
                 "loopstack talks to PostgreSQL through psycopg (postgresql+psycopg://user@host:5432/db)"
             ) from None
         except sa.exc.OperationalError as exc:
             raise MetadataError(
-                f"cannot open the metadata store at {redact(url)}: {' '.join(str(exc.orig).split())}. "
+                f"cannot open the metadata store at {hide_password(url)}: {' '.join(str(exc.orig).split())}. "
                 "Check metadata.url / metadata.path in loopstack.yaml and that the server is running "
                 f"(a server gets {CONNECT_TIMEOUT_S} s to answer unless the URL sets ?connect_timeout=N)"
             ) from exc
@@ -126,7 +126,7 @@ class MetadataStore:
         current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
         if current > SCHEMA_VERSION:
             raise MetadataError(
-                f"the metadata store {redact(self.url)} has schema version {current}, newer than this "
+                f"the metadata store {hide_password(self.url)} has schema version {current}, newer than this "
                 f"loopstack understands ({SCHEMA_VERSION}); upgrade loopstack"
             )
         for v in range(current + 1, SCHEMA_VERSION + 1):

@@ -11,27 +11,19 @@ EXAMPLE = "postgresql+psycopg://user@127.0.0.1:5432/loopstack"
 BACKENDS = ("sqlite", "postgresql")
 
 
-def redact(url: str) -> str:
-    """`url` with its password hidden, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for messages
-        return url
-
-
 def check_metadata_url(url: str, backend: str) -> None:
     """ConfigError unless `url` is a SQLAlchemy URL of `backend` (sqlite or postgresql)."""
     try:
         dialect = sa.engine.make_url(url).get_backend_name()
     except sa.exc.ArgumentError:
-        raise ConfigError(f"metadata.url = {redact(url)!r} is not a database URL; write e.g. {EXAMPLE} "
+        raise ConfigError(f"metadata.url = {hide_password(url)!r} is not a database URL; write e.g. {EXAMPLE} "
                           "or sqlite:////absolute/path/metadata.db") from None
     if dialect not in BACKENDS:
-        raise ConfigError(f"metadata.url = {redact(url)!r} is a {dialect!r} URL; the metadata store runs on "
+        raise ConfigError(f"metadata.url = {hide_password(url)!r} is a {dialect!r} URL; the metadata store runs on "
                           f"sqlite or postgresql: write e.g. {EXAMPLE}")
     if dialect != backend:
-        raise ConfigError(f"metadata.url = {redact(url)!r} is a {dialect} URL but metadata.backend is {backend}; "
-                          f"set metadata.backend: {dialect} (or remove metadata.url)")
+        raise ConfigError(f"metadata.url = {hide_password(url)!r} is a {dialect} URL but metadata.backend is "
+                          f"{backend}; set metadata.backend: {dialect} (or remove metadata.url)")
 
 
 def resolve_sqlite_url(url: str, root: Path) -> str:
